@@ -1,0 +1,236 @@
+"""The HTTP surface: request → route → dispatch → respond.
+
+`POST /v1/chat/completions` reads and checks the body, authenticates the proxy key, asks the
+router for a chain, dispatches along it and answers as OpenAI would: JSON, or SSE chunks ending in
+``data: [DONE]``. Every failure becomes OpenAI's error shape; nothing raw reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from proxy import dispatch, validate
+from proxy.backends import Backend, create
+from proxy.call import Call
+from proxy.config import Config, Key
+from proxy.errors import AuthenticationError, InvalidRequest, ModelNotFound, ProxyError, RequestTooLarge
+from proxy.router import Router
+from translators.common import usage_chunk
+
+log = logging.getLogger("turnout")
+access = logging.getLogger("turnout.access")
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(e: ProxyError, headers: dict[str, str] | None = None) -> Response:
+    return Response(e.json(), status_code=e.status, headers={**(headers or {}), **e.headers},
+                    media_type="application/json")
+
+
+class Turnout:
+    """The running gateway: config, one backend object (and pool) per backend, the router."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.backends: dict[str, Backend] = {name: create(b) for name, b in cfg.backends.items()}
+        self.router = Router(cfg, self.backends)
+        self.keys: dict[str, Key] = {k.key: k for k in cfg.keys}
+
+    async def start(self) -> None:
+        for b in self.backends.values():
+            await b.start()
+
+    async def aclose(self) -> None:
+        for b in self.backends.values():
+            await b.aclose()
+
+    # --- request ---------------------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> Key | None:
+        if not self.keys:
+            return None
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        if not token:
+            raise AuthenticationError(
+                "You didn't provide an API key. Provide your Turnout key in an Authorization header using "
+                "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="missing_api_key")
+        key = self.keys.get(token)
+        if key is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        return key
+
+    async def read_json(self, request: Request) -> Any:
+        limit = self.cfg.server.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+        if declared and declared.isdigit():
+            body = await request.body()
+        else:
+            parts, size = [], 0
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+                parts.append(part)
+            body = b"".join(parts)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(
+                "We could not parse the JSON body of your request. The API expects a JSON payload; "
+                "check that the body is valid JSON and that the content type is application/json.",
+                code="invalid_json") from None
+
+    # --- endpoints -------------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        rid = request.headers.get("x-request-id", "")
+        call = Call(request_model="", request_id=rid if _SAFE_ID.fullmatch(rid) else "")
+        if not call.request_id:
+            call.request_id = "req_" + call.id[9:]
+        try:
+            call.key = self.authenticate(request)
+            body = validate.chat_request(await self.read_json(request))
+            call.request_model = body["model"]
+            call.stream = bool(body.get("stream"))
+            call.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chain = self.router.plan(call)
+            if not call.stream:
+                data = await dispatch.complete(chain, self.backends, body, call)
+                self.log_call(call, 200)
+                return Response(orjson.dumps(data), media_type="application/json", headers=call.headers())
+            first, rest = await dispatch.open_stream(chain, self.backends, body, call)
+            return StreamingResponse(self.sse(call, first, rest), media_type="text/event-stream",
+                                     headers={**_SSE_HEADERS, **call.headers()})
+        except ProxyError as e:
+            self.log_call(call, e.status, e)
+            return error_response(e, call.headers())
+        except Exception as e:  # noqa: BLE001 - the client gets a clean 500, the log gets the type only
+            log.error("%s: internal error %s", call.request_id, type(e).__name__)
+            log.debug("internal error", exc_info=True)
+            self.log_call(call, 500)
+            return error_response(ProxyError(f"Internal error in Turnout (request {call.request_id})."),
+                                  call.headers())
+
+    async def sse(self, call: Call, first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Frame payloads as SSE; a failure after the start ends with an error event, no [DONE]."""
+        status = 200
+        try:
+            yield b"data: " + first + b"\n\n"
+            async for payload in rest:
+                yield b"data: " + payload + b"\n\n"
+            if call.include_usage and call.usage is not None:
+                model = call.upstream_model or self.cfg.models[call.target].model
+                yield b"data: " + orjson.dumps(usage_chunk(call.id, call.created, model, call.usage)) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except ProxyError as e:
+            status = e.status
+            yield b"data: " + e.json() + b"\n\n"
+        except Exception as e:  # noqa: BLE001
+            status = 500
+            log.error("%s: internal error in stream %s", call.request_id, type(e).__name__)
+            log.debug("internal error", exc_info=True)
+            yield b"data: " + ProxyError(f"Internal error in Turnout (request {call.request_id}).").json() + b"\n\n"
+        finally:
+            await rest.aclose()
+            self.log_call(call, status)
+
+    async def models(self, request: Request) -> Response:
+        self.authenticate(request)
+        return json_response({"object": "list", "data": self.model_list()})
+
+    async def model(self, request: Request) -> Response:
+        self.authenticate(request)
+        name = request.path_params["model"]
+        for m in self.model_list():
+            if m["id"] == name:
+                return json_response(m)
+        raise ModelNotFound(name)
+
+    def model_list(self) -> list[dict[str, Any]]:
+        created = int(time.time())
+        out = [{"id": name, "object": "model", "created": created, "owned_by": "turnout",
+                "turnout": {"kind": "route", "chain": r.chain}} for name, r in self.cfg.routes.items()]
+        out += [{"id": name, "object": "model", "created": created, "owned_by": t.backend,
+                 "turnout": {"kind": "target", "backend": t.backend, "model": t.model,
+                             "available": not self.backends[t.backend].unavailable}}
+                for name, t in self.cfg.models.items()]
+        return out
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        usable = [n for n, b in self.backends.items() if not b.unavailable]
+        body = {"status": "ready" if usable else "unavailable", "backends": {
+            n: ("usable" if not b.unavailable else b.unavailable) for n, b in self.backends.items()}}
+        return json_response(body, 200 if usable else 503)
+
+    # --- logging ---------------------------------------------------------------------------------
+
+    def log_call(self, call: Call, status: int, error: ProxyError | None = None) -> None:
+        if not access.isEnabledFor(logging.INFO):
+            return
+        u = call.usage or {}
+        fallbacks = ",".join(f"{a.target}({a.outcome})" for a in call.fallbacks) or "-"
+        access.info("%s model=%s route=%s target=%s fallbacks=%s status=%d stream=%s tokens=%s/%s ms=%.1f%s",
+                    call.request_id, call.request_model or "-", call.route or "-", call.target or "-", fallbacks,
+                    status, call.stream, u.get("prompt_tokens", 0), u.get("completion_tokens", 0),
+                    (time.perf_counter() - call.started) * 1000,
+                    f" error={error.code or error.type}" if error else "")
+
+
+def build_app(cfg: Config) -> Starlette:
+    turnout = Turnout(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await turnout.start()
+        try:
+            yield
+        finally:
+            await turnout.aclose()
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(ProxyError(f"{request.method} {request.url.path}: {exc.detail}",
+                                         status=exc.status_code, type="invalid_request_error", code=code))
+
+    async def on_proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        return error_response(exc)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", turnout.chat_completions, methods=["POST"]),
+            Route("/chat/completions", turnout.chat_completions, methods=["POST"]),
+            Route("/v1/models", turnout.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", turnout.model, methods=["GET"]),
+            Route("/health", turnout.health, methods=["GET"]),
+            Route("/ready", turnout.ready, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: on_http_error, ProxyError: on_proxy_error},
+    )
+    app.state.turnout = turnout
+    return app

@@ -1,0 +1,133 @@
+"""What every backend provides, and the pieces they share.
+
+A backend owns one connection pool, created once in `start()`, and answers for its targets:
+`complete()` returns an OpenAI ``chat.completion`` dict; `stream()` yields the JSON payloads of
+OpenAI ``chat.completion.chunk``s as bytes (what follows ``data: ``), records usage on the `Call`
+instead of yielding a usage chunk, and raises `UpstreamError` for any failure. The app frames the
+payloads as SSE and emits the usage chunk, so that behaviour lives once for every provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, ClassVar
+
+import httpx
+
+from proxy.call import Call
+from proxy.config import BackendConfig, Target
+from proxy.errors import UpstreamError, parse_retry_after, upstream_status_error
+
+Json = dict[str, Any]
+
+
+class Backend:
+    """Base class: subclasses set `type` and implement `complete` and `stream`."""
+
+    type: ClassVar[str] = ""
+
+    def __init__(self, cfg: BackendConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why this backend cannot take requests, or None when it can."""
+        return self.cfg.unavailable
+
+    async def start(self) -> None:
+        """Create pooled clients; called once when the server starts."""
+
+    async def aclose(self) -> None:
+        """Close pooled clients."""
+
+    async def complete(self, target: Target, body: Json, call: Call) -> Json:
+        raise NotImplementedError
+
+    def stream(self, target: Target, body: Json, call: Call) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def list_models(self) -> list[str]:
+        """Models the upstream says it serves (for discovery and health probes)."""
+        return []
+
+    def describe(self) -> str:
+        """One line for the start-up banner."""
+        where = self.cfg.base_url or "built in"
+        return f"{self.name} ({self.type}, {where})"
+
+
+class HTTPBackend(Backend):
+    """A backend that talks HTTP through one pooled httpx client."""
+
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(self, cfg: BackendConfig) -> None:
+        super().__init__(cfg)
+        self.base_url = (cfg.base_url or self.default_base_url).rstrip("/")
+        self.client: httpx.AsyncClient | None = None
+
+    def auth_headers(self) -> dict[str, str]:
+        return {}
+
+    async def start(self) -> None:
+        t = self.cfg.timeout
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={**self.cfg.headers, **self.auth_headers()},
+            timeout=httpx.Timeout(connect=t.connect, read=max(t.first_token, t.idle), write=t.idle, pool=t.connect),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30),
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    def transport_error(self, e: Exception) -> UpstreamError:
+        """A timeout or connection failure, worded without URLs or credentials."""
+        if isinstance(e, (httpx.TimeoutException, asyncio.TimeoutError)):
+            kind = "connect" if isinstance(e, httpx.ConnectTimeout) else "read"
+            return UpstreamError(f"Backend '{self.name}' timed out ({kind}).", status=504, type="timeout",
+                                 code="upstream_timeout", retry=True, category="timeout", backend=self.name)
+        return UpstreamError(f"Backend '{self.name}' is unreachable ({type(e).__name__}).", status=502,
+                             type="upstream_error", code="upstream_unreachable", retry=True,
+                             category="network", backend=self.name)
+
+    def status_error(self, status: int, message: str, headers: httpx.Headers | None = None, *,
+                     type: str | None = None, code: str | None = None, param: str | None = None) -> UpstreamError:
+        e = upstream_status_error(status, message, type=type, code=code, param=param,
+                                  retry_after=parse_retry_after(headers.get("retry-after") if headers else None))
+        e.backend = self.name
+        return e
+
+
+async def sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The ``data:`` payloads of an SSE body, without copying more than each line.
+
+    Comments, ``event:`` and ``id:`` lines are skipped (an OpenAI-compatible stream carries
+    everything in data); a payload split over several data lines is joined as the spec says.
+    """
+    buf = b""
+    pending: list[bytes] = []
+    async for raw in response.aiter_bytes():
+        buf = buf + raw if buf else raw
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            line = buf[start:nl]
+            start = nl + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if pending:
+                    yield pending[0] if len(pending) == 1 else b"\n".join(pending)
+                    pending = []
+                continue
+            if line.startswith(b"data:"):
+                pending.append(line[6:] if line[5:6] == b" " else line[5:])
+        buf = buf[start:]
+    if pending:
+        yield b"\n".join(pending)

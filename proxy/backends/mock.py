@@ -1,0 +1,74 @@
+"""`type: mock`: the built-in deterministic fake (see `proxy.mock`), in process, no network.
+
+Its faults take the same path as a real upstream's: an `UpstreamError` before the first chunk, or
+a dropped stream after some chunks, so demos and tests exercise fallback exactly as production does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import orjson
+
+from proxy import mock
+from proxy.backends import base
+from proxy.call import Call
+from proxy.config import Target
+from proxy.errors import UpstreamError, upstream_status_error
+
+
+class Backend(base.Backend):
+    type = "mock"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.script = mock.Script.from_options(cfg.options)
+        self.failures_left = self.script.times
+
+    def _script(self, body: base.Json) -> mock.Script:
+        s = self.script.with_directives(body)
+        if s is self.script and s.times is not None:
+            # backend-level faults limited to the first N requests
+            if self.failures_left:
+                self.failures_left -= 1
+            else:
+                s = mock.Script(latency=s.latency, chunk_delay=s.chunk_delay, template=s.template, chunks=s.chunks)
+        return s
+
+    async def _before_first_byte(self, s: mock.Script) -> None:
+        if s.hang:
+            await asyncio.sleep(self.cfg.timeout.first_token)
+            raise UpstreamError(f"Backend '{self.name}' timed out (read).", status=504, type="timeout",
+                                code="upstream_timeout", retry=True, category="timeout", backend=self.name)
+        if s.latency:
+            await asyncio.sleep(s.latency)
+        if s.status:
+            e = upstream_status_error(s.status, s.message, retry_after=s.retry_after)
+            e.backend = self.name
+            raise e
+
+    async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
+        s = self._script(body)
+        await self._before_first_byte(s)
+        out = mock.build_completion(body, target.model, call.id, call.created, mock.replies(body, target.model, s))
+        call.usage = out["usage"]
+        return out
+
+    async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
+        s = self._script(body)
+        await self._before_first_byte(s)
+        rs = mock.replies(body, target.model, s)
+        chunks = mock.build_chunks(target.model, call.id, call.created, rs)
+        for i, c in enumerate(chunks):
+            if s.drop is not None and i >= s.drop:
+                raise UpstreamError(f"Backend '{self.name}' dropped the stream.", status=502,
+                                    code="upstream_stream_dropped", retry=True, category="network",
+                                    backend=self.name)
+            if s.chunk_delay and i:
+                await asyncio.sleep(s.chunk_delay)
+            yield orjson.dumps(c)
+        call.usage = mock.usage_of(body, rs)
+
+    async def list_models(self) -> list[str]:
+        return ["mock"]

@@ -1,0 +1,96 @@
+"""`type: openai`: any OpenAI-compatible upstream (OpenAI, vLLM, llama.cpp's server, Ollama's /v1).
+
+Streams pass through as bytes: each upstream ``data:`` payload is handed on unparsed, except the
+first (to adopt the upstream's id) and any that carries usage (to count it).
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import httpx
+import orjson
+
+from proxy.backends import base
+from proxy.call import Call
+from proxy.config import Target
+from proxy.errors import UpstreamError
+from translators import openai as tr
+
+_JSON = {"content-type": "application/json"}
+
+
+class Backend(base.HTTPBackend):
+    type = "openai"
+    default_base_url = "https://api.openai.com/v1"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
+
+    async def start(self) -> None:
+        await super().start()
+        t = self.cfg.timeout
+        # a non-streamed answer's headers arrive only when it is complete
+        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
+
+    def _error(self, r: httpx.Response) -> UpstreamError:
+        message, type_, code, param = tr.error_details(r.status_code, r.content)
+        return self.status_error(r.status_code, message, r.headers, type=type_, code=code, param=param)
+
+    async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
+        req = tr.to_request(body, target.model, stream=False)
+        try:
+            r = await self.client.post("/chat/completions", content=orjson.dumps(req), headers=_JSON,
+                                       timeout=self.complete_timeout)
+        except httpx.HTTPError as e:
+            raise self.transport_error(e) from None
+        if r.status_code >= 400:
+            raise self._error(r)
+        try:
+            data = orjson.loads(r.content)
+        except orjson.JSONDecodeError:
+            raise self.status_error(502, "Upstream sent a response that is not JSON.") from None
+        call.usage = data.get("usage")
+        return data
+
+    async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
+        req = tr.to_request(body, target.model, stream=True)
+        first = True
+        try:
+            async with self.client.stream("POST", "/chat/completions", content=orjson.dumps(req),
+                                          headers=_JSON) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    raise self._error(r)
+                async for payload in base.sse_data(r):
+                    if payload.startswith(b"[DONE]"):
+                        return
+                    if payload.startswith(b'{"error"'):
+                        raise self._stream_error(payload)
+                    if first:
+                        first = False
+                        head = orjson.loads(payload)
+                        call.id = head.get("id") or call.id
+                        call.upstream_model = head.get("model")
+                    usage, usage_only = tr.chunk_usage(payload)
+                    if usage is not None:
+                        call.usage = usage
+                        if usage_only:
+                            continue
+                    yield payload
+        except httpx.HTTPError as e:
+            raise self.transport_error(e) from None
+
+    def _stream_error(self, payload: bytes) -> UpstreamError:
+        message, type_, code, _ = tr.error_details(500, payload)
+        return UpstreamError(message, status=502, type=type_ or "upstream_error", code=code,
+                             retry=True, category="server", backend=self.name)
+
+    async def list_models(self) -> list[str]:
+        try:
+            r = await self.client.get("/models")
+        except httpx.HTTPError as e:
+            raise self.transport_error(e) from None
+        if r.status_code >= 400:
+            raise self._error(r)
+        return [m.get("id") for m in orjson.loads(r.content).get("data", [])]

@@ -1,0 +1,65 @@
+"""The record of one client request as it moves through Turnout.
+
+Created by the app, filled in by routing, dispatch and the backend (usage, finish reason, the time
+of the first token), read by the response headers, logs and, later, the ledger and metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.config import Key
+
+
+def new_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+@dataclass(slots=True)
+class Attempt:
+    target: str
+    outcome: str  # "ok", or why it failed or was skipped
+    status: int | None = None
+
+
+@dataclass(slots=True)
+class Call:
+    request_model: str
+    stream: bool = False
+    include_usage: bool = False
+    key: Key | None = None
+    request_id: str = ""
+    id: str = field(default_factory=new_id)
+    created: int = field(default_factory=lambda: int(time.time()))
+    started: float = field(default_factory=time.perf_counter)
+    route: str | None = None
+    reason: str | None = None  # the rule (or "direct") that chose the chain
+    chain: list[str] = field(default_factory=list)
+    target: str | None = None  # the target that answered
+    attempts: list[Attempt] = field(default_factory=list)
+    first_token_at: float | None = None
+    usage: dict[str, Any] | None = None
+    upstream_model: str | None = None
+    status: int = 200
+
+    @property
+    def fallbacks(self) -> list[Attempt]:
+        """Targets that were tried or skipped before the one that answered."""
+        return [a for a in self.attempts if a.outcome != "ok"]
+
+    def headers(self) -> dict[str, str]:
+        """How the request was routed, for the client to read."""
+        h = {"x-request-id": self.request_id}
+        if self.target:
+            h["x-turnout-model"] = self.target
+        if self.route:
+            h["x-turnout-route"] = self.route
+        if self.reason:
+            h["x-turnout-reason"] = self.reason
+        fb = self.fallbacks
+        if fb:
+            h["x-turnout-fallbacks"] = ", ".join(f"{a.target}: {a.outcome}" for a in fb)
+        return h

@@ -1,0 +1,115 @@
+"""The `turnout` command: serve, demo, check-config, mock-upstream."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from proxy import config as config_mod
+from proxy.config import Config, ConfigError
+
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+
+
+def _default_config() -> str:
+    return os.environ.get("TURNOUT_CONFIG") or "proxy.yaml"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request URL at INFO; URLs may carry provider details we keep out of logs
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def load_or_exit(path: str) -> Config:
+    try:
+        return config_mod.load(path)
+    except ConfigError as e:
+        print(f"turnout: invalid config: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def describe(cfg: Config) -> str:
+    """The banner: each backend and whether it is usable, each route's chain."""
+    from proxy.backends import create
+
+    lines = [f"Turnout config {cfg.path or '(inline)'}", "backends:"]
+    for name, b in cfg.backends.items():
+        backend = create(b)
+        state = "usable" if not backend.unavailable else f"UNAVAILABLE: {backend.unavailable}"
+        lines.append(f"  {backend.describe():50s} {state}")
+    lines.append("models:")
+    for name, t in cfg.models.items():
+        lines.append(f"  {name:20s} {t.backend}/{t.model}  in ${t.price.input:g}/M out ${t.price.output:g}/M"
+                     + ("  vision" if t.vision else ""))
+    lines.append("routes:")
+    for name, r in cfg.routes.items():
+        lines.append(f"  {name:20s} {' -> '.join(r.chain)}" + (f"   # {r.description}" if r.description else ""))
+    if not cfg.keys:
+        lines.append("keys: none configured - the proxy is OPEN to anyone who can reach it")
+    else:
+        lines.append(f"keys: {', '.join(k.name for k in cfg.keys)}")
+    return "\n".join(lines)
+
+
+def serve(cfg: Config, host: str | None, port: int | None) -> None:
+    import uvicorn
+
+    from proxy.app import build_app
+
+    host = host or cfg.server.host
+    port = cfg.server.port if port is None else port
+    setup_logging(cfg.server.log_level)
+    print(describe(cfg), file=sys.stderr)
+    print(f"\nServing the OpenAI API at http://{host}:{port}/v1  (Ctrl+C to stop)", file=sys.stderr, flush=True)
+    uvicorn.run(build_app(cfg), host=host, port=port, loop="uvloop", http="httptools",
+                access_log=False, log_level=cfg.server.log_level, lifespan="on", timeout_graceful_shutdown=5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="turnout", description="An OpenAI-compatible LLM gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the gateway")
+    p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+
+    p = sub.add_parser("demo", help="serve a config of built-in mock backends: no keys, nothing else needed")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+
+    p = sub.add_parser("check-config", help="validate a config and print the resolved routes")
+    p.add_argument("file", nargs="?", default=None)
+
+    p = sub.add_parser("mock-upstream", help="serve the mock as an OpenAI-compatible upstream (benchmarks, tests)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4010)
+    p.add_argument("--chunks", type=int, default=None, help="pad streamed replies to this many chunks")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        serve(load_or_exit(args.config or _default_config()), args.host, args.port)
+    elif args.command == "demo":
+        serve(load_or_exit(str(DEMO_CONFIG)), args.host, args.port)
+    elif args.command == "check-config":
+        cfg = load_or_exit(args.file or _default_config())
+        print(describe(cfg))
+        print("config OK")
+    elif args.command == "mock-upstream":
+        import uvicorn
+
+        from proxy.mockserver import build_mock_upstream
+
+        app = build_mock_upstream({"chunks": args.chunks} if args.chunks else {})
+        uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
+                    access_log=False, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""proxy.yaml: load, interpolate ``${VAR}`` / ``${VAR:-default}``, validate, resolve.
+
+Validation fails at start with a `ConfigError` naming the field (``backends.claude.type: …``), so
+an operator never meets a typo at request time. A cloud backend whose key is missing is not an
+error: it is kept, marked unavailable, and skipped by routing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BACKEND_TYPES = ("mock", "openai", "anthropic", "gemini", "ollama", "llamacpp")
+KEYLESS_TYPES = ("mock", "ollama", "llamacpp")  # types that work without an api_key
+DEFAULT_MAX_BODY = 20 * 1024 * 1024
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """An invalid proxy.yaml; the message names the field."""
+
+
+@dataclass
+class Timeouts:
+    """Seconds. `first_token` bounds the wait for a stream's first chunk (or a whole non-streamed
+    answer's headers), `idle` the gap between chunks, `total` a whole non-streamed call."""
+
+    connect: float = 5.0
+    first_token: float = 60.0
+    idle: float = 60.0
+    total: float = 600.0
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 1  # tries per target, the first included
+    backoff: float = 0.25  # base seconds, doubled per retry, with jitter
+    max_retry_after: float = 10.0  # honour an upstream retry-after up to this
+
+
+@dataclass
+class BackendConfig:
+    name: str
+    type: str
+    base_url: str | None = None
+    api_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    options: dict[str, Any] = field(default_factory=dict)  # type-specific settings
+    unavailable: str | None = None  # why it cannot be used (e.g. a missing key), None when usable
+
+
+@dataclass
+class Price:
+    """USD per 1M tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cached: float | None = None
+
+
+@dataclass
+class Target:
+    """A model target: one backend's model with its price and abilities."""
+
+    name: str
+    backend: str
+    model: str
+    price: Price = field(default_factory=Price)
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    vision: bool = False
+    tools: bool = True
+    json_schema: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Route:
+    name: str
+    chain: list[str]
+    description: str = ""
+
+
+@dataclass
+class Key:
+    key: str
+    name: str
+    tier: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 4000
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    log_level: str = "info"
+
+
+@dataclass
+class Config:
+    server: ServerConfig
+    backends: dict[str, BackendConfig]
+    models: dict[str, Target]
+    routes: dict[str, Route]
+    keys: list[Key]
+    path: str | None = None
+
+    def chain_for(self, name: str) -> tuple[str | None, list[str]] | None:
+        """(route name, target chain) for what a client's `model` names, or None if unknown."""
+        if name in self.routes:
+            return name, list(self.routes[name].chain)
+        if name in self.models:
+            return None, [name]
+        return None
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    cfg = parse(raw, env)
+    cfg.path = str(p)
+    return cfg
+
+
+def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    missing: dict[str, list[str]] = {}
+    data = _interpolate(raw, env, "", missing)
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    _only(data, "config", {"server", "backends", "models", "routes", "keys"})
+
+    server = _server(_mapping(data.get("server") or {}, "server"))
+    backends = {
+        name: _backend(str(name), _mapping(b, f"backends.{name}"), missing)
+        for name, b in _mapping(data.get("backends") or {}, "backends").items()
+    }
+    if not backends:
+        raise ConfigError("backends: at least one backend is required")
+    models = {
+        str(name): _target(str(name), _mapping(m, f"models.{name}"), backends)
+        for name, m in _mapping(data.get("models") or {}, "models").items()
+    }
+    routes = {
+        str(name): _route(str(name), r, models)
+        for name, r in _mapping(data.get("routes") or {}, "routes").items()
+    }
+    for name in routes:
+        if name in models:
+            raise ConfigError(f"routes.{name}: a model target has the same name")
+    keys = _keys(data.get("keys") or [])
+    return Config(server=server, backends=backends, models=models, routes=routes, keys=keys)
+
+
+def _interpolate(node: Any, env: dict[str, str], path: str, missing: dict[str, list[str]]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k), missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, env, f"{path}[{i}]", missing) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def sub(m: re.Match[str]) -> str:
+            value = env.get(m.group(1))
+            if value:
+                return value
+            if m.group(2) is not None:
+                return m.group(2)
+            missing.setdefault(path, []).append(m.group(1))
+            return ""
+
+        out = _ENV.sub(sub, node)
+        return _coerce_scalar(out) if _ENV.fullmatch(node) else out
+    return node
+
+
+def _coerce_scalar(s: str) -> Any:
+    """A value that was only `${VAR}` takes YAML's reading of the result (a port becomes an int)."""
+    if s == "":
+        return None
+    try:
+        v = yaml.safe_load(s)
+    except yaml.YAMLError:
+        return s
+    return v if isinstance(v, (int, float, bool)) else s
+
+
+def _mapping(v: Any, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(v).__name__}")
+    return v
+
+
+def _only(d: dict[str, Any], where: str, allowed: set[str]) -> None:
+    extra = sorted(set(map(str, d)) - allowed)
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}: unknown field (expected one of: {', '.join(sorted(allowed))})")
+
+
+def _num(v: Any, where: str, *, minimum: float = 0, integer: bool = False) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}, got {v!r}")
+    if v < minimum:
+        raise ConfigError(f"{where}: must be at least {minimum}, got {v!r}")
+    return v
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    return v
+
+
+def _str(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{where}: expected a non-empty string, got {v!r}")
+    return v
+
+
+def _server(d: dict[str, Any]) -> ServerConfig:
+    _only(d, "server", {"host", "port", "max_body_bytes", "log_level"})
+    s = ServerConfig()
+    if "host" in d:
+        s.host = _str(d["host"], "server.host")
+    if "port" in d:
+        s.port = _num(d["port"], "server.port", minimum=0, integer=True)
+    if "max_body_bytes" in d:
+        s.max_body_bytes = _num(d["max_body_bytes"], "server.max_body_bytes", minimum=1, integer=True)
+    if "log_level" in d:
+        s.log_level = _str(d["log_level"], "server.log_level").lower()
+        if s.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"server.log_level: expected debug, info, warning or error, got {s.log_level!r}")
+    return s
+
+
+def _timeouts(v: Any, where: str) -> Timeouts:
+    t = Timeouts()
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        secs = _num(v, where, minimum=0.001)
+        return Timeouts(connect=min(t.connect, secs), first_token=secs, idle=secs, total=secs)
+    d = _mapping(v, where)
+    _only(d, where, {"connect", "first_token", "idle", "total"})
+    for k in ("connect", "first_token", "idle", "total"):
+        if k in d:
+            setattr(t, k, float(_num(d[k], f"{where}.{k}", minimum=0.001)))
+    return t
+
+
+def _retry(v: Any, where: str) -> RetryPolicy:
+    d = _mapping(v, where)
+    _only(d, where, {"attempts", "backoff", "max_retry_after"})
+    r = RetryPolicy()
+    if "attempts" in d:
+        r.attempts = _num(d["attempts"], f"{where}.attempts", minimum=1, integer=True)
+    if "backoff" in d:
+        r.backoff = float(_num(d["backoff"], f"{where}.backoff"))
+    if "max_retry_after" in d:
+        r.max_retry_after = float(_num(d["max_retry_after"], f"{where}.max_retry_after"))
+    return r
+
+
+def _backend(name: str, d: dict[str, Any], missing: dict[str, list[str]]) -> BackendConfig:
+    where = f"backends.{name}"
+    if "type" not in d:
+        raise ConfigError(f"{where}.type: required (one of: {', '.join(BACKEND_TYPES)})")
+    btype = d["type"]
+    if btype not in BACKEND_TYPES:
+        raise ConfigError(f"{where}.type: unknown backend type {btype!r} (expected one of: {', '.join(BACKEND_TYPES)})")
+    b = BackendConfig(name=name, type=btype)
+    if d.get("base_url") is not None:
+        b.base_url = _str(d["base_url"], f"{where}.base_url").rstrip("/")
+        if not b.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.base_url: expected an http:// or https:// URL, got {b.base_url!r}")
+    if d.get("api_key") is not None:
+        b.api_key = str(d["api_key"])
+    if "headers" in d:
+        b.headers = {str(k): str(v) for k, v in _mapping(d["headers"], f"{where}.headers").items()}
+    if "timeout" in d:
+        b.timeout = _timeouts(d["timeout"], f"{where}.timeout")
+    if "retry" in d:
+        b.retry = _retry(d["retry"], f"{where}.retry")
+    b.options = {k: v for k, v in d.items() if k not in ("type", "base_url", "api_key", "headers", "timeout", "retry")}
+    if not b.api_key and btype not in KEYLESS_TYPES and btype != "openai":
+        vars_ = missing.get(f"{where}.api_key")
+        b.unavailable = f"no API key ({'${' + vars_[0] + '} is not set' if vars_ else 'api_key is empty'})"
+    elif not b.api_key and btype == "openai" and f"{where}.api_key" in missing:
+        # an OpenAI-compatible local server needs no key, but a key that was asked for and is unset is missing
+        b.unavailable = f"no API key (${{{missing[f'{where}.api_key'][0]}}} is not set)"
+    if btype == "openai" and not b.base_url:
+        b.base_url = "https://api.openai.com/v1"
+    return b
+
+
+def _target(name: str, d: dict[str, Any], backends: dict[str, BackendConfig]) -> Target:
+    where = f"models.{name}"
+    allowed = {"backend", "model", "price", "context_window", "max_output_tokens", "vision", "tools",
+               "json_schema", "options"}
+    _only(d, where, allowed)
+    if "backend" not in d:
+        raise ConfigError(f"{where}.backend: required (one of: {', '.join(backends)})")
+    backend = d["backend"]
+    if backend not in backends:
+        raise ConfigError(f"{where}.backend: unknown backend {backend!r} (defined: {', '.join(backends)})")
+    t = Target(name=name, backend=backend, model=_str(d.get("model", name), f"{where}.model"))
+    if "price" in d:
+        p = _mapping(d["price"], f"{where}.price")
+        _only(p, f"{where}.price", {"input", "output", "cached"})
+        t.price = Price(
+            input=float(_num(p.get("input", 0), f"{where}.price.input")),
+            output=float(_num(p.get("output", 0), f"{where}.price.output")),
+            cached=None if p.get("cached") is None else float(_num(p["cached"], f"{where}.price.cached")),
+        )
+    for k in ("context_window", "max_output_tokens"):
+        if d.get(k) is not None:
+            setattr(t, k, _num(d[k], f"{where}.{k}", minimum=1, integer=True))
+    for k in ("vision", "tools", "json_schema"):
+        if k in d:
+            setattr(t, k, _bool(d[k], f"{where}.{k}"))
+    if "options" in d:
+        t.options = dict(_mapping(d["options"], f"{where}.options"))
+    return t
+
+
+def _route(name: str, v: Any, models: dict[str, Target]) -> Route:
+    where = f"routes.{name}"
+    description = ""
+    if isinstance(v, dict):
+        _only(v, where, {"chain", "description"})
+        description = str(v.get("description", ""))
+        v = v.get("chain")
+        where += ".chain"
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"{where}: expected a non-empty list of model targets")
+    for i, t in enumerate(v):
+        if t not in models:
+            raise ConfigError(f"{where}[{i}]: unknown model target {t!r} (defined: {', '.join(models) or 'none'})")
+    return Route(name=name, chain=[str(t) for t in v], description=description)
+
+
+def _keys(v: Any) -> list[Key]:
+    if not isinstance(v, list):
+        raise ConfigError("keys: expected a list of {key, name}")
+    keys: list[Key] = []
+    for i, k in enumerate(v):
+        d = _mapping(k, f"keys[{i}]")
+        if not d.get("key"):
+            # an unset ${VAR} must not silently leave the proxy open
+            raise ConfigError(f"keys[{i}].key: empty (is the variable it names set?)")
+        name = _str(d.get("name", f"key{i}"), f"keys[{i}].name")
+        keys.append(Key(key=str(d["key"]), name=name, tier=d.get("tier"),
+                        extra={x: y for x, y in d.items() if x not in ("key", "name", "tier")}))
+    return keys
