@@ -1,0 +1,113 @@
+"""Fetch http(s) image URLs for providers that only take inline bytes (Gemini, Ollama).
+
+A client-supplied URL makes Turnout open a connection, so every fetch is fenced: http/https only,
+a size cap, a timeout, at most a few redirects (each hop checked again) and no private, loopback,
+link-local or otherwise internal address unless the operator allows it (no SSRF).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from translators.common import TranslationError
+
+
+@dataclass
+class ImagePolicy:
+    max_bytes: int = 20 * 1024 * 1024
+    timeout: float = 10.0
+    allow_private: bool = False  # allow loopback / private addresses (tests, on-prem image stores)
+    max_redirects: int = 3
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "ImagePolicy":
+        d = options.get("images") or {}
+        p = cls()
+        for k in ("max_bytes", "timeout", "allow_private", "max_redirects"):
+            if k in d:
+                setattr(p, k, type(getattr(p, k))(d[k]))
+        return p
+
+
+def _blocked(ip: str) -> bool:
+    a = ipaddress.ip_address(ip)
+    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped:
+        a = a.ipv4_mapped
+    return not a.is_global or a.is_multicast
+
+
+class ImageFetcher:
+    """One pooled client for image downloads, created once per backend that needs it."""
+
+    def __init__(self, policy: ImagePolicy | None = None) -> None:
+        self.policy = policy or ImagePolicy()
+        self.client = httpx.AsyncClient(timeout=self.policy.timeout, follow_redirects=False, trust_env=False)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _check_host(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TranslationError("Image URLs must be http or https.", param="messages", code="invalid_image_url")
+        if self.policy.allow_private:
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 0,
+                                                                 type=socket.SOCK_STREAM)
+        except OSError:
+            raise TranslationError(f"Could not resolve the image host '{parts.hostname}'.", param="messages",
+                                   code="invalid_image_url") from None
+        if any(_blocked(info[4][0]) for info in infos):
+            raise TranslationError(f"Image URL host '{parts.hostname}' is not a public address.",
+                                   param="messages", code="invalid_image_url")
+
+    async def fetch(self, url: str) -> tuple[str, bytes]:
+        """(media type, bytes) of an image URL, within the policy's limits."""
+        for _ in range(self.policy.max_redirects + 1):
+            await self._check_host(url)
+            try:
+                async with self.client.stream("GET", url) as r:
+                    if r.is_redirect and "location" in r.headers:
+                        url = urljoin(url, r.headers["location"])
+                        continue
+                    if r.status_code != 200:
+                        raise TranslationError(f"Could not fetch the image (HTTP {r.status_code}).",
+                                               param="messages", code="invalid_image_url")
+                    declared = r.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > self.policy.max_bytes:
+                        raise self._too_big()
+                    data = bytearray()
+                    async for part in r.aiter_bytes():
+                        data += part
+                        if len(data) > self.policy.max_bytes:
+                            raise self._too_big()
+                    media_type = r.headers.get("content-type", "").split(";")[0].strip() or _sniff(bytes(data))
+                    return media_type, bytes(data)
+            except httpx.HTTPError as e:
+                raise TranslationError(f"Could not fetch the image ({type(e).__name__}).", param="messages",
+                                       code="invalid_image_url") from None
+        raise TranslationError("Too many redirects fetching the image.", param="messages", code="invalid_image_url")
+
+    def _too_big(self) -> TranslationError:
+        return TranslationError(f"The image is larger than {self.policy.max_bytes} bytes.", param="messages",
+                                code="image_too_large")
+
+
+def _sniff(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
