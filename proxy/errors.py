@@ -135,7 +135,7 @@ def upstream_status_error(
                              retry_after=retry_after, category="server")
     if status in (401, 403):
         return UpstreamError(f"Upstream rejected Turnout's credentials: {message}", status=502,
-                             type="upstream_auth_error", code=code or f"upstream_{status}",
+                             type="upstream_auth_error", code=f"upstream_{status}",
                              fallback=True, category="auth")
     if status == 404:
         return UpstreamError(message, status=404, type=type or "invalid_request_error",

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, ClassVar
 import httpx
 
 from proxy.call import Call
+from proxy.http import HTTPClient
 from proxy.config import BackendConfig, Target
 from proxy.errors import UpstreamError, parse_retry_after, upstream_status_error
 
@@ -58,27 +59,22 @@ class Backend:
 
 
 class HTTPBackend(Backend):
-    """A backend that talks HTTP through one pooled httpx client."""
+    """A backend that talks HTTP through one pooled client (`proxy.http.HTTPClient`: httpx's API
+    and exceptions, aiohttp's lower CPU cost underneath)."""
 
     default_base_url: ClassVar[str] = ""
 
     def __init__(self, cfg: BackendConfig) -> None:
         super().__init__(cfg)
         self.base_url = (cfg.base_url or self.default_base_url).rstrip("/")
-        self.client: httpx.AsyncClient | None = None
+        self.client: HTTPClient | None = None
 
     def auth_headers(self) -> dict[str, str]:
         return {}
 
     async def start(self) -> None:
-        t = self.cfg.timeout
-        self.client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={**self.cfg.headers, **self.auth_headers()},
-            timeout=httpx.Timeout(connect=t.connect, read=max(t.first_token, t.idle), write=t.idle, pool=t.connect),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30),
-            trust_env=False,
-        )
+        self.client = HTTPClient(self.base_url, headers={**self.cfg.headers, **self.auth_headers()},
+                                 timeout=self.cfg.timeout)
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -102,7 +98,7 @@ class HTTPBackend(Backend):
         return e
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+async def sse_data(response: Any) -> AsyncIterator[bytes]:
     """The ``data:`` payloads of an SSE body, without copying more than each line.
 
     Comments, ``event:`` and ``id:`` lines are skipped (an OpenAI-compatible stream carries
