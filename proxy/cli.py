@@ -1,4 +1,4 @@
-"""The `turnout` command: serve, demo, check-config, mock-upstream."""
+"""The `turnout` command: serve, demo, check-config, mock-upstream, models."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from proxy import config as config_mod
 from proxy.config import Config, ConfigError
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+DEMO_LOCAL_CONFIG = Path(__file__).with_name("demo-local.yaml")
 
 
 def _default_config() -> str:
@@ -28,7 +29,12 @@ def setup_logging(level: str) -> None:
 
 def load_or_exit(path: str) -> Config:
     try:
-        return config_mod.load(path)
+        cfg = config_mod.load(path)
+        from proxy.backends import create
+
+        for b in cfg.backends.values():
+            create(b)  # a backend's own options (e.g. llamacpp's) are checked when it is built
+        return cfg
     except ConfigError as e:
         print(f"turnout: invalid config: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -83,6 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("demo", help="serve a config of built-in mock backends: no keys, nothing else needed")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument("--local", action="store_true",
+                   help="route the simple tier to a real local model (SmolLM2 via llama.cpp; needs turnout[local])")
+
+    p = sub.add_parser("models", help="the local model cache: fetch a GGUF model, list, print a path")
+    p.add_argument("action", choices=["fetch", "list", "path"])
+    p.add_argument("name", nargs="?", default=None, help="a known model, e.g. smollm2")
 
     p = sub.add_parser("check-config", help="validate a config and print the resolved routes")
     p.add_argument("file", nargs="?", default=None)
@@ -95,8 +107,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(load_or_exit(args.config or _default_config()), args.host, args.port)
+    elif args.command == "demo" and args.local:
+        from proxy.models import prepare_local_demo
+
+        prepare_local_demo()
+        serve(load_or_exit(str(DEMO_LOCAL_CONFIG)), args.host, args.port)
     elif args.command == "demo":
         serve(load_or_exit(str(DEMO_CONFIG)), args.host, args.port)
+    elif args.command == "models":
+        from proxy.models import main as models_main
+
+        raise SystemExit(models_main(args.action, args.name))
     elif args.command == "check-config":
         cfg = load_or_exit(args.file or _default_config())
         print(describe(cfg))

@@ -1,0 +1,277 @@
+"""`type: llamacpp`: a local GGUF model served by llama.cpp's server, which Turnout starts and supervises.
+
+    backends:
+      local:
+        type: llamacpp
+        model_path: smollm2          # a cached model (`turnout models fetch smollm2`) or a .gguf path
+        n_ctx: 4096                  # context size, shared by the slots
+        threads: 4                   # CPU threads (default: all cores, at most 8)
+        parallel: 1                  # requests decoded at once (slots)
+        startup_timeout: 120         # seconds for the model to load and /health to answer
+
+Requests go through the OpenAI-compatible path (`proxy.backends.openai`): llama.cpp's server speaks
+that API itself. What this module adds is the process: `start()` launches
+``python -m proxy.llamacpp_server`` (needs the `turnout[local]` extra, i.e. `xllamacpp`) as a child in
+its own process group on a free loopback port and waits for /health; a supervisor task watches it
+and restarts it with exponential backoff when it exits or stops answering /health. While it is
+down the backend is `unavailable` (routing skips it, /ready shows why) and every transition is
+logged. `aclose()` stops it (SIGTERM, then SIGKILL); if Turnout dies without closing, the child
+dies with it (PR_SET_PDEATHSIG on Linux, a parent watchdog everywhere, an atexit hook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from proxy import models as model_cache
+from proxy.backends import openai
+from proxy.config import BackendConfig, ConfigError
+from proxy.llamacpp_server import Child
+
+log = logging.getLogger("turnout.llamacpp")
+
+_OPTIONS = {"model_path", "n_ctx", "threads", "parallel", "startup_timeout", "restart", "restart_backoff",
+            "restart_backoff_max", "health_interval", "log_file", "alias"}
+
+
+def _int(v: Any, where: str, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ConfigError(f"{where}: expected an integer of at least {minimum}, got {v!r}")
+    return v
+
+
+def _float(v: Any, where: str, minimum: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < minimum:
+        raise ConfigError(f"{where}: expected a number of at least {minimum}, got {v!r}")
+    return float(v)
+
+
+class Backend(openai.Backend):
+    type = "llamacpp"
+    default_base_url = "http://127.0.0.1:0/v1"  # replaced by the child's real address once it serves
+
+    def __init__(self, cfg: BackendConfig) -> None:
+        super().__init__(cfg)
+        where = f"backends.{cfg.name}"
+        o = cfg.options
+        unknown = sorted(set(o) - _OPTIONS)
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown field for a llamacpp backend "
+                              f"(expected one of: {', '.join(sorted(_OPTIONS))})")
+        if cfg.base_url:
+            raise ConfigError(f"{where}.base_url: a llamacpp backend runs its own server; to use a llama.cpp "
+                              "server that is already running, use type: openai with its base_url")
+        spec = o.get("model_path")
+        if not isinstance(spec, str) or not spec:
+            raise ConfigError(f"{where}.model_path: required: a GGUF file, or a cached model name "
+                              f"({', '.join(model_cache.KNOWN)}; see `turnout models fetch`)")
+        self.model_spec = spec
+        self.model_file = model_cache.resolve(spec)
+        self.n_ctx = _int(o.get("n_ctx", 4096), f"{where}.n_ctx", 256)
+        self.threads = _int(o.get("threads", min(os.cpu_count() or 2, 8)), f"{where}.threads", 1)
+        self.parallel = _int(o.get("parallel", 1), f"{where}.parallel", 1)
+        self.startup_timeout = _float(o.get("startup_timeout", 120), f"{where}.startup_timeout", 1)
+        self.restart = o.get("restart", True)
+        if not isinstance(self.restart, bool):
+            raise ConfigError(f"{where}.restart: expected true or false, got {self.restart!r}")
+        self.backoff = _float(o.get("restart_backoff", 1.0), f"{where}.restart_backoff", 0.01)
+        self.backoff_max = _float(o.get("restart_backoff_max", 30.0), f"{where}.restart_backoff_max", 0.01)
+        self.health_interval = _float(o.get("health_interval", 5.0), f"{where}.health_interval", 0.1)
+        self.log_file = o.get("log_file")
+        self.alias = str(o.get("alias") or (spec if spec in model_cache.KNOWN else self.model_file.stem))
+
+        self.child: Child | None = None
+        self.restarts = 0  # times the server was started again after it died
+        self._workdir: str | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self._state: str | None = "not started"  # None while serving; why not, otherwise
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def _static_problem(self) -> str | None:
+        """What stops the server from starting at all (a missing model or xllamacpp)."""
+        if not self.model_file.is_file():
+            if self.model_spec in model_cache.KNOWN:
+                return (f"model {self.model_spec!r} is not in the cache {model_cache.cache_dir()} "
+                        f"(run: turnout models fetch {self.model_spec})")
+            return f"model file not found: {self.model_file}"
+        if importlib.util.find_spec("xllamacpp") is None:
+            return "xllamacpp is not installed (pip install 'turnout[local]')"
+        return None
+
+    @property
+    def unavailable(self) -> str | None:
+        if self.cfg.unavailable:
+            return self.cfg.unavailable
+        if self._supervisor is None and self.child is None:
+            # not started (the banner, check-config) or never startable
+            return self._static_problem() if self._state == "not started" else self._state
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        """The llama.cpp server process while one is running."""
+        return self.child.pid if self.child is not None and self.child.poll() is None else None
+
+    def describe(self) -> str:
+        where = self.child.url if self.child is not None and self.child.url else "managed, loopback"
+        return f"{self.name} ({self.type}, {self.model_file.name}, {where})"
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await super().start()
+        problem = self._static_problem()
+        if problem:
+            self._state = problem
+            log.error("backend %s: cannot start llama.cpp's server: %s", self.name, problem)
+            return
+        self._workdir = tempfile.mkdtemp(prefix=f"turnout-llamacpp-{self.name}-")
+        first = asyncio.get_running_loop().create_future()
+        self._supervisor = asyncio.create_task(self._supervise(first), name=f"llamacpp-{self.name}")
+        await first  # the first launch has succeeded or failed (the supervisor goes on either way)
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            try:
+                await self._supervisor
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await self._stop_child()
+        self._state = "stopped"
+        if self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        await super().aclose()
+
+    async def _stop_child(self) -> None:
+        child, self.child = self.child, None
+        if child is None or child.poll() is not None:
+            return
+        child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while child.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if child.poll() is None:
+            log.warning("backend %s: llama.cpp server pid %d ignored SIGTERM; killing it", self.name, child.pid)
+            child.signal(signal.SIGKILL)
+            await asyncio.to_thread(child.stop, 0)  # reap it
+        log.info("backend %s: llama.cpp server pid %d stopped", self.name, child.pid)
+
+    async def _launch(self) -> str | None:
+        """Start a child and wait until /health answers; None on success, else why it failed."""
+        problem = self._static_problem()
+        if problem:
+            return problem
+        log_path = self.log_file or os.path.join(self._workdir, "server.log")
+        child = Child.spawn(str(self.model_file), n_ctx=self.n_ctx, threads=self.threads, parallel=self.parallel,
+                            alias=self.alias, workdir=self._workdir, log_path=log_path)
+        self.child = child
+        log.info("backend %s: starting llama.cpp server pid %d for %s (log: %s)", self.name, child.pid,
+                 self.model_file, log_path)
+        started = time.monotonic()
+        deadline = started + self.startup_timeout
+        async with httpx.AsyncClient(timeout=2, trust_env=False) as probe:
+            while True:
+                rc = child.poll()
+                if rc is not None:
+                    tail = child.log_tail()
+                    log.warning("backend %s: llama.cpp server exited with code %s while starting%s", self.name,
+                                rc, "; last output:\n" + tail if tail else "")
+                    return f"llama.cpp server exited with code {rc} while starting"
+                url = child.read_ready()
+                if url is not None and await self._healthy(probe, url):
+                    break
+                if time.monotonic() > deadline:
+                    await self._stop_child()
+                    return f"llama.cpp server did not become healthy within {self.startup_timeout:g}s"
+                await asyncio.sleep(0.05)
+        self.base_url = url + "/v1"
+        self.client.base_url = self.base_url
+        log.info("backend %s: llama.cpp server pid %d ready at %s in %.1fs", self.name, child.pid, url,
+                 time.monotonic() - started)
+        return None
+
+    @staticmethod
+    async def _healthy(probe: httpx.AsyncClient, url: str) -> bool:
+        try:
+            r = await probe.get(url + "/health")
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    async def _watch(self) -> str:
+        """Wait while the child serves; return why it stopped serving (it is no longer running)."""
+        child = self.child
+        assert child is not None and child.url is not None
+        misses = 0
+        next_probe = time.monotonic() + self.health_interval
+        async with httpx.AsyncClient(timeout=max(2.0, self.health_interval), trust_env=False) as probe:
+            while True:
+                rc = child.poll()
+                if rc is not None:
+                    how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+                    killed = rc in (-signal.SIGKILL, -signal.SIGTERM)  # its last output says nothing then
+                    tail = "" if killed else child.log_tail(8)
+                    log.warning("backend %s: llama.cpp server pid %d %s%s", self.name, child.pid, how,
+                                "; last output:\n" + tail if tail else "")
+                    return f"llama.cpp server {how}"
+                if time.monotonic() >= next_probe:
+                    misses = 0 if await self._healthy(probe, child.url) else misses + 1
+                    next_probe = time.monotonic() + self.health_interval
+                    if misses >= 3:
+                        log.warning("backend %s: llama.cpp server pid %d failed 3 health checks; restarting it",
+                                    self.name, child.pid)
+                        await self._stop_child()
+                        return "llama.cpp server stopped answering /health"
+                await asyncio.sleep(0.1)
+
+    async def _supervise(self, first: asyncio.Future[None]) -> None:
+        failures = 0  # consecutive failed launches or short-lived servers, for the backoff
+        try:
+            while not self._closing:
+                self._state = "llama.cpp server is starting" if not self.restarts else \
+                    f"llama.cpp server is restarting (restart {self.restarts})"
+                why = await self._launch()
+                if why is None:
+                    self._state = None
+                    if not first.done():
+                        first.set_result(None)
+                    up_since = time.monotonic()
+                    why = await self._watch()
+                    if time.monotonic() - up_since > 60:
+                        failures = 0  # it served for a while: start the backoff over
+                if not first.done():
+                    first.set_result(None)
+                if self._closing:
+                    return
+                failures += 1
+                if not self.restart:
+                    self._state = f"{why} (restart: false)"
+                    log.error("backend %s: %s; not restarting it (restart: false)", self.name, why)
+                    return
+                delay = min(self.backoff * 2 ** (failures - 1), self.backoff_max)
+                self._state = f"{why}; restarting in {delay:.1f}s"
+                log.warning("backend %s: %s; restarting in %.1fs (attempt %d)", self.name, why, delay, failures)
+                await asyncio.sleep(delay)
+                self.restarts += 1
+        except Exception as e:  # a bug here must not pass silently: the backend stays down, visibly
+            self._state = f"llama.cpp supervisor failed ({type(e).__name__})"
+            log.exception("backend %s: supervisor failed", self.name)
+            await self._stop_child()
+        finally:
+            if not first.done():
+                first.set_result(None)
