@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy import dispatch, validate
+from proxy import pricing, validate
 from proxy.backends import Backend, create
+from proxy.dispatch import Dispatcher
 from proxy.call import Call
 from proxy.config import Config, Key
 from proxy.errors import AuthenticationError, InvalidRequest, ModelNotFound, ProxyError, RequestTooLarge
@@ -51,6 +52,7 @@ class Turnout:
         self.cfg = cfg
         self.backends: dict[str, Backend] = {name: create(b) for name, b in cfg.backends.items()}
         self.router = Router(cfg, self.backends)
+        self.dispatcher = Dispatcher(self.router)
         self.keys: dict[str, Key] = {k.key: k for k in cfg.keys}
 
     async def start(self) -> None:
@@ -113,12 +115,16 @@ class Turnout:
             call.request_model = body["model"]
             call.stream = bool(body.get("stream"))
             call.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chain = self.router.plan(call)
+            features = self.router.features(body, request.headers, call.key)
+            chain, rule = self.router.plan(call, features)
+            deadline = self.cfg.routes[call.route].timeout if call.route else None
             if not call.stream:
-                data = await dispatch.complete(chain, self.backends, body, call)
+                data = await self.dispatcher.complete(chain, body, call, escalate=rule.escalate if rule else 0,
+                                                      deadline=deadline)
+                call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price)
                 self.log_call(call, 200)
                 return Response(orjson.dumps(data), media_type="application/json", headers=call.headers())
-            first, rest = await dispatch.open_stream(chain, self.backends, body, call)
+            first, rest = await self.dispatcher.open_stream(chain, body, call, deadline=deadline)
             return StreamingResponse(self.sse(call, first, rest), media_type="text/event-stream",
                                      headers={**_SSE_HEADERS, **call.headers()})
         except ProxyError as e:
@@ -153,6 +159,13 @@ class Turnout:
         finally:
             await rest.aclose()
             self.log_call(call, status)
+
+    async def route(self, request: Request) -> Response:
+        """POST /turnout/route: the routing decision for a chat body, with no upstream call."""
+        key = self.authenticate(request)
+        body = validate.chat_request(await self.read_json(request))
+        call = Call(request_model=body["model"], key=key)
+        return json_response(self.router.explain(call, self.router.features(body, request.headers, key)))
 
     async def models(self, request: Request) -> Response:
         self.authenticate(request)
@@ -228,6 +241,7 @@ def build_app(cfg: Config) -> Starlette:
             Route("/v1/models/{model:path}", turnout.model, methods=["GET"]),
             Route("/health", turnout.health, methods=["GET"]),
             Route("/ready", turnout.ready, methods=["GET"]),
+            Route("/turnout/route", turnout.route, methods=["POST"]),
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: on_http_error, ProxyError: on_proxy_error},

@@ -44,6 +44,7 @@ class Call:
     usage: dict[str, Any] | None = None
     upstream_model: str | None = None
     status: int = 200
+    cost_usd: float | None = None
 
     @property
     def fallbacks(self) -> list[Attempt]:
@@ -62,4 +63,9 @@ class Call:
         fb = self.fallbacks
         if fb:
             h["x-turnout-fallbacks"] = ", ".join(f"{a.target}: {a.outcome}" for a in fb)
+            escalated = [f"{a.target}: {a.outcome[11:]}" for a in fb if a.outcome.startswith("escalated: ")]
+            if escalated:
+                h["x-turnout-escalated"] = ", ".join(escalated)
+        if self.cost_usd is not None:
+            h["x-turnout-cost-usd"] = f"{self.cost_usd:.8f}"
         return h

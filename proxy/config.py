@@ -80,13 +80,78 @@ class Target:
     tools: bool = True
     json_schema: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None  # seconds for one call to this target (to the first token for streams)
+
+
+TURNS = ("first", "followup")
+REQUIREMENTS = ("quality", "speed", "budget")
+
+
+@dataclass
+class Range:
+    """A numeric condition: every bound given must hold."""
+
+    gte: float | None = None
+    lte: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{op}{v:g}" for op, v in ((">=", self.gte), ("<=", self.lte), (">", self.gt), ("<", self.lt))
+                 if v is not None]
+        return " and ".join(parts)
+
+    def holds(self, v: float) -> bool:
+        return ((self.gte is None or v >= self.gte) and (self.lte is None or v <= self.lte)
+                and (self.gt is None or v > self.gt) and (self.lt is None or v < self.lt))
+
+
+@dataclass
+class Conditions:
+    """A rule's `when`: all given conditions must hold (an empty one always matches)."""
+
+    has_images: bool | None = None
+    has_tools: bool | None = None
+    turn: str | None = None  # first (no assistant turn yet: planning) | followup (execution)
+    complexity: Range | None = None
+    prompt_tokens: Range | None = None
+    task: frozenset[str] | None = None
+    tier: frozenset[str] | None = None
+    requirement: frozenset[str] | None = None
+
+
+@dataclass
+class Rule:
+    name: str
+    then: list[str]
+    when: Conditions = field(default_factory=Conditions)
+    escalate: int = 0  # quality escalation: at most this many moves to the next target
 
 
 @dataclass
 class Route:
     name: str
-    chain: list[str]
+    chain: list[str]  # a plain route's fallback chain; for a rules route, every target it can use
     description: str = ""
+    rules: list[Rule] = field(default_factory=list)
+    timeout: float | None = None  # a deadline for the whole chain, seconds
+
+
+@dataclass
+class CircuitPolicy:
+    failures: int = 5  # consecutive failures that open the circuit
+    cooldown: float = 30.0  # seconds open before one half-open trial
+
+
+@dataclass
+class Routing:
+    """Settings of the routing engine (`routing:` in proxy.yaml)."""
+
+    complexity: dict[str, Any] = field(default_factory=dict)  # keyword lists and weights overrides
+    circuit: CircuitPolicy = field(default_factory=CircuitPolicy)
+    override_header: str = "x-turnout-target"
+    override_metadata: str = "turnout_target"
+    overrides: str = "keys"  # who may force a target: all | keys (those with allow_override) | none
 
 
 @dataclass
@@ -94,6 +159,7 @@ class Key:
     key: str
     name: str
     tier: str | None = None
+    allow_override: bool = False  # may force a target with the override header / metadata
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,15 +178,8 @@ class Config:
     models: dict[str, Target]
     routes: dict[str, Route]
     keys: list[Key]
+    routing: Routing = field(default_factory=Routing)
     path: str | None = None
-
-    def chain_for(self, name: str) -> tuple[str | None, list[str]] | None:
-        """(route name, target chain) for what a client's `model` names, or None if unknown."""
-        if name in self.routes:
-            return name, list(self.routes[name].chain)
-        if name in self.models:
-            return None, [name]
-        return None
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -148,7 +207,7 @@ def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
     data = _interpolate(raw, env, "", missing)
     if not isinstance(data, dict):
         raise ConfigError("config: expected a mapping at the top level")
-    _only(data, "config", {"server", "backends", "models", "routes", "keys"})
+    _only(data, "config", {"server", "backends", "models", "routes", "keys", "routing"})
 
     server = _server(_mapping(data.get("server") or {}, "server"))
     backends = {
@@ -169,7 +228,8 @@ def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
         if name in models:
             raise ConfigError(f"routes.{name}: a model target has the same name")
     keys = _keys(data.get("keys") or [])
-    return Config(server=server, backends=backends, models=models, routes=routes, keys=keys)
+    routing = _routing(_mapping(data.get("routing") or {}, "routing"))
+    return Config(server=server, backends=backends, models=models, routes=routes, keys=keys, routing=routing)
 
 
 def _interpolate(node: Any, env: dict[str, str], path: str, missing: dict[str, list[str]]) -> Any:
@@ -313,7 +373,7 @@ def _backend(name: str, d: dict[str, Any], missing: dict[str, list[str]]) -> Bac
 def _target(name: str, d: dict[str, Any], backends: dict[str, BackendConfig]) -> Target:
     where = f"models.{name}"
     allowed = {"backend", "model", "price", "context_window", "max_output_tokens", "vision", "tools",
-               "json_schema", "options"}
+               "json_schema", "options", "timeout"}
     _only(d, where, allowed)
     if "backend" not in d:
         raise ConfigError(f"{where}.backend: required (one of: {', '.join(backends)})")
@@ -337,23 +397,134 @@ def _target(name: str, d: dict[str, Any], backends: dict[str, BackendConfig]) ->
             setattr(t, k, _bool(d[k], f"{where}.{k}"))
     if "options" in d:
         t.options = dict(_mapping(d["options"], f"{where}.options"))
+    if d.get("timeout") is not None:
+        t.timeout = float(_num(d["timeout"], f"{where}.timeout", minimum=0.001))
     return t
 
 
-def _route(name: str, v: Any, models: dict[str, Target]) -> Route:
-    where = f"routes.{name}"
-    description = ""
-    if isinstance(v, dict):
-        _only(v, where, {"chain", "description"})
-        description = str(v.get("description", ""))
-        v = v.get("chain")
-        where += ".chain"
+def _chain(v: Any, where: str, models: dict[str, Target]) -> list[str]:
     if not isinstance(v, list) or not v:
         raise ConfigError(f"{where}: expected a non-empty list of model targets")
     for i, t in enumerate(v):
         if t not in models:
             raise ConfigError(f"{where}[{i}]: unknown model target {t!r} (defined: {', '.join(models) or 'none'})")
-    return Route(name=name, chain=[str(t) for t in v], description=description)
+    return [str(t) for t in v]
+
+
+def _range(v: Any, where: str) -> Range:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return Range(gte=float(v))
+    d = _mapping(v, where)
+    _only(d, where, {"gte", "lte", "gt", "lt"})
+    if not d:
+        raise ConfigError(f"{where}: give at least one of gte, lte, gt, lt")
+    return Range(**{k: float(_num(x, f"{where}.{k}", minimum=float("-inf"))) for k, x in d.items()})
+
+
+def _names(v: Any, where: str, allowed: tuple[str, ...] | None = None) -> frozenset[str]:
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not items or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"{where}: expected a name or a list of names")
+    if allowed:
+        for x in items:
+            if x not in allowed:
+                raise ConfigError(f"{where}: unknown value {x!r} (expected one of: {', '.join(allowed)})")
+    return frozenset(items)
+
+
+def _conditions(v: Any, where: str) -> Conditions:
+    d = _mapping(v, where)
+    _only(d, where, {"has_images", "has_tools", "turn", "complexity", "prompt_tokens", "task", "tier",
+                     "requirement"})
+    c = Conditions()
+    for k in ("has_images", "has_tools"):
+        if k in d:
+            setattr(c, k, _bool(d[k], f"{where}.{k}"))
+    if "turn" in d:
+        turn = str(d["turn"]).replace("-", "").replace("_", "")
+        if turn not in TURNS:
+            raise ConfigError(f"{where}.turn: expected first or followup, got {d['turn']!r}")
+        c.turn = turn
+    for k in ("complexity", "prompt_tokens"):
+        if k in d:
+            setattr(c, k, _range(d[k], f"{where}.{k}"))
+    for k in ("task", "tier"):
+        if k in d:
+            setattr(c, k, _names(d[k], f"{where}.{k}"))
+    if "requirement" in d:
+        c.requirement = _names(d["requirement"], f"{where}.requirement", REQUIREMENTS)
+    return c
+
+
+def _route(name: str, v: Any, models: dict[str, Target]) -> Route:
+    where = f"routes.{name}"
+    if isinstance(v, list):
+        return Route(name=name, chain=_chain(v, where, models))
+    d = _mapping(v, where)
+    _only(d, where, {"chain", "rules", "description", "timeout"})
+    r = Route(name=name, chain=[], description=str(d.get("description", "")))
+    if d.get("timeout") is not None:
+        r.timeout = float(_num(d["timeout"], f"{where}.timeout", minimum=0.001))
+    if ("chain" in d) == ("rules" in d):
+        raise ConfigError(f"{where}: give either chain (a list of targets) or rules")
+    if "chain" in d:
+        r.chain = _chain(d["chain"], f"{where}.chain", models)
+        return r
+    rules = d["rules"]
+    if not isinstance(rules, list) or not rules:
+        raise ConfigError(f"{where}.rules: expected a non-empty list of rules")
+    seen: set[str] = set()
+    for i, raw in enumerate(rules):
+        w = f"{where}.rules[{i}]"
+        rd = _mapping(raw, w)
+        _only(rd, w, {"name", "when", "then", "escalate"})
+        rule_name = _str(rd.get("name", f"rule{i}"), f"{w}.name")
+        if rule_name in seen:
+            raise ConfigError(f"{w}.name: duplicate rule name {rule_name!r}")
+        seen.add(rule_name)
+        if "then" not in rd:
+            raise ConfigError(f"{w}.then: required (the chain of targets this rule sends to)")
+        rule = Rule(name=rule_name, then=_chain(rd["then"], f"{w}.then", models),
+                    when=_conditions(rd.get("when") or {}, f"{w}.when"))
+        if "escalate" in rd:
+            esc = rd["escalate"]
+            rule.escalate = (1 if esc else 0) if isinstance(esc, bool) else _num(esc, f"{w}.escalate", integer=True)
+        r.rules.append(rule)
+        r.chain += [t for t in rule.then if t not in r.chain]
+    return r
+
+
+def _routing(d: dict[str, Any]) -> Routing:
+    _only(d, "routing", {"complexity", "circuit", "overrides"})
+    r = Routing()
+    if "complexity" in d:
+        c = _mapping(d["complexity"], "routing.complexity")
+        _only(c, "routing.complexity", {"keywords", "weights", "base"})
+        for k, v in _mapping(c.get("keywords") or {}, "routing.complexity.keywords").items():
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"routing.complexity.keywords.{k}: expected a list of words or phrases")
+        for k, v in _mapping(c.get("weights") or {}, "routing.complexity.weights").items():
+            _num(v, f"routing.complexity.weights.{k}", minimum=-1)
+        r.complexity = c
+    if "circuit" in d:
+        c = _mapping(d["circuit"], "routing.circuit")
+        _only(c, "routing.circuit", {"failures", "cooldown"})
+        if "failures" in c:
+            r.circuit.failures = _num(c["failures"], "routing.circuit.failures", minimum=1, integer=True)
+        if "cooldown" in c:
+            r.circuit.cooldown = float(_num(c["cooldown"], "routing.circuit.cooldown"))
+    if "overrides" in d:
+        o = _mapping(d["overrides"], "routing.overrides")
+        _only(o, "routing.overrides", {"header", "metadata", "allow"})
+        if "header" in o:
+            r.override_header = _str(o["header"], "routing.overrides.header").lower()
+        if "metadata" in o:
+            r.override_metadata = _str(o["metadata"], "routing.overrides.metadata")
+        if "allow" in o:
+            if o["allow"] not in ("all", "keys", "none"):
+                raise ConfigError(f"routing.overrides.allow: expected all, keys or none, got {o['allow']!r}")
+            r.overrides = o["allow"]
+    return r
 
 
 def _keys(v: Any) -> list[Key]:
@@ -366,6 +537,7 @@ def _keys(v: Any) -> list[Key]:
             # an unset ${VAR} must not silently leave the proxy open
             raise ConfigError(f"keys[{i}].key: empty (is the variable it names set?)")
         name = _str(d.get("name", f"key{i}"), f"keys[{i}].name")
-        keys.append(Key(key=str(d["key"]), name=name, tier=d.get("tier"),
-                        extra={x: y for x, y in d.items() if x not in ("key", "name", "tier")}))
+        allow = _bool(d["allow_override"], f"keys[{i}].allow_override") if "allow_override" in d else False
+        keys.append(Key(key=str(d["key"]), name=name, tier=d.get("tier"), allow_override=allow,
+                        extra={x: y for x, y in d.items() if x not in ("key", "name", "tier", "allow_override")}))
     return keys

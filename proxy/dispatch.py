@@ -1,10 +1,12 @@
 """Dispatch: try a chain of targets in order until one answers.
 
-Per target, retryable failures (429, 5xx, timeouts, connection errors) are retried up to the
-backend's `retry.attempts` with exponential backoff and jitter, honouring an upstream retry-after
-up to a cap; then the next target is tried if the failure allows a fallback. Any other error (a
-client 4xx) goes back unchanged. A stream is opened by pulling its first chunk: until then it
-may still fall back, after that it belongs to the client.
+Per target: the circuit breaker must allow the call; retryable failures (429, 5xx, timeouts,
+connection errors) are retried up to the backend's `retry.attempts` with exponential backoff and
+jitter, honouring an upstream retry-after up to a cap; then the next target is tried if the
+failure allows a fallback. A context-length error moves on to a target with a larger window. Any
+other client error goes back unchanged. A stream is opened by pulling its first chunk: until then
+it may still fall back, after that it belongs to the client. Rules that opt in get quality
+escalation: a weak non-streamed answer moves on to the next target, at most `escalate` times.
 """
 
 from __future__ import annotations
@@ -12,21 +14,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from contextlib import nullcontext
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
+from proxy import quality
 from proxy.backends.base import Backend, Json
 from proxy.call import Attempt, Call
 from proxy.config import Target
 from proxy.errors import InvalidRequest, UpstreamError
+from proxy.router import Router
 from translators.common import TranslationError
 
 log = logging.getLogger("turnout.dispatch")
 T = TypeVar("T")
+CONTEXT_ERROR = re.compile(r"context[ _]length|context window|maximum context|too many tokens|prompt is too long"
+                           r"|exceeds the (?:model'?s )?(?:maximum|context)", re.IGNORECASE)
 
 
 def _outcome(e: UpstreamError) -> str:
     return f"{e.status} {e.code or e.type}"
+
+
+def is_context_error(e: UpstreamError) -> bool:
+    return e.code == "context_length_exceeded" or (400 <= e.status < 500 and bool(CONTEXT_ERROR.search(e.message)))
 
 
 def _delay(backend: Backend, attempt: int, e: UpstreamError) -> float:
@@ -37,62 +49,118 @@ def _delay(backend: Backend, attempt: int, e: UpstreamError) -> float:
     return base / 2 + random.random() * base / 2
 
 
-async def _along(chain: list[Target], backends: dict[str, Backend], call: Call,
-                 attempt_fn: Callable[[Backend, Target], Awaitable[T]]) -> T:
-    last: UpstreamError | None = None
-    for target in chain:
-        backend = backends[target.backend]
-        tries = backend.cfg.retry.attempts
-        for n in range(tries):
-            try:
-                result = await attempt_fn(backend, target)
-            except TranslationError as e:
-                raise InvalidRequest(e.message, param=e.param, code=e.code) from None
-            except UpstreamError as e:
-                last = e
-                call.attempts.append(Attempt(target.name, _outcome(e), e.status))
-                log.info("%s: target %s failed: %s", call.request_id, target.name, _outcome(e))
-                if e.retry and n + 1 < tries:
-                    await asyncio.sleep(_delay(backend, n, e))
-                    continue
-                if not e.fallback:
-                    raise
-                break
-            call.target = target.name
-            call.attempts.append(Attempt(target.name, "ok", 200))
-            return result
-    assert last is not None
-    raise last
+def _timeout_error(what: str, backend: str | None = None) -> UpstreamError:
+    return UpstreamError(f"{what} timed out.", status=504, type="timeout", code="upstream_timeout", retry=True,
+                         category="timeout", backend=backend)
 
 
-async def complete(chain: list[Target], backends: dict[str, Backend], body: Json, call: Call) -> Json:
-    """A non-streamed answer from the first target that gives one."""
+class Dispatcher:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.backends = router.backends
+        self.circuits = router.circuits
 
-    async def attempt(backend: Backend, target: Target) -> Json:
-        return await backend.complete(target, body, call)
+    async def _along(self, chain: list[Target], call: Call, attempt: Callable[[Backend, Target], Awaitable[T]],
+                     check: Callable[[T], str | None] | None = None, escalate: int = 0) -> T:
+        last: UpstreamError | None = None
+        kept: tuple[Target, T] | None = None  # an answer that failed a quality check, kept in case
+        min_window: int | None = None  # after a context-length error only larger windows are tried
+        for i, target in enumerate(chain):
+            if min_window is not None and target.context_window is not None and target.context_window <= min_window:
+                call.attempts.append(Attempt(target.name, f"skipped: context window {target.context_window} not larger"))
+                continue
+            backend, circuit = self.backends[target.backend], self.circuits[target.backend]
+            tries = backend.cfg.retry.attempts
+            for n in range(tries):
+                if not circuit.begin():
+                    call.attempts.append(Attempt(target.name, f"skipped: {circuit.blocked()}"))
+                    break
+                try:
+                    async with asyncio.timeout(target.timeout) if target.timeout else nullcontext():
+                        result = await attempt(backend, target)
+                except TranslationError as e:
+                    circuit.release()
+                    raise InvalidRequest(e.message, param=e.param, code=e.code) from None
+                except TimeoutError:
+                    e = _timeout_error(f"Target '{target.name}'", backend.name)
+                    result = None
+                except UpstreamError as err:
+                    e, result = err, None
+                else:
+                    e = None
+                if e is not None:
+                    last = e
+                    circuit.record(False, e.category)
+                    call.attempts.append(Attempt(target.name, _outcome(e), e.status))
+                    log.info("%s: target %s failed: %s", call.request_id, target.name, _outcome(e))
+                    if is_context_error(e):
+                        min_window = target.context_window or 0
+                        break
+                    if e.retry and n + 1 < tries:
+                        await asyncio.sleep(_delay(backend, n, e))
+                        continue
+                    if not e.fallback:
+                        raise e
+                    break
+                circuit.record(True)
+                weak = check(result) if check and escalate > 0 and i + 1 < len(chain) else None
+                if weak:
+                    escalate -= 1
+                    kept = (target, result)
+                    call.attempts.append(Attempt(target.name, f"escalated: {weak}"))
+                    log.info("%s: escalating from %s: %s", call.request_id, target.name, weak)
+                    break
+                call.target = target.name
+                call.attempts.append(Attempt(target.name, "ok", 200))
+                return result
+        if kept is not None:
+            call.target = kept[0].name
+            return kept[1]
+        if last is None:
+            raise UpstreamError("Every target was skipped while dispatching.", status=503, type="service_unavailable",
+                                code="no_available_target")
+        raise last
 
-    return await _along(chain, backends, call, attempt)
+    async def complete(self, chain: list[Target], body: Json, call: Call, *, escalate: int = 0,
+                       deadline: float | None = None) -> Json:
+        """A non-streamed answer from the first target that gives one (good enough, if escalating)."""
 
+        async def attempt(backend: Backend, target: Target) -> Json:
+            return await backend.complete(target, body, call)
 
-async def open_stream(chain: list[Target], backends: dict[str, Backend], body: Json,
-                      call: Call) -> tuple[bytes, AsyncIterator[bytes]]:
-    """The first chunk and the rest of a stream from the first target that starts one."""
+        def check(answer: Json) -> str | None:
+            return quality.weakness(answer, body)
 
-    async def attempt(backend: Backend, target: Target) -> tuple[bytes, AsyncIterator[bytes]]:
-        agen = backend.stream(target, body, call)
         try:
-            # asyncio.timeout, not wait_for: the generator must run in this task throughout
-            async with asyncio.timeout(backend.cfg.timeout.first_token):
-                first = await agen.__anext__()
+            async with asyncio.timeout(deadline) if deadline else nullcontext():
+                return await self._along(chain, call, attempt, check, escalate)
         except TimeoutError:
-            await agen.aclose()
-            raise UpstreamError(f"Backend '{backend.name}' sent no first token in time.", status=504,
-                                type="timeout", code="upstream_timeout", retry=True, category="timeout",
-                                backend=backend.name) from None
-        except StopAsyncIteration:
-            raise UpstreamError(f"Backend '{backend.name}' sent an empty stream.", status=502,
-                                code="upstream_empty_stream", retry=True, backend=backend.name) from None
-        call.first_token_at = time.perf_counter()
-        return first, agen
+            raise _timeout_error(f"Route '{call.route}'") from None
 
-    return await _along(chain, backends, call, attempt)
+    async def open_stream(self, chain: list[Target], body: Json, call: Call, *,
+                          deadline: float | None = None) -> tuple[bytes, AsyncIterator[bytes]]:
+        """The first chunk and the rest of a stream from the first target that starts one."""
+
+        async def attempt(backend: Backend, target: Target) -> tuple[bytes, AsyncIterator[bytes]]:
+            agen: Any = backend.stream(target, body, call)
+            try:
+                # asyncio.timeout, not wait_for: the generator must run in this task throughout
+                async with asyncio.timeout(backend.cfg.timeout.first_token):
+                    first = await agen.__anext__()
+            except TimeoutError:
+                await agen.aclose()
+                raise _timeout_error(f"Backend '{backend.name}' first token", backend.name) from None
+            except StopAsyncIteration:
+                raise UpstreamError(f"Backend '{backend.name}' sent an empty stream.", status=502,
+                                    code="upstream_empty_stream", retry=True, backend=backend.name) from None
+            except BaseException:
+                await agen.aclose()
+                raise
+            call.first_token_at = time.perf_counter()
+            return first, agen
+
+        try:
+            async with asyncio.timeout(deadline) if deadline else nullcontext():
+                return await self._along(chain, call, attempt)
+        except TimeoutError:
+            raise _timeout_error(f"Route '{call.route}'") from None

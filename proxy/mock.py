@@ -54,6 +54,9 @@ class Script:
     chunks: int | None = None  # pad the reply to this many streamed content chunks
     template: str = DEFAULT_TEMPLATE
     times: int | None = None  # backend-level faults: only the first N requests fail
+    force_reply: bool = False  # answer with the template even when JSON or a tool call was asked
+    tool_arguments: str | None = None  # send these (possibly broken) arguments in tool calls
+    directives: bool = True  # obey [mock:…] directives in messages (off: a healthy peer in fault tests)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "Script":
@@ -73,12 +76,16 @@ class Script:
             s.template = str(options["reply"])
         if options.get("chunks"):
             s.chunks = int(options["chunks"])
+        s.force_reply = bool(options.get("force_reply", False))
+        s.directives = bool(options.get("directives", True))
+        if options.get("tool_arguments") is not None:
+            s.tool_arguments = str(options["tool_arguments"])
         return s
 
     def with_directives(self, body: Json) -> "Script":
         """A copy with the per-request ``[mock:…]`` directives of the last user message applied."""
         text = last_user_text(body.get("messages") or [])
-        if "[mock:" not in text:
+        if not self.directives or "[mock:" not in text:
             return self
         s = Script(**{k: getattr(self, k) for k in self.__dataclass_fields__})
         for m in _DIRECTIVE.finditer(text):
@@ -171,11 +178,11 @@ def replies(body: Json, model: str, script: Script) -> list[Reply]:
     out: list[Reply] = []
     for i in range(int(body.get("n") or 1)):
         r = Reply()
-        if tools and choice != "none" and last.get("role") != "tool":
+        if tools and choice != "none" and last.get("role") != "tool" and not script.force_reply:
             names = [t["function"]["name"] for t in tools]
             name = choice["function"]["name"] if isinstance(choice, dict) else names[0]
             fn = next(t["function"] for t in tools if t["function"]["name"] == name)
-            args = _sample(fn.get("parameters") or {"type": "object"}, prompt)
+            args = script.tool_arguments or _sample(fn.get("parameters") or {"type": "object"}, prompt)
             calls = [tool_call(new_tool_call_id(), name, args)]
             if body.get("parallel_tool_calls", True) is not False and len(names) > 1 and choice in (None, "auto", "required"):
                 fn2 = tools[1]["function"]
@@ -186,7 +193,7 @@ def replies(body: Json, model: str, script: Script) -> list[Reply]:
         if last.get("role") == "tool":
             text = f"The tool returned: {content_text(last.get('content'))}"
         else:
-            fmt = body.get("response_format") or {}
+            fmt = {} if script.force_reply else body.get("response_format") or {}
             if fmt.get("type") == "json_schema":
                 schema = (fmt.get("json_schema") or {}).get("schema") or {}
                 text = orjson.dumps(_sample(schema, prompt)).decode()

@@ -1,16 +1,28 @@
 """Route: what the client's `model` names → an ordered chain of model targets, filtered.
 
-A route's list is its fallback chain; a target named directly is a chain of one. Targets whose
-backend cannot take requests (no key, …) are skipped with the reason recorded on the `Call`; if
-none is left the client gets one error naming every target and why.
+A route is a plain fallback chain, or rules (first match wins; the rule's name is the reason
+reported). A model target named directly is a chain of one; an allowed override header or
+metadata field forces one target. Filters then skip, with a recorded reason, each target that
+cannot serve this request now: backend unavailable (no key), circuit open, a missing ability
+(vision, tools, JSON schema), a context window too small, and any filter added later (quotas,
+budgets). If nothing is left, the client gets one error naming every target and why.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping
+
+from proxy import pricing
 from proxy.backends.base import Backend
 from proxy.call import Attempt, Call
-from proxy.config import Config, Target
-from proxy.errors import ModelNotFound, ProxyError
+from proxy.circuit import Circuit
+from proxy.complexity import ComplexityScorer
+from proxy.config import Conditions, Config, Key, Rule, Target
+from proxy.errors import InvalidRequest, ModelNotFound, ProxyError
+from proxy.features import Features
+
+Filter = Callable[[Target, Features], "str | None"]
+EXPECTED_OUTPUT_TOKENS = 256  # for cost estimates when the request sets no max_tokens
 
 
 class NoTargetAvailable(ProxyError):
@@ -19,28 +31,145 @@ class NoTargetAvailable(ProxyError):
     code = "no_available_target"
 
 
+class OverrideNotAllowed(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "override_not_allowed"
+
+
+def matches(c: Conditions, f: Features) -> bool:
+    """All of a rule's conditions hold (cheapest first; costly features are computed only if asked)."""
+    return not (
+        (c.has_images is not None and f.has_images != c.has_images)
+        or (c.has_tools is not None and f.has_tools != c.has_tools)
+        or (c.turn is not None and f.turn != c.turn)
+        or (c.task is not None and f.task not in c.task)
+        or (c.tier is not None and f.tier not in c.tier)
+        or (c.requirement is not None and f.requirement not in c.requirement)
+        or (c.complexity is not None and not c.complexity.holds(f.complexity.value))
+        or (c.prompt_tokens is not None and not c.prompt_tokens.holds(f.prompt_tokens))
+    )
+
+
 class Router:
     def __init__(self, cfg: Config, backends: dict[str, Backend]) -> None:
         self.cfg = cfg
         self.backends = backends
+        self.scorer = ComplexityScorer(cfg.routing.complexity)
+        self.circuits = {name: Circuit(name, cfg.routing.circuit) for name in backends}
+        self.filters: list[Filter] = [self._unavailable, self._circuit, self._abilities, self._context]
 
-    def plan(self, call: Call) -> list[Target]:
-        """The chain to try for this call, after filters; skipped targets are recorded on `call`."""
-        found = self.cfg.chain_for(call.request_model)
-        if found is None:
+    def features(self, body: dict[str, Any], headers: Mapping[str, str], key: Key | None) -> Features:
+        return Features(body, headers, key, self.scorer, open_proxy=not self.cfg.keys)
+
+    # --- choosing the chain ------------------------------------------------------------------------
+
+    def _override(self, f: Features) -> str | None:
+        forced = f.headers.get(self.cfg.routing.override_header) or f.metadata.get(self.cfg.routing.override_metadata)
+        if not forced:
+            return None
+        allow = self.cfg.routing.overrides
+        if allow == "none" or (allow == "keys" and self.cfg.keys and not (f.key and f.key.allow_override)):
+            raise OverrideNotAllowed("This key may not force a target (set allow_override on the key).")
+        if forced not in self.cfg.models:
+            raise InvalidRequest(f"Cannot force unknown target '{forced}'.", param=self.cfg.routing.override_header,
+                                 code="model_not_found", status=404)
+        return str(forced)
+
+    def choose(self, call: Call, f: Features) -> tuple[list[str], Rule | None]:
+        """The unfiltered chain and the rule that chose it; sets route and reason on `call`."""
+        forced = self._override(f)
+        if forced:
+            call.reason = "override"
+            return [forced], None
+        if call.request_model in self.cfg.models:
+            call.reason = "direct"
+            return [call.request_model], None
+        route = self.cfg.routes.get(call.request_model)
+        if route is None:
             raise ModelNotFound(call.request_model)
-        call.route, names = found
-        call.reason = "route" if call.route else "direct"
+        call.route = route.name
+        if not route.rules:
+            call.reason = "chain"
+            return list(route.chain), None
+        for rule in route.rules:
+            if matches(rule.when, f):
+                call.reason = rule.name
+                return list(rule.then), rule
+        raise NoTargetAvailable(f"No rule of route '{route.name}' matches this request (add a rule without "
+                                "`when` as the last one).", param="model")
+
+    def plan(self, call: Call, f: Features) -> tuple[list[Target], Rule | None]:
+        """The chain to try, after filters; skipped targets are recorded on `call`."""
+        names, rule = self.choose(call, f)
         call.chain = names
         chain: list[Target] = []
         for name in names:
             target = self.cfg.models[name]
-            why = self.backends[target.backend].unavailable
+            why = self.skip_reason(target, f)
             if why:
                 call.attempts.append(Attempt(name, f"skipped: {why}"))
-                continue
-            chain.append(target)
+            else:
+                chain.append(target)
         if not chain:
             detail = "; ".join(f"{a.target} ({a.outcome})" for a in call.attempts)
+            if all(self._abilities(self.cfg.models[n], f) for n in names):
+                # no target could ever serve this request: the client's to fix, not a transient outage
+                raise InvalidRequest(f"'{call.request_model}' cannot serve this request: {detail}.", param="model",
+                                     code="unsupported_capability")
             raise NoTargetAvailable(f"No target can serve '{call.request_model}': {detail}.", param="model")
-        return chain
+        return chain, rule
+
+    # --- filters -----------------------------------------------------------------------------------
+
+    def skip_reason(self, target: Target, f: Features) -> str | None:
+        for check in self.filters:
+            why = check(target, f)
+            if why:
+                return why
+        return None
+
+    def _unavailable(self, t: Target, f: Features) -> str | None:
+        return self.backends[t.backend].unavailable
+
+    def _circuit(self, t: Target, f: Features) -> str | None:
+        return self.circuits[t.backend].blocked()
+
+    def _abilities(self, t: Target, f: Features) -> str | None:
+        if not t.vision and f.has_images:
+            return "no vision (the request has images)"
+        if not t.tools and f.has_tools:
+            return "no tool calling (the request has tools)"
+        if not t.json_schema and f.json_schema:
+            return "no JSON schema output"
+        return None
+
+    def _context(self, t: Target, f: Features) -> str | None:
+        if t.context_window is None:
+            return None
+        need = f.prompt_tokens + (f.max_tokens or 0)
+        if need > t.context_window:
+            return f"context window {t.context_window} < {need} tokens needed"
+        return None
+
+    # --- explanation -------------------------------------------------------------------------------
+
+    def explain(self, call: Call, f: Features) -> dict[str, Any]:
+        """What routing would do for this request, with no upstream call (the dry run)."""
+        names, rule = self.choose(call, f)
+        out_tokens = f.max_tokens or EXPECTED_OUTPUT_TOKENS
+        chain = []
+        for name in names:
+            t = self.cfg.models[name]
+            why = self.skip_reason(t, f)
+            chain.append({"target": name, "backend": t.backend, "model": t.model,
+                          "status": "skipped" if why else "candidate", "reason": why,
+                          "estimated_cost_usd": round(pricing.estimate(f.prompt_tokens, out_tokens, t.price), 8)})
+        first = next((c for c in chain if c["status"] == "candidate"), None)
+        return {
+            "model": call.request_model, "route": call.route, "rule": call.reason,
+            "escalate": rule.escalate if rule else 0, "features": f.as_dict(), "chain": chain,
+            "target": first["target"] if first else None,
+            "estimated_cost_usd": first["estimated_cost_usd"] if first else None,
+            "estimate_assumes_output_tokens": out_tokens,
+        }

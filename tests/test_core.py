@@ -19,7 +19,7 @@ MOCKS = {
         "slow": {"type": "mock", "timeout": {"first_token": 0.3}, "fail": {"hang": True}},
     },
     "models": {
-        "fast-model": {"backend": "fast", "model": "mock-fast"},
+        "fast-model": {"backend": "fast", "model": "mock-fast", "vision": True},
         "smart-model": {"backend": "smart", "model": "mock-smart"},
         "down-model": {"backend": "down"},
         "limited-model": {"backend": "limited"},

@@ -7,6 +7,7 @@ a dropped stream after some chunks, so demos and tests exercise fallback exactly
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import AsyncIterator
 
 import orjson
@@ -33,7 +34,7 @@ class Backend(base.Backend):
             if self.failures_left:
                 self.failures_left -= 1
             else:
-                s = mock.Script(latency=s.latency, chunk_delay=s.chunk_delay, template=s.template, chunks=s.chunks)
+                s = dataclasses.replace(s, status=None, drop=None, hang=False, times=None)
         return s
 
     async def _before_first_byte(self, s: mock.Script) -> None:

