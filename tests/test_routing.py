@@ -411,3 +411,42 @@ def test_route_cli_explains(tmp_path):
     assert "rule:       execution" in route("Shorter", "--model", "plan", "--turn", "followup")
     x = json.loads(route("Make it brighter", "--json"))
     assert x["rule"] == "simple" and x["target"] == "llama-fast"
+
+
+# --- the shipped proxy.yaml ----------------------------------------------------------------------
+
+
+def test_shipped_proxy_yaml_routes_the_seed_setups(turnout):
+    import pathlib
+
+    import yaml
+
+    raw = yaml.safe_load((pathlib.Path(__file__).parent.parent / "proxy.yaml").read_text())
+    keys = {"GEMINI_API_KEY": "g", "ANTHROPIC_API_KEY": "a", "OPENAI_API_KEY": "o"}
+    base = turnout(raw, env=keys)
+
+    def pick(model, text, image=False, followup=False, tier=None):
+        msgs = [user(text, image)]
+        if followup:
+            msgs = [user("earlier"), {"role": "assistant", "content": "answer"}, *msgs]
+        x = dry_run(base, {"model": model, "messages": msgs}, headers={"x-turnout-tier": tier} if tier else None)
+        return x["rule"], x["target"], [c["target"] for c in x["chain"]]
+
+    assert pick("auto", "Make it brighter")[:2] == ("simple", "llama-fast")
+    assert pick("auto", "Make it feel more magical but less scary")[:2] == ("complex", "gemini-flash")
+    assert pick("auto", "Is this child-appropriate?", image=True)[:2] == ("vision", "qwen-vl")
+    assert pick("plan", "Plan the app")[:2] == ("planning", "claude-sonnet")
+    assert pick("plan", "now the next step", followup=True)[:2] == ("execution", "gemini-flash")
+    rule, target, chain = pick("private", "Explain step by step why the sky is blue")
+    assert target == "llama-quality" and all(raw["models"][t]["backend"] == "local" for t in chain)
+    assert pick("plans", "hi", tier="admin")[:2] == ("admin", "claude-sonnet")
+    assert pick("plans", "Explain step by step why the sky is blue", tier="pro")[:2] == ("pro-complex", "gemini-pro")
+    assert pick("plans", "hi", tier="free")[:2] == ("free", "llama-fast")
+    _, _, chain = pick("cheap", "hi")
+    prices = [raw["models"][t].get("price", {}).get("output", 0) for t in chain]
+    assert prices == sorted(prices) and chain[0] == "llama-fast"
+
+    no_keys = turnout(raw, env={})
+    x = dry_run(no_keys, {"model": "auto", "messages": [user("Explain step by step why the sky is blue")]})
+    assert [c["status"] for c in x["chain"]] == ["skipped", "skipped", "candidate"]
+    assert x["chain"][0]["reason"] == "no API key (${GEMINI_API_KEY} is not set)"

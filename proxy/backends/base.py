@@ -72,6 +72,9 @@ class HTTPBackend(Backend):
     def auth_headers(self) -> dict[str, str]:
         return {}
 
+    def describe(self) -> str:
+        return f"{self.name} ({self.type}, {self.base_url})"
+
     async def start(self) -> None:
         self.client = HTTPClient(self.base_url, headers={**self.cfg.headers, **self.auth_headers()},
                                  timeout=self.cfg.timeout)
