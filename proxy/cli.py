@@ -56,6 +56,9 @@ def describe(cfg: Config) -> str:
     lines.append("routes:")
     for name, r in cfg.routes.items():
         lines.append(f"  {name:20s} {' -> '.join(r.chain)}" + (f"   # {r.description}" if r.description else ""))
+    from proxy.doctor import discovery_lines
+
+    lines += discovery_lines(cfg)  # which configured Ollama models are installed or missing
     if not cfg.keys:
         lines.append("keys: none configured - the proxy is OPEN to anyone who can reach it")
     else:
@@ -99,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("check-config", help="validate a config and print the resolved routes")
     p.add_argument("file", nargs="?", default=None)
 
+    p = sub.add_parser("doctor", help="check local models: Ollama version, installed and loaded models, GPU fit")
+    p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
+    p.add_argument("--headroom", type=float, default=None, help="GB of GPU memory to leave for other work")
+
     p = sub.add_parser("mock-upstream", help="serve the mock as an OpenAI-compatible upstream (benchmarks, tests)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4010)
@@ -118,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         from proxy.models import main as models_main
 
         raise SystemExit(models_main(args.action, args.name))
+    elif args.command == "doctor":
+        from proxy.doctor import main as doctor_main
+
+        raise SystemExit(doctor_main(load_or_exit(args.config or _default_config()), args.headroom))
     elif args.command == "check-config":
         cfg = load_or_exit(args.file or _default_config())
         print(describe(cfg))

@@ -1,0 +1,204 @@
+"""`type: ollama`: Ollama's native API (``POST /api/chat``, NDJSON streaming) over the shared pool.
+
+Native rather than Ollama's /v1 so that images, options, keep_alive, thinking, tool calls and
+load errors are all handled (the mapping is in `translators.ollama` and docs/ollama.md).
+
+Timeouts (``timeout:`` on the backend) are kept apart, because a local model takes seconds to
+load and a loading model must not be mistaken for a dead one:
+
+- ``connect``: opening the TCP connection (Ollama not running fails fast);
+- ``first_token``: from sending a streamed request to its first NDJSON line; Ollama sends its
+  headers only with that line, so this covers the model's load and the prompt's evaluation;
+- ``idle``: every later gap between reads of the stream;
+- ``total``: a whole non-streamed answer (Ollama sends nothing until it is complete).
+
+Each read of a stream is bounded by one ``asyncio.timeout`` (no task per chunk; about 4 µs each);
+the pooled client (`proxy.http.HTTPClient`, aiohttp) keeps max(first_token, idle) as its socket
+read bound, a backstop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any, AsyncIterator
+
+import httpx
+import orjson
+
+from proxy.backends import base
+from proxy.call import Call
+from proxy.config import Target
+from proxy.errors import UpstreamError
+from proxy.images import ImageFetcher, ImagePolicy
+from translators import ollama as tr
+from translators.common import TranslationError, image_urls
+
+_JSON = {"content-type": "application/json"}
+
+
+def _http_image_urls(messages: list[base.Json]) -> list[str]:
+    urls: list[str] = []
+    for m in messages:
+        if m.get("role") == "user" and isinstance(m.get("content"), list):
+            for u in image_urls(m["content"]):
+                if u.startswith(("http://", "https://")) and u not in urls:
+                    urls.append(u)
+    return urls
+
+
+class Backend(base.HTTPBackend):
+    type = "ollama"
+    default_base_url = "http://localhost:11434"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.images: ImageFetcher | None = None
+
+    async def start(self) -> None:
+        await super().start()  # the pooled client; its socket read bound is max(first_token, idle)
+        t = self.cfg.timeout
+        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
+        self.images = ImageFetcher(ImagePolicy.from_options(self.cfg.options))
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.images is not None:
+            await self.images.aclose()
+
+    def auth_headers(self) -> dict[str, str]:
+        # Ollama itself takes no key; one set in the config goes along for an authenticating proxy
+        return {"authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
+
+    # --- request ---------------------------------------------------------------------------------
+
+    async def _fetch_images(self, body: base.Json) -> dict[str, str] | None:
+        urls = _http_image_urls(body["messages"])
+        if not urls:
+            return None
+        assert self.images is not None
+        results = await asyncio.gather(*(self.images.fetch(u) for u in urls))
+        fetched = {}
+        for url, (media_type, data) in zip(urls, results):
+            if not media_type.startswith("image/"):
+                raise TranslationError(f"The URL did not return an image (content type {media_type}).",
+                                       param="messages", code="invalid_image_url")
+            fetched[url] = base64.b64encode(data).decode()
+        return fetched
+
+    async def _request(self, target: Target, body: base.Json, stream: bool) -> bytes:
+        fetched = await self._fetch_images(body)
+        req = tr.to_request(body, target.model, stream=stream, target_options=target.options,
+                            backend_options=self.cfg.options, fetched=fetched)
+        return orjson.dumps(req)
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    def _error(self, target: Target, r: httpx.Response) -> UpstreamError:
+        message = tr.error_message(r.content) or f"Ollama returned HTTP {r.status_code}"
+        if tr.is_model_not_found(r.status_code, message):
+            return UpstreamError(
+                f"Model '{target.model}' is not installed on Ollama backend '{self.name}'. "
+                f"Run `ollama pull {target.model}` on the Ollama host. (Ollama said: {message})",
+                status=404, type="invalid_request_error", code="model_not_found", param="model",
+                fallback=True, category="client", backend=self.name)
+        return self.status_error(r.status_code, f"Ollama: {message}", r.headers)
+
+    def _stream_error(self, message: str) -> UpstreamError:
+        return UpstreamError(f"Ollama error on backend '{self.name}': {message}", status=502,
+                             code="upstream_stream_error", retry=True, category="server", backend=self.name)
+
+    def _dropped(self, why: str) -> UpstreamError:
+        return UpstreamError(f"Backend '{self.name}' dropped the stream ({why}).", status=502,
+                             code="upstream_stream_dropped", retry=True, category="network", backend=self.name)
+
+    def _timeout(self, first: bool) -> UpstreamError:
+        t = self.cfg.timeout
+        msg = (f"Backend '{self.name}' sent no first token within {t.first_token:g}s (timeout.first_token; "
+               f"a model that is still loading needs more)." if first else
+               f"Backend '{self.name}' stalled: nothing for {t.idle:g}s mid-stream (timeout.idle).")
+        return UpstreamError(msg, status=504, type="timeout", code="upstream_timeout", retry=True,
+                             category="timeout", backend=self.name)
+
+    # --- calls -----------------------------------------------------------------------------------
+
+    async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
+        content = await self._request(target, body, stream=False)
+        try:
+            r = await self.client.post("/api/chat", content=content, headers=_JSON, timeout=self.complete_timeout)
+        except httpx.HTTPError as e:
+            raise self.transport_error(e) from None
+        if r.status_code >= 400:
+            raise self._error(target, r)
+        try:
+            data = orjson.loads(r.content)
+        except orjson.JSONDecodeError:
+            raise self.status_error(502, "Ollama sent a response that is not JSON.") from None
+        if "error" in data:
+            raise self._stream_error(str(data["error"]))
+        call.upstream_model = target.model
+        out = tr.from_response(data, call.id, call.created, target.model)
+        call.usage = out["usage"]
+        return out
+
+    async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
+        content = await self._request(target, body, stream=True)
+        t = self.cfg.timeout
+        deadline = asyncio.get_running_loop().time() + t.first_token
+        first = True  # until the first chunk, reads are bounded by the first-token deadline
+        st = tr.StreamTranslator(call.id, call.created, target.model)
+        call.upstream_model = target.model
+        opened = self.client.stream("POST", "/api/chat", content=content, headers=_JSON)
+        entered = False
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    r = await opened.__aenter__()
+                    entered = True
+                    if r.status_code >= 400:
+                        await r.aread()
+                        raise self._error(target, r)
+            except TimeoutError:
+                raise self._timeout(True) from None
+            lines = r.aiter_lines()
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline) if first else asyncio.timeout(t.idle):
+                        line = await lines.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise self._timeout(first) from None
+                if not line:
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise self._dropped("a line that is not JSON") from None
+                if "error" in obj:
+                    raise self._stream_error(str(obj["error"]))
+                for chunk in st.feed(obj):
+                    first = False
+                    yield chunk
+                if st.finished:
+                    call.usage = st.usage
+                    return
+            raise self._dropped("it ended before its final line")
+        except httpx.HTTPError as e:
+            if first:
+                raise self.transport_error(e) from None
+            raise self._dropped(type(e).__name__) from None
+        finally:
+            if entered:
+                await opened.__aexit__(None, None, None)
+
+    # --- discovery -------------------------------------------------------------------------------
+
+    async def list_models(self) -> list[str]:
+        try:
+            r = await self.client.get("/api/tags", timeout=self.cfg.timeout.connect)
+        except httpx.HTTPError as e:
+            raise self.transport_error(e) from None
+        if r.status_code >= 400:
+            raise self.status_error(r.status_code, tr.error_message(r.content) or "Ollama /api/tags failed")
+        return [m.get("model") or m.get("name") for m in orjson.loads(r.content).get("models", [])]
