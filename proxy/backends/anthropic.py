@@ -1,0 +1,148 @@
+"""`type: anthropic`: Claude through the Messages API (``POST /v1/messages``).
+
+Talks Anthropic's wire format over the shared pooled httpx client rather than through the
+`anthropic` SDK: the SDK builds pydantic models for every response and every stream event, which
+costs several times Turnout's per-request CPU budget (figures and the decision in
+docs/anthropic.md, benchmark in benchmarks/anthropic_sdk_vs_httpx.py). The SDK remains the
+yardstick: tests/test_anthropic_emulator.py drives the emulator with it to prove the emulator
+faithful, and the backend is tested against that emulator.
+
+Configuration (proxy.yaml)::
+
+    backends:
+      claude:
+        type: anthropic
+        api_key: ${ANTHROPIC_API_KEY}
+        base_url: https://api.anthropic.com   # default; ".../v1" works too
+        max_tokens: 8192                      # optional default when the client sends none
+        thinking: {budget_tokens: 4096}       # optional: extended thinking for every request
+    models:
+      sonnet: {backend: claude, model: claude-sonnet-4-5, max_output_tokens: 64000}
+
+A target's `options` (max_tokens, thinking) override the backend's. Requests carry ``x-api-key``,
+``anthropic-version: 2023-06-01`` and ``content-type: application/json``; the key is never
+logged nor put in an error message.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import httpx
+import orjson
+
+from proxy.backends import base
+from proxy.call import Call
+from proxy.config import Target
+from proxy.errors import UpstreamError
+from translators import anthropic as tr
+
+_JSON = {"content-type": "application/json"}
+
+
+class Backend(base.HTTPBackend):
+    type = "anthropic"
+    default_base_url = "https://api.anthropic.com"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        prefix = "" if self.base_url.endswith("/v1") else "/v1"
+        self.messages_path = prefix + "/messages"
+        self.models_path = prefix + "/models"
+        self.options = {k: v for k, v in cfg.options.items() if k in ("max_tokens", "thinking")}
+
+    def auth_headers(self) -> dict[str, str]:
+        h = {"anthropic-version": tr.API_VERSION}
+        if self.cfg.api_key:
+            h["x-api-key"] = self.cfg.api_key
+        return h
+
+    async def start(self) -> None:
+        await super().start()
+        t = self.cfg.timeout
+        # a non-streamed answer's headers arrive only when it is complete
+        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
+
+    def _request(self, target: Target, body: base.Json, stream: bool) -> bytes:
+        options = {**self.options, **target.options} if target.options else self.options
+        req = tr.to_request(body, target.model, stream=stream, max_output_tokens=target.max_output_tokens,
+                            options=options)
+        return orjson.dumps(req)
+
+    def _error(self, r: httpx.Response) -> UpstreamError:
+        message, type_, code = tr.error_from(r.status_code, r.content)
+        return self._status_error(r.status_code, message, r.headers, type_, code)
+
+    def _status_error(self, status: int, message: str, headers: httpx.Headers | None, type_: str | None,
+                      code: str | None) -> UpstreamError:
+        if status == 402:  # billing: the operator's account, like a bad key; another target may work
+            return UpstreamError(f"Upstream refused Turnout's account: {message}", status=502,
+                                 type="upstream_error", code="upstream_billing_error", fallback=True,
+                                 category="auth", backend=self.name)
+        return self.status_error(status, message, headers, type=type_, code=code)
+
+    async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
+        content = self._request(target, body, False)
+        try:
+            r = await self.client.post(self.messages_path, content=content, headers=_JSON,
+                                       timeout=self.complete_timeout)
+        except httpx.HTTPError as e:
+            raise self.transport_error(e) from None
+        if r.status_code >= 400:
+            raise self._error(r)
+        try:
+            data = orjson.loads(r.content)
+        except orjson.JSONDecodeError:
+            raise self.status_error(502, "Upstream sent a response that is not JSON.") from None
+        if data.get("type") == "error":  # some gateways answer 200 with an error body
+            status, message, etype = tr.error_fields(data)
+            raise self._status_error(status, message, None, *tr.openai_error_kind(status, etype))
+        out = tr.from_response(data, call.id, call.created, tr.response_tool(body))
+        call.usage = out["usage"]
+        call.upstream_model = data.get("model")
+        return out
+
+    async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
+        content = self._request(target, body, True)
+        state = tr.StreamState(call.id, call.created, target.model, tr.response_tool(body))
+        try:
+            async with self.client.stream("POST", self.messages_path, content=content, headers=_JSON) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    raise self._error(r)
+                async for payload in base.sse_data(r):
+                    data = orjson.loads(payload)
+                    etype = data.get("type")
+                    if etype == "message_start":
+                        state.feed(etype, data)
+                        call.upstream_model = state.model
+                        continue
+                    for c in state.feed(etype, data):
+                        yield orjson.dumps(c)
+                    if state.done:
+                        call.usage = state.usage
+                        return
+        except tr.StreamError as e:
+            call.usage = state.usage
+            raise self._stream_error(e) from None
+        except httpx.HTTPError as e:
+            raise self.transport_error(e) from None
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"Backend '{self.name}' sent a stream event that is not JSON.", status=502,
+                                code="upstream_bad_stream", retry=True, backend=self.name) from None
+        call.usage = state.usage
+        raise UpstreamError(f"Backend '{self.name}' ended the stream before message_stop.", status=502,
+                            code="upstream_stream_dropped", retry=True, category="network", backend=self.name)
+
+    def _stream_error(self, e: tr.StreamError) -> UpstreamError:
+        type_, code = tr.openai_error_kind(e.status, e.type)
+        return self._status_error(e.status, e.message, None, type_, code)
+
+    async def list_models(self) -> list[str]:
+        try:
+            r = await self.client.get(self.models_path, params={"limit": "1000"})
+        except httpx.HTTPError as e:
+            raise self.transport_error(e) from None
+        if r.status_code >= 400:
+            raise self._error(r)
+        return [m.get("id") for m in orjson.loads(r.content).get("data", [])]

@@ -1,0 +1,659 @@
+"""Anthropic Messages API (``POST /v1/messages``, ``anthropic-version: 2023-06-01``) ⇄ OpenAI chat.
+
+Pure functions over plain dicts: `to_request` builds the Messages body from an OpenAI chat body,
+`from_response` turns a Message into a ``chat.completion``, `StreamState.feed` turns each stream
+event into ``chat.completion.chunk``s, `error_from` reads an Anthropic error body.
+
+Request (OpenAI → Anthropic)
+
+| OpenAI (client)                                   | Anthropic Messages API                                        |
+|---------------------------------------------------|---------------------------------------------------------------|
+| model (route or target)                           | model = the target's upstream model                           |
+| system / developer messages (any number, anywhere)| top-level `system`: one text block per message, in order     |
+| user / assistant messages                         | `messages`; consecutive same-role turns merged into one turn  |
+| content string / text parts                       | text blocks; empty text is never sent (the API rejects it)    |
+| part `cache_control` (text, image)                | kept on the block (prompt caching)                            |
+| image_url `data:<type>;base64,…`                  | image block, source `{"type":"base64","media_type","data"}`   |
+| image_url `http(s)://…`                           | image block, source `{"type":"url","url"}`                    |
+| file part with a PDF / text `data:` URL           | document block, base64 source                                 |
+| assistant `tool_calls`                            | text block (if any text) then `tool_use` blocks; `arguments`  |
+|                                                   | parsed to an object (invalid JSON or non-object → 400)        |
+| consecutive `tool` messages                       | one user turn of `tool_result` blocks (`tool_use_id` = id),   |
+|                                                   | before any user text that follows; content string or parts    |
+| trailing assistant message                        | prefill (trailing whitespace trimmed, as the API requires)    |
+| max_completion_tokens, else max_tokens            | max_tokens (capped at the target's max_output_tokens)         |
+| (neither)                                         | max_tokens = target max_output_tokens, else options           |
+|                                                   | `max_tokens`, else the model's own output limit (table below) |
+| n > 1                                             | 400: the Messages API returns one answer                      |
+| stop (string or list)                             | stop_sequences                                                |
+| temperature (OpenAI 0–2)                          | temperature, capped at 1 (Anthropic's range is 0–1)           |
+| top_p                                             | top_p                                                         |
+| user                                              | metadata.user_id                                              |
+| tools[].function {name, description, parameters}  | tools[] {name, description, input_schema}                     |
+| tool_choice auto / none / required / {function}   | {"type":"auto"} / {"type":"none"} / {"type":"any"} /          |
+|                                                   | {"type":"tool","name"}                                        |
+| parallel_tool_calls: false                        | tool_choice.disable_parallel_tool_use: true                   |
+| tool calls in history but no `tools`              | minimal tool definitions for the names used + tool_choice none|
+|                                                   | (the API rejects tool blocks without tools)                   |
+| response_format json_schema                       | a tool named after the schema (input_schema = the schema),    |
+|                                                   | forced with tool_choice; its input comes back as the content  |
+| response_format json_object                       | the same with a free-form object schema named `json_object`   |
+| (json + client tools, tool_choice auto/required)  | tool_choice any: the model calls a client tool or answers     |
+| reasoning_effort / options.thinking               | thinking {"type":"enabled","budget_tokens"}; temperature and  |
+|                                                   | top_p are then left out; not sent with a forced tool or while |
+|                                                   | a tool loop is open (no signed thinking block to send back)   |
+| stream                                            | stream                                                        |
+| seed, presence/frequency_penalty, logprobs,       | dropped (no Anthropic equivalent)                             |
+| logit_bias, stream_options, store, metadata, …    |                                                               |
+
+Response (Anthropic → OpenAI)
+
+| Anthropic                                         | OpenAI                                                        |
+|---------------------------------------------------|---------------------------------------------------------------|
+| text blocks                                       | message.content (joined) / `content` deltas                   |
+| tool_use blocks                                   | message.tool_calls (id kept, input → arguments JSON string) / |
+|                                                   | a `tool_calls` delta with index, id, name once, then argument |
+|                                                   | deltas from input_json_delta                                  |
+| the response_format tool's tool_use               | message.content = its input as JSON; finish_reason stop       |
+| thinking blocks / thinking_delta                  | message.reasoning_content / `reasoning_content` deltas, never |
+|                                                   | content; signatures and redacted_thinking dropped             |
+| message_start                                     | nothing yet: the role chunk goes out with the first content   |
+|                                                   | block, so an early `error` event can still fall back          |
+| ping, content_block_stop, signature/citations     | nothing                                                       |
+| message_delta                                     | the last chunk: empty delta with finish_reason                |
+| message_stop                                      | end of stream (a stream that ends before it is an error)      |
+| stop_reason end_turn, stop_sequence, pause_turn   | finish_reason stop                                            |
+| stop_reason max_tokens,                           | length                                                        |
+| model_context_window_exceeded                     |                                                               |
+| stop_reason tool_use                              | tool_calls                                                    |
+| stop_reason refusal                               | content_filter                                                |
+| usage input_tokens + cache_creation_input_tokens  | prompt_tokens                                                 |
+| + cache_read_input_tokens                         |                                                               |
+| usage cache_read_input_tokens                     | prompt_tokens_details.cached_tokens                           |
+| usage output_tokens                               | completion_tokens (the app sends the usage chunk when the     |
+|                                                   | client set stream_options.include_usage)                      |
+| usage output_tokens_details.thinking_tokens       | completion_tokens_details.reasoning_tokens                    |
+| id, model                                         | id = Turnout's chatcmpl-… id, created = now, model = upstream |
+
+Errors (HTTP status or a mid-stream ``event: error``; see `proxy.errors.upstream_status_error`)
+
+| Anthropic                         | client sees                              | dispatcher          |
+|-----------------------------------|------------------------------------------|---------------------|
+| 400 invalid_request_error         | 400 invalid_request_error, message kept  | no retry, no fallback|
+| 401 authentication_error          | 502 upstream_auth_error (Turnout's key)  | fallback            |
+| 403 permission_error              | 502 upstream_auth_error                  | fallback            |
+| 402 billing_error                 | 502 upstream_error / upstream_billing    | fallback            |
+| 404 not_found_error               | 404 model_not_found                      | fallback            |
+| 413 request_too_large             | 413 request_too_large                    | no                  |
+| 429 rate_limit_error              | 429 rate_limit_error, retry-after kept   | retry, fallback     |
+| 500 api_error                     | 502 upstream_error                       | retry, fallback     |
+| 529 overloaded_error              | 502 upstream_error, code upstream_overloaded | retry, fallback |
+| `error` event after the first chunk | the stream ends with an OpenAI error payload the SDK raises |  |
+
+Default max_tokens when neither the client nor the config gives one: `DEFAULT_MAX_TOKENS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from translators.common import (
+    TranslationError,
+    chunk,
+    completion,
+    max_tokens_of,
+    message,
+    parse_arguments,
+    split_data_url,
+    stop_list,
+    tool_call,
+    tool_call_delta,
+    usage,
+)
+
+Json = dict[str, Any]
+
+API_VERSION = "2023-06-01"
+
+# the model's own output limit, used when neither the client nor the config sets max_tokens;
+# first match wins (substring, so "us.anthropic.claude-…" and dated names match too)
+DEFAULT_MAX_TOKENS: tuple[tuple[str, int], ...] = (
+    ("claude-opus-4-5", 64000), ("claude-opus-4-6", 128000), ("claude-sonnet-4-6", 64000), ("claude-sonnet-4-5", 64000),
+    ("claude-haiku-4-5", 64000), ("claude-opus-4-1", 32000), ("claude-opus-4", 32000),
+    ("claude-sonnet-4", 64000), ("claude-3-7-sonnet", 64000), ("claude-3-5-sonnet", 8192),
+    ("claude-3-5-haiku", 8192), ("claude-3-opus", 4096), ("claude-3-haiku", 4096),
+    ("claude-3-sonnet", 4096),
+)
+FALLBACK_MAX_TOKENS = 8192
+
+# reasoning_effort → thinking budget_tokens (the API's minimum budget is 1024)
+THINKING_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+DOCUMENT_TYPES = ("application/pdf", "text/plain")
+JSON_OBJECT_TOOL = "json_object"
+
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+          "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
+
+# Anthropic error type → (HTTP status it comes with, OpenAI code when Turnout has a better one)
+ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+
+
+# --- request -----------------------------------------------------------------------------------
+
+
+def default_max_tokens(model: str) -> int:
+    for prefix, n in DEFAULT_MAX_TOKENS:
+        if prefix in model:
+            return n
+    return FALLBACK_MAX_TOKENS
+
+
+def response_tool(body: Json) -> str | None:
+    """Name of the tool that carries a json_schema / json_object answer, or None."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    t = fmt.get("type")
+    if t == "json_schema":
+        return (fmt.get("json_schema") or {}).get("name") or "json_response"
+    if t == "json_object":
+        return JSON_OBJECT_TOOL
+    return None
+
+
+def _text_block(part: Json) -> Json | None:
+    text = part.get("text")
+    if not text:
+        return None
+    b: Json = {"type": "text", "text": text}
+    if part.get("cache_control"):
+        b["cache_control"] = part["cache_control"]
+    return b
+
+
+def _image_block(part: Json, param: str) -> Json:
+    iu = part.get("image_url")
+    url = iu.get("url", "") if isinstance(iu, dict) else str(iu or "")
+    if url.startswith("data:"):
+        media_type, data = split_data_url(url)
+        if media_type == "image/jpg":
+            media_type = "image/jpeg"
+        if media_type not in IMAGE_TYPES:
+            raise TranslationError(f"Unsupported image type '{media_type}' at '{param}': Claude takes "
+                                   f"{', '.join(IMAGE_TYPES)}.", param=param, code="invalid_image_format")
+        src: Json = {"type": "base64", "media_type": media_type, "data": data}
+    elif url.startswith(("http://", "https://")):
+        src = {"type": "url", "url": url}
+    else:
+        raise TranslationError(f"Invalid image URL at '{param}': expected a data: URL or an http(s) URL.",
+                               param=param, code="invalid_image_url")
+    b: Json = {"type": "image", "source": src}
+    if part.get("cache_control"):
+        b["cache_control"] = part["cache_control"]
+    return b
+
+
+def _document_block(part: Json, param: str) -> Json:
+    f = part.get("file") or {}
+    data_url = f.get("file_data")
+    if not isinstance(data_url, str) or not data_url.startswith("data:"):
+        raise TranslationError(f"Unsupported file at '{param}': Claude takes files inline as a data: URL "
+                               "in file.file_data (file_id is not supported).", param=param,
+                               code="unsupported_content")
+    media_type, data = split_data_url(data_url)
+    if media_type not in DOCUMENT_TYPES:
+        raise TranslationError(f"Unsupported file type '{media_type}' at '{param}': Claude takes "
+                               f"{', '.join(DOCUMENT_TYPES)}.", param=param, code="unsupported_content")
+    b: Json = {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if f.get("filename"):
+        b["title"] = f["filename"]
+    return b
+
+
+def _blocks(content: Any, param: str) -> list[Json]:
+    """Content blocks of a user message: text, images, documents; empty text left out."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    out: list[Json] = []
+    for j, part in enumerate(content):
+        t = part.get("type")
+        if t == "text":
+            b = _text_block(part)
+            if b:
+                out.append(b)
+        elif t == "image_url":
+            out.append(_image_block(part, f"{param}[{j}].image_url"))
+        elif t == "file":
+            out.append(_document_block(part, f"{param}[{j}].file"))
+        else:
+            raise TranslationError(f"Content part type '{t}' at '{param}[{j}]' is not supported by Claude.",
+                                   param=f"{param}[{j}].type", code="unsupported_content")
+    return out
+
+
+def _text_blocks(content: Any) -> list[Json]:
+    """Text blocks of a system, assistant or tool message (other part types ignored)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    out = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") in ("text", "refusal"):
+            b = _text_block({"text": part.get("text") or part.get("refusal"),
+                             "cache_control": part.get("cache_control")})
+            if b:
+                out.append(b)
+    return out
+
+
+def _tool_use(tc: Json, param: str) -> Json:
+    fn = tc.get("function") or {}
+    args = parse_arguments(fn.get("arguments"), f"{param}.function.arguments")
+    if not isinstance(args, dict):
+        raise TranslationError(f"Tool call arguments at '{param}.function.arguments' must be a JSON object.",
+                               param=f"{param}.function.arguments", code="invalid_tool_arguments")
+    return {"type": "tool_use", "id": tc["id"], "name": fn.get("name", ""), "input": args}
+
+
+def _tool_result(m: Json) -> Json:
+    b: Json = {"type": "tool_result", "tool_use_id": m.get("tool_call_id", "")}
+    content = m.get("content")
+    if isinstance(content, str):
+        if content:
+            b["content"] = content
+    else:
+        blocks = _text_blocks(content)
+        if blocks:
+            b["content"] = blocks
+    return b
+
+
+def _messages(messages: list[Json]) -> tuple[list[Json], list[Json], set[str]]:
+    """(system blocks, alternating turns, names of tools used in the history)."""
+    system: list[Json] = []
+    turns: list[Json] = []
+    used: set[str] = set()
+
+    def add(role: str, blocks: list[Json]) -> None:
+        if not blocks:
+            return
+        if turns and turns[-1]["role"] == role:
+            prev = turns[-1]["content"]
+            if role == "user" and blocks[0]["type"] == "tool_result":
+                # tool_result blocks must lead the user turn; keep them ahead of user text
+                n = 0
+                while n < len(prev) and prev[n]["type"] == "tool_result":
+                    n += 1
+                prev[n:n] = blocks
+            else:
+                prev.extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        param = f"messages[{i}]"
+        if role in ("system", "developer"):
+            system.extend(_text_blocks(m.get("content")))
+        elif role == "user":
+            add("user", _blocks(m.get("content"), f"{param}.content"))
+        elif role == "assistant":
+            blocks = _text_blocks(m.get("content"))
+            for j, tc in enumerate(m.get("tool_calls") or ()):
+                b = _tool_use(tc, f"{param}.tool_calls[{j}]")
+                used.add(b["name"])
+                blocks.append(b)
+            add("assistant", blocks)
+        elif role == "tool":
+            add("user", [_tool_result(m)])
+        else:
+            raise TranslationError(f"Messages with role '{role}' are not supported by Claude; use tools and "
+                                   "tool messages.", param=f"{param}.role", code="unsupported_value")
+    if turns and turns[-1]["role"] == "assistant":
+        # a trailing assistant turn is a prefill; the API rejects trailing whitespace in it
+        last = turns[-1]["content"]
+        if last[-1]["type"] == "text":
+            last[-1]["text"] = last[-1]["text"].rstrip()
+            if not last[-1]["text"]:
+                last.pop()
+                if not last:
+                    turns.pop()
+    return system, turns, used
+
+
+def _tools(body: Json) -> list[Json]:
+    out = []
+    for t in body.get("tools") or ():
+        fn = t.get("function") or {}
+        tool: Json = {"name": fn["name"]}
+        if fn.get("description"):
+            tool["description"] = fn["description"]
+        schema = fn.get("parameters")
+        tool["input_schema"] = schema if schema else {"type": "object", "properties": {}}
+        out.append(tool)
+    return out
+
+
+def _thinking(body: Json, options: Json) -> Json | None:
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort == "none":
+            return None
+        budget = THINKING_BUDGET.get(effort)
+        if budget is None:
+            raise TranslationError(f"Invalid value for 'reasoning_effort': '{effort}'.", param="reasoning_effort",
+                                   code="invalid_value")
+        return {"type": "enabled", "budget_tokens": budget}
+    th = options.get("thinking")
+    if isinstance(th, dict) and th.get("type", "enabled") == "enabled":
+        return {"type": "enabled", "budget_tokens": int(th.get("budget_tokens", THINKING_BUDGET["medium"]))}
+    if isinstance(th, int) and not isinstance(th, bool) and th > 0:
+        return {"type": "enabled", "budget_tokens": th}
+    return None
+
+
+def to_request(body: Json, model: str, *, stream: bool, max_output_tokens: int | None = None,
+               options: Json | None = None) -> Json:
+    """The Messages API body for an OpenAI chat body. `options` are the target's and backend's
+    options merged (`max_tokens` default, `thinking`); raises TranslationError for what Claude
+    cannot express."""
+    options = options or {}
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise TranslationError("Claude returns one choice per request: 'n' must be 1.", param="n",
+                               code="unsupported_value")
+    system, turns, used = _messages(body["messages"])
+    if not turns:
+        raise TranslationError("The request has no user or assistant content to send (system messages "
+                               "alone are not a conversation for Claude).", param="messages",
+                               code="invalid_value")
+
+    max_tokens = max_tokens_of(body)
+    if max_tokens is None:
+        max_tokens = max_output_tokens or options.get("max_tokens") or default_max_tokens(model)
+    elif max_output_tokens:
+        max_tokens = min(max_tokens, max_output_tokens)
+
+    req: Json = {"model": model, "max_tokens": max_tokens, "messages": turns}
+    if system:
+        req["system"] = system
+
+    tools = _tools(body)
+    choice = body.get("tool_choice")
+    json_tool = response_tool(body)
+    tc: Json | None = None
+    if tools or json_tool:
+        if isinstance(choice, dict):
+            tc = {"type": "tool", "name": choice["function"]["name"]}
+        elif choice == "required":
+            tc = {"type": "any"}
+        elif choice == "none":
+            tc = {"type": "none"}
+        elif tools:
+            tc = {"type": "auto"}
+        if json_tool:
+            fmt = body["response_format"]
+            if fmt["type"] == "json_schema":
+                js = fmt["json_schema"]
+                schema = js.get("schema") or {"type": "object"}
+                desc = js.get("description") or "Give the answer as this tool's input, which is the response JSON."
+            else:
+                schema = {"type": "object", "additionalProperties": True}
+                desc = "Give the answer as a JSON object, passed as this tool's input."
+            if json_tool not in {t["name"] for t in tools}:
+                tools.append({"name": json_tool, "description": desc, "input_schema": schema})
+            if tc is None or tc["type"] == "none":
+                tc = {"type": "tool", "name": json_tool}  # answer only in the format
+            elif tc["type"] == "auto":
+                tc = {"type": "any"}  # call a client tool, or answer in the format
+        if body.get("parallel_tool_calls") is False and tc["type"] != "none":
+            tc["disable_parallel_tool_use"] = True
+    if used and not tools:
+        # the history has tool calls but the client sent no tools: the API needs their definitions
+        tools = [{"name": name, "input_schema": {"type": "object"}} for name in sorted(used)]
+        tc = {"type": "none"}
+    if tools:
+        req["tools"] = tools
+        req["tool_choice"] = tc
+
+    thinking = _thinking(body, options)
+    if thinking and (tc and tc["type"] in ("any", "tool")):
+        thinking = None  # the API refuses thinking with a forced tool
+    if thinking and _open_tool_loop(turns):
+        thinking = None  # it would need the signed thinking block of the last assistant turn
+    if thinking:
+        budget = min(thinking["budget_tokens"], max_tokens - 1)
+        if budget >= 1024:
+            req["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        else:
+            thinking = None
+
+    stops = stop_list(body.get("stop"))
+    if stops:
+        req["stop_sequences"] = stops
+    if not thinking:
+        t = body.get("temperature")
+        if t is not None:
+            req["temperature"] = min(float(t), 1.0)
+        if body.get("top_p") is not None:
+            req["top_p"] = body["top_p"]
+    if body.get("user"):
+        req["metadata"] = {"user_id": body["user"]}
+    if stream:
+        req["stream"] = True
+    return req
+
+
+def _open_tool_loop(turns: list[Json]) -> bool:
+    for t in reversed(turns):
+        if t["role"] == "assistant":
+            return any(b["type"] == "tool_use" for b in t["content"])
+    return False
+
+
+# --- response ----------------------------------------------------------------------------------
+
+
+def usage_of(u: Json | None) -> Json:
+    """OpenAI usage from Anthropic usage: cache writes and reads count as prompt tokens."""
+    u = u or {}
+    cached = u.get("cache_read_input_tokens") or 0
+    prompt = (u.get("input_tokens") or 0) + (u.get("cache_creation_input_tokens") or 0) + cached
+    details = u.get("output_tokens_details")
+    thinking = details.get("thinking_tokens") if isinstance(details, dict) else None
+    return usage(prompt, u.get("output_tokens") or 0, cached=cached, reasoning=thinking)
+
+
+def finish_reason(stop_reason: str | None, json_mode: bool = False) -> str:
+    if stop_reason == "tool_use" and json_mode:
+        return "stop"
+    return FINISH.get(stop_reason or "end_turn", "stop")
+
+
+def from_response(resp: Json, id: str, created: int, json_tool: str | None = None) -> Json:
+    """A ``chat.completion`` from a Message."""
+    texts: list[str] = []
+    thinking: list[str] = []
+    calls: list[Json] = []
+    answer: str | None = None
+    for b in resp.get("content") or ():
+        t = b.get("type")
+        if t == "text":
+            texts.append(b.get("text", ""))
+        elif t == "tool_use":
+            if json_tool and b.get("name") == json_tool:
+                answer = orjson.dumps(b.get("input") or {}).decode()
+            else:
+                calls.append(tool_call(b["id"], b.get("name", ""), b.get("input") or {}))
+        elif t == "thinking":
+            thinking.append(b.get("thinking", ""))
+    json_mode = answer is not None and not calls
+    content = answer if answer is not None else ("".join(texts) if texts or not calls else None)
+    msg = message(content, calls or None, "".join(thinking) or None)
+    return completion(id, created, resp.get("model", ""), [
+        {"message": msg, "finish_reason": finish_reason(resp.get("stop_reason"), json_mode)}],
+        usage_of(resp.get("usage")))
+
+
+class StreamState:
+    """Anthropic stream events → OpenAI chunks, one event at a time.
+
+    `feed(type, data)` returns the chunks to send for one event; `usage` holds the OpenAI usage so
+    far, `done` turns true at message_stop. An ``error`` event raises `StreamError`.
+    """
+
+    __slots__ = ("id", "created", "model", "json_tool", "started", "blocks", "tools", "u", "done",
+                 "json_mode", "stop_reason")
+
+    def __init__(self, id: str, created: int, model: str, json_tool: str | None = None) -> None:
+        self.id = id
+        self.created = created
+        self.model = model
+        self.json_tool = json_tool
+        self.started = False
+        self.blocks: dict[int, tuple[str, int]] = {}  # block index → (kind, tool call index)
+        self.tools = 0
+        self.u: Json = {}
+        self.done = False
+        self.json_mode = False
+        self.stop_reason: str | None = None
+
+    @property
+    def usage(self) -> Json:
+        return usage_of(self.u)
+
+    def _chunk(self, delta: Json, finish: str | None = None) -> Json:
+        return chunk(self.id, self.created, self.model, delta, finish)
+
+    def _start(self, out: list[Json], content: str | None = "") -> None:
+        """The first chunk carries the role, as OpenAI's does: content "" before text, null before
+        a tool call or reasoning (so a tool-call-only answer accumulates to content null)."""
+        if not self.started:
+            self.started = True
+            out.append(self._chunk({"role": "assistant", "content": content, "refusal": None}))
+
+    def feed(self, type: str, data: Json) -> list[Json]:
+        out: list[Json] = []
+        if type == "content_block_delta":
+            kind, ti = self.blocks.get(data.get("index"), ("", 0))
+            d = data.get("delta") or {}
+            dt = d.get("type")
+            if dt == "text_delta":
+                if d.get("text"):
+                    out.append(self._chunk({"content": d["text"]}))
+            elif dt == "input_json_delta":
+                pj = d.get("partial_json")
+                if pj:
+                    if kind == "json":
+                        out.append(self._chunk({"content": pj}))
+                    elif kind == "tool":
+                        out.append(self._chunk({"tool_calls": [tool_call_delta(ti, arguments=pj)]}))
+            elif dt == "thinking_delta":
+                if d.get("thinking"):
+                    out.append(self._chunk({"reasoning_content": d["thinking"]}))
+            return out
+        if type == "content_block_start":
+            b = data.get("content_block") or {}
+            bt = b.get("type")
+            idx = data.get("index")
+            json_block = bt == "tool_use" and self.json_tool is not None and b.get("name") == self.json_tool
+            self._start(out, "" if bt == "text" or json_block else None)
+            if bt == "tool_use":
+                if self.json_tool and b.get("name") == self.json_tool:
+                    self.blocks[idx] = ("json", 0)
+                    self.json_mode = True
+                    if b.get("input"):
+                        out.append(self._chunk({"content": orjson.dumps(b["input"]).decode()}))
+                else:
+                    ti = self.tools
+                    self.tools += 1
+                    self.blocks[idx] = ("tool", ti)
+                    args = orjson.dumps(b["input"]).decode() if b.get("input") else ""
+                    delta = tool_call_delta(ti, b.get("id", ""), b.get("name", ""), args)
+                    if len(out) == 1:  # the role chunk: OpenAI sends the first tool call in it
+                        out[0]["choices"][0]["delta"]["tool_calls"] = [delta]
+                    else:
+                        out.append(self._chunk({"tool_calls": [delta]}))
+            elif bt == "text":
+                self.blocks[idx] = ("text", 0)
+                if b.get("text"):
+                    out.append(self._chunk({"content": b["text"]}))
+            elif bt == "thinking":
+                self.blocks[idx] = ("thinking", 0)
+                if b.get("thinking"):
+                    out.append(self._chunk({"reasoning_content": b["thinking"]}))
+            return out
+        if type == "message_start":
+            m = data.get("message") or {}
+            self.u.update(m.get("usage") or {})
+            if m.get("model"):
+                self.model = m["model"]
+            return out
+        if type == "message_delta":
+            self.u.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason")
+            self._start(out, None)
+            json_mode = self.json_mode and self.tools == 0
+            out.append(self._chunk({}, finish_reason(self.stop_reason, json_mode)))
+            return out
+        if type == "message_stop":
+            self.done = True
+            return out
+        if type == "error":
+            raise StreamError(*error_fields(data))
+        return out  # ping, content_block_stop, unknown future events
+
+
+class StreamError(Exception):
+    """An ``event: error`` in the stream: (status it stands for, message, Anthropic error type)."""
+
+    def __init__(self, status: int, message: str, type: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def error_fields(data: Any, status: int | None = None) -> tuple[int, str, str | None]:
+    """(status, message, Anthropic error type) from a parsed error body or error event."""
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        etype = err.get("type")
+        msg = str(err.get("message") or etype or "upstream error")
+        return status or ERROR_STATUS.get(etype, 500), msg, etype
+    return status or 500, f"upstream returned HTTP {status or 500}", None
+
+
+def error_from(status: int, body: bytes) -> tuple[str, str | None, str | None]:
+    """(message, OpenAI type, OpenAI code) for an Anthropic error response."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    _, msg, etype = error_fields(data, status)
+    return msg, *openai_error_kind(status, etype)
+
+
+def openai_error_kind(status: int, etype: str | None) -> tuple[str | None, str | None]:
+    """(OpenAI type, code) for an Anthropic error; None lets `upstream_status_error` choose."""
+    if etype == "overloaded_error" or status == 529:
+        return "upstream_error", "upstream_overloaded"
+    if etype == "request_too_large" or status == 413:
+        return "invalid_request_error", "request_too_large"
+    if etype == "invalid_request_error":
+        return "invalid_request_error", None
+    if etype == "not_found_error":
+        return "invalid_request_error", "model_not_found"
+    return None, None
