@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Protocol
 
 import orjson
 from starlette.applications import Starlette
@@ -45,8 +45,23 @@ def error_response(e: ProxyError, headers: dict[str, str] | None = None) -> Resp
                     media_type="application/json")
 
 
+class Observer(Protocol):
+    """Something that watches every request (the ledger, metrics): `started` when a chat request
+    arrives, `finished` once its answer or error has gone out. Both run on the request path, so
+    they must be cheap: anything slow is queued and done elsewhere."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def started(self, call: Call) -> None: ...
+
+    def finished(self, call: Call) -> None: ...
+
+
 class Turnout:
-    """The running gateway: config, one backend object (and pool) per backend, the router."""
+    """The running gateway: config, one backend object (and pool) per backend, the router, and the
+    observers told about every request."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -54,12 +69,19 @@ class Turnout:
         self.router = Router(cfg, self.backends)
         self.dispatcher = Dispatcher(self.router)
         self.keys: dict[str, Key] = {k.key: k for k in cfg.keys}
+        self.observers: list[Observer] = []
+        # checks run after the body is read and before routing (rate limits, budgets): raise a ProxyError
+        self.gates: list[Callable[[Call], None]] = []
 
     async def start(self) -> None:
         for b in self.backends.values():
             await b.start()
+        for o in self.observers:
+            await o.start()
 
     async def aclose(self) -> None:
+        for o in reversed(self.observers):
+            await o.aclose()
         for b in self.backends.values():
             await b.aclose()
 
@@ -109,47 +131,53 @@ class Turnout:
         call = Call(request_model="", request_id=rid if _SAFE_ID.fullmatch(rid) else "")
         if not call.request_id:
             call.request_id = "req_" + call.id[9:]
+        for o in self.observers:
+            o.started(call)
         try:
             call.key = self.authenticate(request)
             body = validate.chat_request(await self.read_json(request))
             call.request_model = body["model"]
             call.stream = bool(body.get("stream"))
             call.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            features = self.router.features(body, request.headers, call.key)
+            features = call.features = self.router.features(body, request.headers, call.key)
+            for gate in self.gates:
+                gate(call)
             chain, rule = self.router.plan(call, features)
             deadline = self.cfg.routes[call.route].timeout if call.route else None
             if not call.stream:
                 data = await self.dispatcher.complete(chain, body, call, escalate=rule.escalate if rule else 0,
                                                       deadline=deadline)
                 call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price)
-                self.log_call(call, 200)
+                self.finish(call, 200)
                 return Response(orjson.dumps(data), media_type="application/json", headers=call.headers())
             first, rest = await self.dispatcher.open_stream(chain, body, call, deadline=deadline)
             return StreamingResponse(self.sse(call, first, rest), media_type="text/event-stream",
                                      headers={**_SSE_HEADERS, **call.headers()})
         except ProxyError as e:
-            self.log_call(call, e.status, e)
+            self.finish(call, e.status, e)
             return error_response(e, call.headers())
         except Exception as e:  # noqa: BLE001 - the client gets a clean 500, the log gets the type only
             log.error("%s: internal error %s", call.request_id, type(e).__name__)
             log.debug("internal error", exc_info=True)
-            self.log_call(call, 500)
+            self.finish(call, 500)
             return error_response(ProxyError(f"Internal error in Turnout (request {call.request_id})."),
                                   call.headers())
 
     async def sse(self, call: Call, first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Frame payloads as SSE; a failure after the start ends with an error event, no [DONE]."""
-        status = 200
+        status, error = 200, None
         try:
             yield b"data: " + first + b"\n\n"
+            call.chunks = 1
             async for payload in rest:
+                call.chunks += 1
                 yield b"data: " + payload + b"\n\n"
             if call.include_usage and call.usage is not None:
                 model = call.upstream_model or self.cfg.models[call.target].model
                 yield b"data: " + orjson.dumps(usage_chunk(call.id, call.created, model, call.usage)) + b"\n\n"
             yield b"data: [DONE]\n\n"
         except ProxyError as e:
-            status = e.status
+            status, error = e.status, e
             yield b"data: " + e.json() + b"\n\n"
         except Exception as e:  # noqa: BLE001
             status = 500
@@ -158,7 +186,9 @@ class Turnout:
             yield b"data: " + ProxyError(f"Internal error in Turnout (request {call.request_id}).").json() + b"\n\n"
         finally:
             await rest.aclose()
-            self.log_call(call, status)
+            if call.usage is not None:
+                call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price)
+            self.finish(call, status, error)
 
     async def route(self, request: Request) -> Response:
         """POST /turnout/route: the routing decision for a chat body, with no upstream call."""
@@ -198,9 +228,16 @@ class Turnout:
             n: ("usable" if not b.unavailable else b.unavailable) for n, b in self.backends.items()}}
         return json_response(body, 200 if usable else 503)
 
-    # --- logging ---------------------------------------------------------------------------------
+    # --- the end of a request ------------------------------------------------------------------
 
-    def log_call(self, call: Call, status: int, error: ProxyError | None = None) -> None:
+    def finish(self, call: Call, status: int, error: ProxyError | None = None) -> None:
+        """Record the outcome on the call, log it, tell the observers."""
+        call.status = status
+        call.finished = time.perf_counter()
+        if error is not None:
+            call.error = error.code or error.type
+        for o in self.observers:
+            o.finished(call)
         if not access.isEnabledFor(logging.INFO):
             return
         u = call.usage or {}
@@ -208,8 +245,7 @@ class Turnout:
         access.info("%s model=%s route=%s target=%s fallbacks=%s status=%d stream=%s tokens=%s/%s ms=%.1f%s",
                     call.request_id, call.request_model or "-", call.route or "-", call.target or "-", fallbacks,
                     status, call.stream, u.get("prompt_tokens", 0), u.get("completion_tokens", 0),
-                    (time.perf_counter() - call.started) * 1000,
-                    f" error={error.code or error.type}" if error else "")
+                    (call.finished - call.started) * 1000, f" error={call.error}" if call.error else "")
 
 
 def build_app(cfg: Config) -> Starlette:

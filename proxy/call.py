@@ -45,6 +45,10 @@ class Call:
     upstream_model: str | None = None
     status: int = 200
     cost_usd: float | None = None
+    error: str | None = None  # the error code or type the client got
+    features: Any = None  # proxy.features.Features, once the body is read and checked
+    chunks: int = 0  # stream chunks sent to the client (a cut-short stream still counts them)
+    finished: float | None = None  # perf_counter when the answer or error went out
 
     @property
     def fallbacks(self) -> list[Attempt]:
