@@ -44,6 +44,7 @@ def config(url: str) -> dict:
             "sonnet": {"backend": "claude", "model": SONNET, "vision": True},
             "haiku-capped": {"backend": "claude", "model": "claude-haiku-4-5", "max_output_tokens": 1000},
             "future": {"backend": "claude", "model": "claude-future-9"},
+            "opus-new": {"backend": "claude", "model": "claude-opus-4-8"},
             "v1": {"backend": "claude-v1", "model": "claude-future-9"},
             "thinker": {"backend": "claude", "model": SONNET, "options": {"thinking": {"budget_tokens": 2000}}},
             "retrying": {"backend": "claude-retry", "model": SONNET},
@@ -146,6 +147,16 @@ def test_system_and_developer_anywhere_go_top_level_and_same_roles_merge(env):
         {"role": "assistant", "content": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]},
         {"role": "user", "content": [{"type": "text", "text": "three"}]},
     ]
+
+
+def test_cache_control_on_parts_is_kept(env):
+    emu, base = env
+    cc = {"type": "ephemeral"}
+    post(base, {"model": "sonnet", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "long manual", "cache_control": cc}]},
+        {"role": "user", "content": [{"type": "text", "text": "q", "cache_control": cc}]}]})
+    assert last(emu)["system"] == [{"type": "text", "text": "long manual", "cache_control": cc}]
+    assert last(emu)["messages"][0]["content"] == [{"type": "text", "text": "q", "cache_control": cc}]
 
 
 def test_trailing_assistant_is_a_prefill_without_trailing_whitespace(env):
@@ -339,12 +350,41 @@ def test_stop_temperature_top_p_user(env):
                                       user="user-42", seed=7, presence_penalty=0.5, frequency_penalty=0.1,
                                       logprobs=False, metadata={"team": "x"}, store=False)
     got = last(emu)
-    assert got["stop_sequences"] == ["END", "###"] and got["temperature"] == 0.3 and got["top_p"] == 0.9
+    assert got["stop_sequences"] == ["END", "###"] and got["temperature"] == 0.3
+    assert "top_p" not in got  # current models take temperature or top_p, not both
     assert got["metadata"] == {"user_id": "user-42"}
     for k in ("seed", "presence_penalty", "frequency_penalty", "logprobs", "store", "n", "stop"):
         assert k not in got
     sdk(base).chat.completions.create(model="sonnet", messages=HI, stop="END", temperature=1.7)
     assert last(emu)["stop_sequences"] == ["END"] and last(emu)["temperature"] == 1.0
+    sdk(base).chat.completions.create(model="sonnet", messages=HI, top_p=0.5)
+    assert last(emu)["top_p"] == 0.5 and "temperature" not in last(emu)
+
+
+def test_models_that_reject_sampling_and_think_adaptively(env):
+    emu, base = env
+    r = post(base, {"model": "opus-new", "messages": HI, "temperature": 0.2, "top_p": 0.3})
+    assert r.status_code == 200, r.text
+    assert "temperature" not in last(emu) and "top_p" not in last(emu)
+    r = post(base, {"model": "opus-new", "messages": HI, "reasoning_effort": "high"})
+    assert r.status_code == 200, r.text
+    assert last(emu)["thinking"] == {"type": "adaptive"} and last(emu)["output_config"] == {"effort": "high"}
+    post(base, {"model": "opus-new", "messages": HI, "reasoning_effort": "none"})
+    assert "thinking" not in last(emu)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_model_that_rejects_temperature_is_learned_and_retried_without_it(fresh, stream):
+    emu, base = fresh
+    script(emu, Reply(status=400, message="`temperature` is deprecated for this model."),
+           Reply(text="fine"), Reply(text="again"))
+    body = {"model": "sonnet", "messages": HI, "temperature": 0.2, "stream": stream}
+    r = post(base, body)
+    assert r.status_code == 200 and "fine" in r.text
+    assert [("temperature" in b) for b in emu.state.requests] == [True, False]
+    r = post(base, body)
+    assert r.status_code == 200 and "again" in r.text
+    assert "temperature" not in last(emu) and len(emu.state.requests) == 3
 
 
 def test_stop_sequence_cuts_and_maps_to_stop(env):
@@ -401,6 +441,15 @@ def test_response_format_json_object(env):
     assert json.loads(r.choices[0].message.content) == {"ok": True} and r.choices[0].finish_reason == "stop"
     assert last(emu)["tool_choice"] == {"type": "tool", "name": "json_object"}
     assert last(emu)["tools"][0]["input_schema"]["type"] == "object"
+
+
+def test_response_format_with_tool_choice_none_forces_the_format(env):
+    emu, base = env
+    script(emu, Reply(blocks=[{"type": "tool_use", "name": "person", "input": {"name": "Bo", "age": 3}}]))
+    r = sdk(base).chat.completions.create(model="sonnet", messages=HI, tools=WEATHER, tool_choice="none",
+                                          response_format=JSON_SCHEMA, parallel_tool_calls=False)
+    assert json.loads(r.choices[0].message.content) == {"name": "Bo", "age": 3}
+    assert last(emu)["tool_choice"] == {"type": "tool", "name": "person", "disable_parallel_tool_use": True}
 
 
 def test_response_format_with_client_tools_lets_the_model_choose(env):
@@ -575,7 +624,7 @@ def test_upstream_errors_map_to_openai_shape_and_retry_policy(fresh, status, cli
 
 
 @pytest.mark.parametrize("status,falls_back", [(529, True), (500, True), (429, True), (401, True), (403, True),
-                                               (404, True), (400, False)])
+                                               (402, True), (404, True), (400, False), (413, False)])
 def test_fallback_to_next_target(fresh, status, falls_back):
     emu, base = fresh
     script(emu, Reply(status=status))
@@ -584,7 +633,7 @@ def test_fallback_to_next_target(fresh, status, falls_back):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Backup: hello"
         assert "sonnet" in r.headers["x-turnout-fallbacks"]
     else:
-        assert r.status_code == 400
+        assert r.status_code == status and r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_sdk_raises_typed_errors(fresh):

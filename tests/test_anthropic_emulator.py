@@ -230,6 +230,26 @@ def test_valid_tool_round_trip_and_images_accepted(emu):
     assert len(app.state.requests) == 1
 
 
+def test_api_versions_and_model_rules(emu):
+    app, url, _ = emu
+    body = {"model": MODEL, "max_tokens": 5, "messages": USER, "temperature": 0.5}
+    ok = httpx.post(url + "/v1/messages", json=body, headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"})
+    assert ok.status_code == 200
+    new = httpx.post(url + "/v1/messages", json=body, headers={"authorization": f"Bearer {KEY}",
+                                                               "anthropic-version": "2026-10-21"})
+    assert new.status_code == 400 and new.json()["error"]["message"] == "temperature: Extra inputs are not permitted"
+    both = httpx.post(url + "/v1/messages", json={**body, "top_p": 0.9},
+                      headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"})
+    assert both.status_code == 400 and "cannot both be specified" in both.json()["error"]["message"]
+    modern = httpx.post(url + "/v1/messages", json={**body, "model": "claude-opus-4-8"},
+                        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"})
+    assert modern.status_code == 400 and "deprecated for this model" in modern.json()["error"]["message"]
+    adaptive = {"model": "claude-opus-4-8", "max_tokens": 100, "messages": USER, "thinking": {"type": "adaptive"},
+                "output_config": {"effort": "high"}}
+    assert httpx.post(url + "/v1/messages", json=adaptive, headers={
+        "x-api-key": KEY, "anthropic-version": "2023-06-01"}).status_code == 200
+
+
 def test_models_endpoint(emu):
     _, _, client = emu
     ids = [m.id for m in client.models.list()]

@@ -27,7 +27,10 @@ Request (OpenAI → Anthropic)
 | n > 1                                             | 400: the Messages API returns one answer                      |
 | stop (string or list)                             | stop_sequences                                                |
 | temperature (OpenAI 0–2)                          | temperature, capped at 1 (Anthropic's range is 0–1)           |
-| top_p                                             | top_p                                                         |
+| top_p                                             | top_p, only when no temperature is given (current models take |
+|                                                   | one of the two, never both)                                   |
+| (models that reject sampling: NO_SAMPLING, a 400  | temperature and top_p left out (the backend learns a model    |
+| "`temperature` is deprecated", options.sampling)  | from that 400 and retries once without them)                  |
 | user                                              | metadata.user_id                                              |
 | tools[].function {name, description, parameters}  | tools[] {name, description, input_schema}                     |
 | tool_choice auto / none / required / {function}   | {"type":"auto"} / {"type":"none"} / {"type":"any"} /          |
@@ -39,9 +42,12 @@ Request (OpenAI → Anthropic)
 |                                                   | forced with tool_choice; its input comes back as the content  |
 | response_format json_object                       | the same with a free-form object schema named `json_object`   |
 | (json + client tools, tool_choice auto/required)  | tool_choice any: the model calls a client tool or answers     |
-| reasoning_effort / options.thinking               | thinking {"type":"enabled","budget_tokens"}; temperature and  |
-|                                                   | top_p are then left out; not sent with a forced tool or while |
-|                                                   | a tool loop is open (no signed thinking block to send back)   |
+| reasoning_effort / options.thinking               | thinking {"type":"enabled","budget_tokens"} (THINKING_BUDGET, |
+|                                                   | capped below max_tokens, dropped under 1024); for adaptive-   |
+|                                                   | only models thinking {"type":"adaptive"} + output_config      |
+|                                                   | {"effort"}; temperature and top_p are then left out; not sent |
+|                                                   | with a forced tool or while a tool loop is open (no signed    |
+|                                                   | thinking block to send back); reasoning_effort none → off     |
 | stream                                            | stream                                                        |
 | seed, presence/frequency_penalty, logprobs,       | dropped (no Anthropic equivalent)                             |
 | logit_bias, stream_options, store, metadata, …    |                                                               |
@@ -120,7 +126,8 @@ API_VERSION = "2023-06-01"
 # the model's own output limit, used when neither the client nor the config sets max_tokens;
 # first match wins (substring, so "us.anthropic.claude-…" and dated names match too)
 DEFAULT_MAX_TOKENS: tuple[tuple[str, int], ...] = (
-    ("claude-opus-4-5", 64000), ("claude-opus-4-6", 128000), ("claude-sonnet-4-6", 64000), ("claude-sonnet-4-5", 64000),
+    ("claude-opus-4-7", 64000), ("claude-opus-4-8", 64000), ("claude-opus-5", 64000), ("claude-sonnet-5", 64000),
+    ("claude-haiku-5", 64000), ("claude-opus-4-5", 64000), ("claude-opus-4-6", 128000), ("claude-sonnet-4-6", 64000), ("claude-sonnet-4-5", 64000),
     ("claude-haiku-4-5", 64000), ("claude-opus-4-1", 32000), ("claude-opus-4", 32000),
     ("claude-sonnet-4", 64000), ("claude-3-7-sonnet", 64000), ("claude-3-5-sonnet", 8192),
     ("claude-3-5-haiku", 8192), ("claude-3-opus", 4096), ("claude-3-haiku", 4096),
@@ -128,8 +135,16 @@ DEFAULT_MAX_TOKENS: tuple[tuple[str, int], ...] = (
 )
 FALLBACK_MAX_TOKENS = 8192
 
-# reasoning_effort → thinking budget_tokens (the API's minimum budget is 1024)
-THINKING_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+# reasoning_effort → thinking budget_tokens (the API's minimum budget is 1024), and → output_config
+# effort for models that only think adaptively
+THINKING_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576, "xhigh": 32768}
+EFFORTS = {"none": None, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
+
+# models that answer 400 to temperature / top_p / top_k ("`temperature` is deprecated for this
+# model") and only take thinking {"type": "adaptive"}; others are learned by the backend from
+# that 400, and `options.sampling` / `options.thinking: adaptive` say it per target
+NO_SAMPLING = ("claude-opus-4-7", "claude-opus-4-8")
+ADAPTIVE_THINKING = ("claude-opus-4-7", "claude-opus-4-8")
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 DOCUMENT_TYPES = ("application/pdf", "text/plain")
@@ -343,28 +358,48 @@ def _tools(body: Json) -> list[Json]:
     return out
 
 
-def _thinking(body: Json, options: Json) -> Json | None:
-    effort = body.get("reasoning_effort")
-    if effort is not None:
-        if effort == "none":
-            return None
-        budget = THINKING_BUDGET.get(effort)
-        if budget is None:
-            raise TranslationError(f"Invalid value for 'reasoning_effort': '{effort}'.", param="reasoning_effort",
-                                   code="invalid_value")
-        return {"type": "enabled", "budget_tokens": budget}
+def sampling_allowed(model: str, options: Json) -> bool:
+    """Whether temperature / top_p may be sent: newer models reject them outright."""
+    if options.get("sampling") is not None:
+        return bool(options["sampling"])
+    return not any(p in model for p in NO_SAMPLING)
+
+
+def _adaptive(model: str, options: Json) -> bool:
     th = options.get("thinking")
+    if th == "adaptive" or (isinstance(th, dict) and th.get("type") == "adaptive"):
+        return True
+    return any(p in model for p in ADAPTIVE_THINKING)
+
+
+def _thinking(body: Json, model: str, options: Json) -> tuple[Json | None, str | None]:
+    """(thinking config, output_config effort) asked for by reasoning_effort or the options."""
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in EFFORTS:
+        raise TranslationError(f"Invalid value for 'reasoning_effort': '{effort}'. Supported values are: "
+                               + ", ".join(f"'{e}'" for e in EFFORTS) + ".", param="reasoning_effort",
+                               code="invalid_value")
+    if effort == "none":
+        return None, None
+    th = options.get("thinking")
+    if _adaptive(model, options):
+        if effort is not None:
+            return {"type": "adaptive"}, EFFORTS[effort]
+        return ({"type": "adaptive"}, None) if th else (None, None)
+    if effort is not None:
+        return {"type": "enabled", "budget_tokens": THINKING_BUDGET[effort]}, None
     if isinstance(th, dict) and th.get("type", "enabled") == "enabled":
-        return {"type": "enabled", "budget_tokens": int(th.get("budget_tokens", THINKING_BUDGET["medium"]))}
+        return {"type": "enabled", "budget_tokens": int(th.get("budget_tokens", THINKING_BUDGET["medium"]))}, None
     if isinstance(th, int) and not isinstance(th, bool) and th > 0:
-        return {"type": "enabled", "budget_tokens": th}
-    return None
+        return {"type": "enabled", "budget_tokens": th}, None
+    return None, None
 
 
 def to_request(body: Json, model: str, *, stream: bool, max_output_tokens: int | None = None,
-               options: Json | None = None) -> Json:
+               options: Json | None = None, sampling: bool | None = None) -> Json:
     """The Messages API body for an OpenAI chat body. `options` are the target's and backend's
-    options merged (`max_tokens` default, `thinking`); raises TranslationError for what Claude
+    options merged (`max_tokens` default, `thinking`, `sampling`); `sampling=False` leaves out
+    temperature and top_p whatever the model table says. Raises TranslationError for what Claude
     cannot express."""
     options = options or {}
     n = body.get("n")
@@ -425,27 +460,28 @@ def to_request(body: Json, model: str, *, stream: bool, max_output_tokens: int |
         req["tools"] = tools
         req["tool_choice"] = tc
 
-    thinking = _thinking(body, options)
+    thinking, effort = _thinking(body, model, options)
     if thinking and (tc and tc["type"] in ("any", "tool")):
         thinking = None  # the API refuses thinking with a forced tool
     if thinking and _open_tool_loop(turns):
         thinking = None  # it would need the signed thinking block of the last assistant turn
-    if thinking:
+    if thinking and thinking["type"] == "enabled":
         budget = min(thinking["budget_tokens"], max_tokens - 1)
-        if budget >= 1024:
-            req["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        else:
-            thinking = None
+        thinking = {"type": "enabled", "budget_tokens": budget} if budget >= 1024 else None
+    if thinking:
+        req["thinking"] = thinking
+        if effort:
+            req["output_config"] = {"effort": effort}
 
     stops = stop_list(body.get("stop"))
     if stops:
         req["stop_sequences"] = stops
-    if not thinking:
+    if not thinking and (sampling if sampling is not None else sampling_allowed(model, options)):
         t = body.get("temperature")
         if t is not None:
             req["temperature"] = min(float(t), 1.0)
-        if body.get("top_p") is not None:
-            req["top_p"] = body["top_p"]
+        elif body.get("top_p") is not None:
+            req["top_p"] = body["top_p"]  # current models take one of the two, never both
     if body.get("user"):
         req["metadata"] = {"user_id": body["user"]}
     if stream:

@@ -26,7 +26,10 @@ logged nor put in an error message.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+import logging
+import re
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
 import httpx
 import orjson
@@ -38,6 +41,10 @@ from proxy.errors import UpstreamError
 from translators import anthropic as tr
 
 _JSON = {"content-type": "application/json"}
+# "`temperature` is deprecated for this model." / "temperature: Extra inputs are not permitted"
+_SAMPLING_REJECTED = re.compile(rb"`?(temperature|top_p|top_k)`? is (deprecated|not supported)|"
+                                rb"(temperature|top_p|top_k): Extra inputs")
+log = logging.getLogger("turnout.anthropic")
 
 
 class Backend(base.HTTPBackend):
@@ -49,10 +56,14 @@ class Backend(base.HTTPBackend):
         prefix = "" if self.base_url.endswith("/v1") else "/v1"
         self.messages_path = prefix + "/messages"
         self.models_path = prefix + "/models"
-        self.options = {k: v for k, v in cfg.options.items() if k in ("max_tokens", "thinking")}
+        self.options = {k: v for k, v in cfg.options.items() if k in ("max_tokens", "thinking", "sampling")}
+        self.no_sampling: set[str] = set()  # models learned to reject temperature / top_p
 
     def auth_headers(self) -> dict[str, str]:
-        h = {"anthropic-version": tr.API_VERSION}
+        # an operator may pin another version in `headers`; 2023-06-01 keeps temperature and top_p,
+        # which 2026-10-21 rejects
+        configured = {k.lower(): v for k, v in self.cfg.headers.items()}
+        h = {"anthropic-version": configured.get("anthropic-version", tr.API_VERSION)}
         if self.cfg.api_key:
             h["x-api-key"] = self.cfg.api_key
         return h
@@ -63,11 +74,21 @@ class Backend(base.HTTPBackend):
         # a non-streamed answer's headers arrive only when it is complete
         self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
 
-    def _request(self, target: Target, body: base.Json, stream: bool) -> bytes:
+    def _request(self, target: Target, body: base.Json, stream: bool) -> tuple[bytes, bool]:
+        """(Messages body, whether it carries temperature or top_p)."""
         options = {**self.options, **target.options} if target.options else self.options
         req = tr.to_request(body, target.model, stream=stream, max_output_tokens=target.max_output_tokens,
-                            options=options)
-        return orjson.dumps(req)
+                            options=options, sampling=False if target.model in self.no_sampling else None)
+        return orjson.dumps(req), "temperature" in req or "top_p" in req
+
+    def _rejects_sampling(self, target: Target, r: httpx.Response, sampled: bool) -> bool:
+        """A 400 saying the model takes no temperature / top_p: remember it, so the caller can
+        send the request again without them (and later requests leave them out from the start)."""
+        if not sampled or r.status_code != 400 or not _SAMPLING_REJECTED.search(r.content):
+            return False
+        log.info("%s: model %s rejects temperature/top_p; leaving them out from now on", self.name, target.model)
+        self.no_sampling.add(target.model)
+        return True
 
     def _error(self, r: httpx.Response) -> UpstreamError:
         message, type_, code = tr.error_from(r.status_code, r.content)
@@ -82,12 +103,15 @@ class Backend(base.HTTPBackend):
         return self.status_error(status, message, headers, type=type_, code=code)
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
-        content = self._request(target, body, False)
-        try:
-            r = await self.client.post(self.messages_path, content=content, headers=_JSON,
-                                       timeout=self.complete_timeout)
-        except httpx.HTTPError as e:
-            raise self.transport_error(e) from None
+        for _ in range(2):
+            content, sampled = self._request(target, body, False)
+            try:
+                r = await self.client.post(self.messages_path, content=content, headers=_JSON,
+                                           timeout=self.complete_timeout)
+            except httpx.HTTPError as e:
+                raise self.transport_error(e) from None
+            if not self._rejects_sampling(target, r, sampled):
+                break
         if r.status_code >= 400:
             raise self._error(r)
         try:
@@ -103,13 +127,9 @@ class Backend(base.HTTPBackend):
         return out
 
     async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
-        content = self._request(target, body, True)
         state = tr.StreamState(call.id, call.created, target.model, tr.response_tool(body))
         try:
-            async with self.client.stream("POST", self.messages_path, content=content, headers=_JSON) as r:
-                if r.status_code >= 400:
-                    await r.aread()
-                    raise self._error(r)
+            async with self._open_stream(target, body) as r:
                 async for payload in base.sse_data(r):
                     data = orjson.loads(payload)
                     etype = data.get("type")
@@ -133,6 +153,20 @@ class Backend(base.HTTPBackend):
         call.usage = state.usage
         raise UpstreamError(f"Backend '{self.name}' ended the stream before message_stop.", status=502,
                             code="upstream_stream_dropped", retry=True, category="network", backend=self.name)
+
+    @asynccontextmanager
+    async def _open_stream(self, target: Target, body: base.Json) -> AsyncIterator[Any]:
+        """The upstream stream response, its status checked (and sent once more without
+        temperature / top_p if the model rejects them)."""
+        for _ in range(2):
+            content, sampled = self._request(target, body, True)
+            async with self.client.stream("POST", self.messages_path, content=content, headers=_JSON) as r:
+                if r.status_code < 400:
+                    yield r
+                    return
+                await r.aread()
+                if not self._rejects_sampling(target, r, sampled):
+                    raise self._error(r)
 
     def _stream_error(self, e: tr.StreamError) -> UpstreamError:
         type_, code = tr.openai_error_kind(e.status, e.type)

@@ -7,7 +7,7 @@ with the real statuses — and its stream event sequence (message_start, content
 content_block_delta…, content_block_stop, message_delta, message_stop).
 
 Scripting: ``app.state.script`` is a queue of `Reply`s, one taken per request (an empty queue
-answers with a default echo). ``app.state.requests`` keeps every accepted body and
+answers with ``app.state.default``, an echo unless replaced). ``app.state.requests`` keeps every accepted body and
 ``app.state.headers`` the headers of every request received (accepted or not).
 
 Like the API, text is cut at ``max_tokens`` (one word = one token here; stop_reason max_tokens)
@@ -32,13 +32,19 @@ from starlette.routing import Route
 
 Json = dict[str, Any]
 
-MODELS = ("claude-sonnet-4-6", "claude-opus-4-6", "claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001")
+MODELS = ("claude-sonnet-4-6", "claude-opus-4-6", "claude-opus-4-8", "claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001")
 API_VERSIONS = ("2023-06-01", "2023-01-01", "2026-10-21")  # 2026-10-21: what anthropic SDK 2.x sends
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 _TOP_LEVEL = {"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
               "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
-              "container", "mcp_servers"}
+              "container", "mcp_servers", "output_config"}
+_SAMPLING = ("temperature", "top_p", "top_k")
+# models that reject sampling parameters and budgeted thinking (adaptive thinking only)
+MODERN_MODELS = ("claude-opus-4-7", "claude-opus-4-8")
+# models that take temperature or top_p but not both
+ONE_OF_TEMPERATURE_TOP_P = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1", "claude-opus-4-5",
+                            "claude-sonnet-4-6", "claude-opus-4-6")
 
 
 @dataclass
@@ -170,13 +176,24 @@ def _check_block(b: Any, where: str, role: str) -> None:
                       "'text', 'image', 'document', 'tool_use', 'tool_result', 'thinking', 'redacted_thinking'")
 
 
-def validate(body: Any) -> Json:
-    """Raise `Invalid` as the Messages API would; return the body if it is acceptable."""
+def validate(body: Any, version: str = "2023-06-01") -> Json:
+    """Raise `Invalid` as the Messages API would (for that anthropic-version); return the body if
+    it is acceptable."""
     if not isinstance(body, dict):
         raise Invalid("Input should be a valid dictionary")
     for k in body:
-        if k not in _TOP_LEVEL:
+        if k not in _TOP_LEVEL or (version >= "2026-10-21" and k in _SAMPLING):
             raise Invalid(f"{k}: Extra inputs are not permitted")
+    model = str(body.get("model") or "")
+    if any(m in model for m in MODERN_MODELS):
+        for k in _SAMPLING:
+            if k in body:
+                raise Invalid(f"`{k}` is deprecated for this model.")
+        if (body.get("thinking") or {}).get("type") == "enabled":
+            raise Invalid("thinking.type.enabled is not supported for this model. Use thinking.type.adaptive "
+                          "and output_config.effort to control thinking behavior.")
+    if any(m in model for m in ONE_OF_TEMPERATURE_TOP_P) and "temperature" in body and "top_p" in body:
+        raise Invalid("`temperature` and `top_p` cannot both be specified for this model. Please use only one.")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise Invalid("model: Field required")
     if "max_tokens" not in body:
@@ -311,19 +328,29 @@ def validate(body: Any) -> Json:
                 raise Invalid(f"metadata.{k}: Extra inputs are not permitted")
     th = body.get("thinking")
     if th is not None:
-        if not isinstance(th, dict) or th.get("type") not in ("enabled", "disabled"):
+        if not isinstance(th, dict) or th.get("type") not in ("enabled", "disabled", "adaptive"):
             raise Invalid("thinking: Input tag found using 'type' does not match any of the expected tags: "
-                          "'enabled', 'disabled'")
+                          "'enabled', 'disabled', 'adaptive'")
+        if th["type"] in ("enabled", "adaptive"):
+            if body.get("temperature") not in (None, 1):
+                raise Invalid("`temperature` may only be set to 1 when thinking is enabled.")
+            if tc is not None and tc["type"] in ("any", "tool"):
+                raise Invalid("Thinking may not be enabled when tool_choice forces tool use.")
         if th["type"] == "enabled":
             bt = th.get("budget_tokens")
             if not isinstance(bt, int) or bt < 1024:
                 raise Invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
             if bt >= mt:
                 raise Invalid("`max_tokens` must be greater than `thinking.budget_tokens`.")
-            if body.get("temperature") not in (None, 1):
-                raise Invalid("`temperature` may only be set to 1 when thinking is enabled.")
-            if tc is not None and tc["type"] in ("any", "tool"):
-                raise Invalid("Thinking may not be enabled when tool_choice forces tool use.")
+    oc = body.get("output_config")
+    if oc is not None:
+        if not isinstance(oc, dict):
+            raise Invalid("output_config: Input should be a valid dictionary")
+        for k in oc:
+            if k not in ("effort", "format"):
+                raise Invalid(f"output_config.{k}: Extra inputs are not permitted")
+        if oc.get("effort") not in (None, "low", "medium", "high", "xhigh", "max"):
+            raise Invalid("output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'")
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         raise Invalid("stream: Input should be a valid boolean")
     return body
@@ -497,14 +524,14 @@ def build_app(api_key: str | None = "sk-ant-test") -> Starlette:
         if not request.headers.get("content-type", "").startswith("application/json"):
             return error_response(400, "invalid_request_error", "Content-Type must be application/json")
         try:
-            body = validate(orjson.loads(await request.body()))
+            body = validate(orjson.loads(await request.body()), version)
         except orjson.JSONDecodeError:
             return error_response(400, "invalid_request_error", "There was an issue with the format of your "
                                   "request: the body is not valid JSON")
         except Invalid as e:
             return error_response(e.status, e.type, e.message)
         received.append(body)
-        reply = script.pop(0) if script else Reply()
+        reply = script.pop(0) if script else request.app.state.default
         if reply.hang:
             await asyncio.sleep(3600)
         if reply.latency:
@@ -552,6 +579,7 @@ def build_app(api_key: str | None = "sk-ant-test") -> Starlette:
     app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"]),
                             Route("/v1/models", models, methods=["GET"])])
     app.state.script = script
+    app.state.default = Reply()  # the answer when the script is empty
     app.state.requests = received
     app.state.headers = headers_seen
     return app
