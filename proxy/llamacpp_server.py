@@ -53,7 +53,7 @@ class Child:
         self.url: str | None = None  # http://127.0.0.1:PORT once serving
 
     @classmethod
-    def spawn(cls, model: str, *, n_ctx: int = 2048, threads: int = 2, parallel: int = 1,
+    def spawn(cls, model: str, *, n_ctx: int = 2048, threads: int = 2, parallel: int = 1, http_threads: int = 0,
               alias: str | None = None, workdir: str | None = None, log_path: str | None = None) -> "Child":
         workdir = workdir or tempfile.mkdtemp(prefix="turnout-llamacpp-")
         log_path = log_path or os.path.join(workdir, "server.log")
@@ -61,7 +61,8 @@ class Child:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(workdir, stale))
         cmd = [sys.executable, "-m", "proxy.llamacpp_server", "--model", str(model), "--n-ctx", str(n_ctx),
-               "--threads", str(threads), "--parallel", str(parallel), "--parent-pid", str(os.getpid()),
+               "--threads", str(threads), "--parallel", str(parallel), "--http-threads", str(http_threads),
+               "--parent-pid", str(os.getpid()),
                "--ready-file", os.path.join(workdir, "ready.json")]
         if alias:
             cmd += ["--alias", alias]
@@ -175,6 +176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-ctx", type=int, default=2048, help="context size (shared by all slots)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--parallel", type=int, default=1, help="concurrent requests (slots)")
+    p.add_argument("--http-threads", type=int, default=0,
+                   help="HTTP worker threads (0: parallel + 8); each open request holds one, /health needs one free")
     p.add_argument("--alias", default=None, help="model name the server reports")
     p.add_argument("--parent-pid", type=int, default=0, help="exit when this process is no longer the parent")
     p.add_argument("--ready-file", default=None, help="write {pid, port, url} here once serving")
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.n_parallel = args.parallel
     p.cpuparams.n_threads = args.threads
     p.cpuparams_batch.n_threads = args.threads
-    p.n_threads_http = max(2, args.parallel + 1)
+    p.n_threads_http = args.http_threads if args.http_threads > 0 else args.parallel + 8
     if args.alias:
         p.model_alias = {args.alias}
     try:

