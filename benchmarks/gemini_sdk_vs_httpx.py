@@ -143,6 +143,54 @@ def translation_only(n: int) -> float:
     return (time.process_time() - t0) / n
 
 
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def whole_proxy(url: str, n: int, conc: int) -> tuple[float, float]:
+    """CPU per request of a `turnout serve` process with a gemini backend: (non-streamed, streamed)."""
+    import tempfile
+
+    port = free_port()
+    cfg = (f"server: {{port: {port}, log_level: warning}}\n"
+           f"backends: {{gem: {{type: gemini, base_url: '{url}', api_key: {KEY}}}}}\n"
+           f"models: {{flash: {{backend: gem, model: {MODEL}}}}}\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(cfg)
+    turnout = os.path.join(os.path.dirname(sys.executable), "turnout")
+    proc = subprocess.Popen([turnout, "serve", "--config", f.name], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = {**BODY, "model": "flash"}
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+
+        async def drive(stream: bool) -> float:
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=conc)) as c:
+                async def one() -> None:
+                    r = await c.post(base, json={**body, "stream": stream})
+                    assert r.status_code == 200, r.text
+                for _ in range(50):
+                    await one()
+                t0 = proc_cpu(proc.pid)
+                for _ in range(n // conc):
+                    await asyncio.gather(*(one() for _ in range(conc)))
+                return (proc_cpu(proc.pid) - t0) / (n // conc * conc)
+
+        return asyncio.run(drive(False)), asyncio.run(drive(True))
+    finally:
+        proc.terminate()
+        proc.wait()
+        os.unlink(f.name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
@@ -174,6 +222,10 @@ def main() -> None:
         print(f"pooled httpx + translator  : {h * 1000:.3f} ms CPU per request")
         print(f"google-genai SDK (aio)     : {s * 1000:.3f} ms CPU per request")
         print(f"SDK / Turnout pool         : {s / p:.1f}x")
+        ns, st = whole_proxy(url, args.requests, args.concurrency)
+        print(f"whole proxy (turnout serve, gemini backend), CPU of the Turnout process per request:")
+        print(f"  non-streamed             : {ns * 1000:.3f} ms")
+        print(f"  streamed (3 events)      : {st * 1000:.3f} ms")
     finally:
         proc.terminate()
         proc.wait()

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from proxy.app import build_app
 from proxy.config import parse
-from tests.conftest import ServerThread, collect, post, sdk
+from tests.conftest import ServerThread, collect, post, run, sdk
 from tests.emulators.gemini import build_gemini_emulator
 from translators import gemini as tr
 
@@ -255,6 +255,13 @@ def test_tools_schema_cleaned_and_accepted(env):
     assert s["properties"]["extra"]["additionalProperties"] == {"type": "string"}
 
 
+def test_parameters_without_type_get_object(env):
+    env.client.chat.completions.create(model="flash", messages=user("x"), tools=[{"type": "function", "function": {
+        "name": "f", "parameters": {"properties": {"a": {"type": "string"}}}}}])
+    assert env.body["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"] == {
+        "properties": {"a": {"type": "string"}}, "type": "object"}
+
+
 @pytest.mark.parametrize("choice,expected", [
     ("auto", {"mode": "AUTO"}),
     ("none", {"mode": "NONE"}),
@@ -297,6 +304,18 @@ def test_tool_call_non_streamed_then_results_round_trip(env):
         {"functionResponse": {"name": "get_weather", "response": {"temp": 21, "sky": "clear"}}},
         {"functionResponse": {"name": "get_weather", "response": {"content": "Rainy, 14C"}}}]
     assert r2.choices[0].message.content == "Echo: Thanks! Which is warmer?"
+
+
+def test_signature_from_extra_content_and_user_turns_merged(env):
+    env.client.chat.completions.create(model="pro3", tools=WEATHER, messages=[
+        {"role": "user", "content": "weather?"}, {"role": "user", "content": "in Oslo"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_x", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+             "extra_content": {"google": {"thought_signature": SIG}}}]},
+        {"role": "tool", "tool_call_id": "call_x", "content": "cold"}])
+    contents = env.body["contents"]
+    assert contents[0] == {"role": "user", "parts": [{"text": "weather?"}, {"text": "in Oslo"}]}
+    assert contents[1]["parts"][0]["thoughtSignature"] == SIG
 
 
 def test_tool_result_json_shapes_and_unknown_id(env):
@@ -462,6 +481,7 @@ def test_thoughts_become_reasoning_content(env):
 @pytest.mark.parametrize("model,effort,expected", [
     ("flash", "low", {"includeThoughts": True, "thinkingBudget": 1024}),
     ("flash", "none", {"thinkingBudget": 0}),
+    ("thinker", "none", {"includeThoughts": True, "thinkingBudget": 128}),  # 2.5 Pro always thinks
     ("pro3", "high", {"includeThoughts": True, "thinkingLevel": "high"}),
 ])
 def test_reasoning_effort(env, model, effort, expected):
@@ -619,3 +639,32 @@ def test_missing_key_marks_backend_unavailable(turnout):
                     "models": {"flash": {"backend": "gem", "model": "gemini-2.5-flash"}}})
     r = post(base, {"model": "flash", "messages": user("x")})
     assert r.status_code == 503 and "GEMINI_API_KEY" in r.json()["error"]["message"]
+
+
+def test_backend_options_checked_at_load():
+    from proxy.backends import create
+    from proxy.config import ConfigError
+
+    with pytest.raises(ConfigError, match="backends.gem.imagez"):
+        create(parse({"backends": {"gem": {"type": "gemini", "api_key": "k", "imagez": {}}}}, {}).backends["gem"])
+    with pytest.raises(ConfigError, match="backends.gem.api_version"):
+        create(parse({"backends": {"gem": {"type": "gemini", "api_key": "k", "api_version": 1}}}, {}).backends["gem"])
+    b = create(parse({"backends": {"gem": {"type": "gemini", "api_key": "k"}}}, {}).backends["gem"])
+    assert b.base_url == "https://generativelanguage.googleapis.com" and b._path("models/gemini-2.5-flash",
+                                                                                "generateContent") == \
+        "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert "k" not in b.describe()
+
+
+def test_list_models(env):
+    from proxy.backends import create
+
+    async def go():
+        b = create(parse(config(env.emu.state.url), {}).backends["gem"])
+        await b.start()
+        try:
+            return await b.list_models()
+        finally:
+            await b.aclose()
+
+    assert "gemini-2.5-flash" in run(go())

@@ -25,7 +25,11 @@ Request (OpenAI → Gemini, camelCase JSON):
 | tools[].function                         | ``tools[0].functionDeclarations[] {name, description,          |
 |                                          | parametersJsonSchema}``: JSON Schema kept ($defs, $ref, enums, |
 |                                          | additionalProperties), unsupported keywords dropped, ``const`` |
-|                                          | → ``enum``, siblings of ``$ref`` dropped                       |
+|                                          | → ``enum``, ``oneOf`` → ``anyOf``, siblings of ``$ref``        |
+|                                          | dropped, a missing top-level type → ``object``                 |
+| tool call ``extra_content.google.        | the ``thoughtSignature`` too (Google's OpenAI layer's field)   |
+| thought_signature``                      |                                                                |
+| target option thought_signature_fallback | put on the first call of an assistant turn with no signature   |
 | tool_choice auto / none / required       | ``toolConfig.functionCallingConfig.mode`` AUTO / NONE / ANY    |
 | tool_choice {function: {name}}           | mode ANY + ``allowedFunctionNames: [name]``                    |
 | temperature, top_p                       | ``generationConfig.temperature``, ``topP``                     |
@@ -37,7 +41,8 @@ Request (OpenAI → Gemini, camelCase JSON):
 | response_format json_object              | ``responseMimeType: application/json``                         |
 | response_format json_schema              | ``responseMimeType`` + ``responseJsonSchema`` (cleaned as tools)|
 | reasoning_effort                         | ``thinkingConfig``: ``includeThoughts`` + ``thinkingBudget``   |
-|                                          | (``thinkingLevel`` for gemini-3 models)                        |
+|                                          | (none 0 … high 24576; at least 128 on 2.5 Pro), or             |
+|                                          | ``thinkingLevel`` low/high for gemini-3 models                 |
 | target option include_thoughts: true     | ``thinkingConfig.includeThoughts: true`` on every request      |
 | logprobs: true                           | 400 (not translated)                                           |
 | user, metadata, store, parallel_tool_calls, stream_options | not sent                                      |
@@ -57,6 +62,7 @@ Response (Gemini → OpenAI):
 | SAFETY, RECITATION, BLOCKLIST,           | ``content_filter``                                             |
 | PROHIBITED_CONTENT, SPII, IMAGE_SAFETY   |                                                                |
 | other reasons (OTHER, LANGUAGE, …)       | ``stop``                                                       |
+| content with no ``parts`` (MAX_TOKENS)   | ``content: ""``                                                |
 | promptFeedback.blockReason, no candidates| 400 ``content_filter`` error naming the reason                 |
 | usageMetadata (last one in a stream:     | ``usage``: prompt = promptTokenCount (+ toolUsePromptTokenCount),|
 | it is cumulative)                        | completion = candidatesTokenCount + thoughtsTokenCount,        |
@@ -266,7 +272,10 @@ def _tools(body: Json) -> tuple[list[Json] | None, Json | None]:
             d["description"] = fn["description"]
         params = fn.get("parameters")
         if params:
-            d["parametersJsonSchema"] = clean_schema(params)
+            schema = clean_schema(params)
+            if "type" not in schema and "$ref" not in schema:
+                schema["type"] = "object"  # OpenAI takes {"properties": ...} alone; Gemini wants the type
+            d["parametersJsonSchema"] = schema
         decls.append(d)
     cfg: Json | None = None
     if choice == "none":
@@ -319,6 +328,8 @@ def _generation_config(body: Json, model: str, options: Json) -> Json:
                                    param="reasoning_effort", code="invalid_value")
         if model.startswith("gemini-3"):
             thinking["thinkingLevel"] = _LEVELS[effort]
+        elif "pro" in model:  # 2.5 Pro cannot turn thinking off: 128 is its smallest budget
+            thinking["thinkingBudget"] = max(128, _BUDGETS[effort])
         else:
             thinking["thinkingBudget"] = _BUDGETS[effort]
         if effort != "none":

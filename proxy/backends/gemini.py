@@ -35,12 +35,14 @@ import orjson
 
 from proxy.backends import base
 from proxy.call import Call
-from proxy.config import Target
+from proxy.config import ConfigError, Target
 from proxy.errors import UpstreamError
 from proxy.images import ImageFetcher, ImagePolicy
 from translators import gemini as tr
 
 _JSON = {"content-type": "application/json"}
+# backend options; include_thoughts and thought_signature_fallback may also be set per target
+_OPTIONS = ("api_version", "images", "include_thoughts", "thought_signature_fallback")
 
 
 class Backend(base.HTTPBackend):
@@ -49,10 +51,21 @@ class Backend(base.HTTPBackend):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        version = str(cfg.options.get("api_version") or "v1beta").strip("/")
+        where = f"backends.{cfg.name}"
+        for k in cfg.options:
+            if k not in _OPTIONS:
+                raise ConfigError(f"{where}.{k}: unknown field for a gemini backend (expected one of: "
+                                  f"{', '.join(sorted(_OPTIONS))})")
+        version = cfg.options.get("api_version", "v1beta")
+        if not isinstance(version, str) or not version.strip("/"):
+            raise ConfigError(f"{where}.api_version: expected a string such as v1beta, got {version!r}")
         tail = self.base_url.rsplit("/", 1)[-1]
-        self.prefix = "" if tail.startswith("v1") else f"/{version}"
-        self.policy = ImagePolicy.from_options(cfg.options)
+        self.prefix = "" if tail.startswith("v1") else f"/{version.strip('/')}"
+        try:
+            self.policy = ImagePolicy.from_options(cfg.options)
+        except (TypeError, ValueError, AttributeError):
+            raise ConfigError(f"{where}.images: expected a mapping of max_bytes, timeout, allow_private, "
+                              "max_redirects") from None
         self.images: ImageFetcher | None = None
 
     def auth_headers(self) -> dict[str, str]:

@@ -400,6 +400,8 @@ def validate(body: Any, model: str) -> None:
                 raise Invalid("You can only set only one of thinking budget and thinking level.")
             if "thinkingLevel" in th and not model.startswith("gemini-3"):
                 raise Invalid("Thinking level is not supported for this model.")
+            if th.get("thinkingBudget") == 0 and "pro" in model:
+                raise Invalid("Budget 0 is invalid. This model only works in thinking mode.")
 
 
 # --- replies -------------------------------------------------------------------------------------
@@ -620,7 +622,16 @@ def build_gemini_emulator(api_key: str = "gemini-test-key") -> Starlette:
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 
-    app = Starlette(routes=[Route("/v1beta/models/{rest:path}", handle, methods=["POST"]),
+    async def models(request: Request) -> Response:
+        if request.headers.get("x-goog-api-key") != api_key:
+            return _error(400, "API key not valid. Please pass a valid API key.")
+        names = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro-preview"]
+        return Response(orjson.dumps({"models": [
+            {"name": f"models/{n}", "displayName": n, "supportedGenerationMethods": ["generateContent", "countTokens"]}
+            for n in names]}), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1beta/models", models, methods=["GET"]),
+                            Route("/v1beta/models/{rest:path}", handle, methods=["POST"]),
                             Route("/v1/models/{rest:path}", handle, methods=["POST"])])
     app.state.requests = received
     app.state.script = script
