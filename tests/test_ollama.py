@@ -222,11 +222,13 @@ def test_tool_call_non_streamed_then_result_turn(env):
     assert got[2] == {"role": "tool", "content": "21C and sunny", "tool_name": "get_weather"}
 
 
-def test_streamed_tool_calling_conversation(env):
+@pytest.mark.parametrize("with_ids", [False, True])  # newer Ollama versions add id and function.index
+def test_streamed_tool_calling_conversation(env, with_ids):
     app, base = env
     client = sdk(base)
     app.state.scripts.append({"text": "", "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}},
-                                                          {"name": "get_time", "arguments": {"tz": "CET"}}]})
+                                                          {"name": "get_time", "arguments": {"tz": "CET"}}],
+                              "tool_call_ids": with_ids})
     messages = [{"role": "user", "content": "Weather and time in Paris?"}]
     with client.chat.completions.stream(model="llama", messages=messages, tools=WEATHER) as s:
         chunks = [e.chunk for e in s if e.type == "chunk"]
@@ -400,6 +402,7 @@ def test_ollama_not_running_is_a_quick_502(turnout):
     t0 = time.monotonic()
     r = post(base, {"model": "llama", "messages": USER})
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
+    assert "is Ollama running (`ollama serve`)?" in r.json()["error"]["message"]
     assert time.monotonic() - t0 < 2
     r = post(base, {"model": "local-then-backup", "messages": USER, "stream": True})
     assert r.status_code == 200 and r.headers["x-turnout-model"] == "backup-model"
@@ -410,9 +413,9 @@ def test_ollama_not_running_is_a_quick_502(turnout):
 
 def test_a_loading_model_is_not_mistaken_for_a_dead_one(emu, turnout):
     app, url = emu
-    base = turnout(config(url, timeout={"connect": 0.5, "first_token": 3, "idle": 0.3, "total": 5}))
+    base = turnout(config(url, timeout={"connect": 0.5, "first_token": 2, "idle": 0.2, "total": 5}))
     # loading takes longer than the idle bound, but within first_token: fine, both ways
-    app.state.script = {"text": "warm now", "load_delay": 0.6, "first_token_delay": 0.2, "line_delay": 0.05}
+    app.state.script = {"text": "warm now", "load_delay": 0.3, "first_token_delay": 0.1, "line_delay": 0.05}
     text, _ = collect(sdk(base).chat.completions.create(model="llama", messages=USER, stream=True))
     assert text == "warm now"
     r = sdk(base).chat.completions.create(model="llama", messages=USER)

@@ -104,6 +104,12 @@ class Backend(base.HTTPBackend):
                 fallback=True, category="client", backend=self.name)
         return self.status_error(r.status_code, f"Ollama: {message}", r.headers)
 
+    def transport_error(self, e: Exception) -> UpstreamError:
+        err = super().transport_error(e)
+        if err.code == "upstream_unreachable":
+            err.message = err.message.rstrip(".") + "; is Ollama running (`ollama serve`)?"
+        return err
+
     def _stream_error(self, message: str) -> UpstreamError:
         return UpstreamError(f"Ollama error on backend '{self.name}': {message}", status=502,
                              code="upstream_stream_error", retry=True, category="server", backend=self.name)
