@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "doctor":
         from proxy.doctor import main as doctor_main
 
-        raise SystemExit(doctor_main(load_or_exit(args.config or _default_config()), args.headroom))
+        raise SystemExit(doctor_main(args.config, args.headroom))
     elif args.command == "check-config":
         cfg = load_or_exit(args.file or _default_config())
         print(describe(cfg))

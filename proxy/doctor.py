@@ -14,6 +14,7 @@ left for other GPU work.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -296,7 +297,28 @@ def report(cfg: Config, headroom_gb: float | None = None) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
-def main(cfg: Config, headroom_gb: float | None = None) -> int:
+def default_config() -> Config:
+    """No config file: one Ollama backend where the `ollama` CLI would look ($OLLAMA_HOST or the default)."""
+    host = os.environ.get("OLLAMA_HOST", "").strip() or DEFAULT_OLLAMA
+    if not host.startswith(("http://", "https://")):
+        host = "http://" + host
+    if host.count(":") < 2:
+        host += ":11434"
+    from proxy.config import parse
+
+    cfg = parse({"backends": {"ollama": {"type": "ollama", "base_url": host}}}, {})
+    cfg.path = f"(none: checking the Ollama at {host})"
+    return cfg
+
+
+def main(cfg: Config | str | None, headroom_gb: float | None = None) -> int:
+    """`turnout doctor`: a Config, a config path, or None for $TURNOUT_CONFIG / ./proxy.yaml (and,
+    when neither exists, the local Ollama alone)."""
+    if not isinstance(cfg, Config):
+        from proxy.cli import _default_config, load_or_exit
+
+        path = cfg or _default_config()
+        cfg = default_config() if cfg is None and not os.path.exists(path) else load_or_exit(path)
     text, ok = report(cfg, headroom_gb)
     print(text)
     return 0 if ok else 1

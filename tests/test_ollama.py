@@ -582,3 +582,16 @@ def test_translator_on_recorded_responses():
     assert delta["role"] == "assistant" and delta["tool_calls"][0]["index"] == 0
     assert delta["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Tokyo"}'}
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_doctor_without_a_config_checks_the_local_ollama(emu, tmp_path, capsys, monkeypatch):
+    app, url = emu
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TURNOUT_CONFIG", raising=False)
+    monkeypatch.setenv("OLLAMA_HOST", url.removeprefix("http://"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["doctor"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and f"checking the Ollama at {url}" in out and "version:   0.12.6" in out
+    assert "(not in config)" in out and "GPU: none found" in out
