@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,8 +45,9 @@ class Child:
     parent exits without closing it.
     """
 
-    def __init__(self, proc: subprocess.Popen, workdir: str, log_path: str) -> None:
+    def __init__(self, proc: subprocess.Popen, workdir: str, log_path: str, own_workdir: bool = False) -> None:
         self.proc = proc
+        self.own_workdir = own_workdir  # a temp dir made by spawn(), removed by stop()
         self.pid = proc.pid
         self.workdir = workdir
         self.log_path = log_path
@@ -55,6 +57,7 @@ class Child:
     @classmethod
     def spawn(cls, model: str, *, n_ctx: int = 2048, threads: int = 2, parallel: int = 1, http_threads: int = 0,
               alias: str | None = None, workdir: str | None = None, log_path: str | None = None) -> "Child":
+        own = workdir is None
         workdir = workdir or tempfile.mkdtemp(prefix="turnout-llamacpp-")
         log_path = log_path or os.path.join(workdir, "server.log")
         for stale in ("ready.json", "ready.json.tmp"):
@@ -72,7 +75,7 @@ class Child:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True, close_fds=True)
-        child = cls(proc, workdir, log_path)
+        child = cls(proc, workdir, log_path, own)
         _LIVE.add(child)
         return child
 
@@ -113,6 +116,8 @@ class Child:
             self.signal(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
+        if self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
         return self.poll()
 
     def log_tail(self, lines: int = 12) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,6 +247,10 @@ def test_server_dies_with_a_killed_turnout(gguf, tmp_path):
     proc.kill()  # SIGKILL: no shutdown code runs in Turnout
     proc.wait(10)
     assert wait_until(lambda: not alive(pid), 10, 0.05), "llama.cpp's server was orphaned"
+    # nothing could clean up after a SIGKILL: the backend's temp dir (ready file, server log) is left
+    workdir = Path(log.read_text().split("(log: ")[1].split(")")[0]).parent
+    assert workdir.name.startswith("turnout-llamacpp-local-")
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_requests_beyond_concurrency_wait_then_fall_back(tmp_path):
