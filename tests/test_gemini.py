@@ -593,6 +593,12 @@ def test_invalid_operator_key_is_not_the_clients_fault(serve, turnout):
     assert "wrong" not in r.text
 
 
+def test_answer_without_candidates_is_502(fresh):
+    fresh.script({"raw": {"usageMetadata": {"promptTokenCount": 3}, "modelVersion": "gemini-2.5-flash"}})
+    r = post(fresh.base, {"model": "flash", "messages": user("x")})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_empty_response"
+
+
 def test_retryable_503_retried_then_fallback(serve, turnout):
     emu = build_gemini_emulator(KEY)
     base = turnout(config(serve(emu), {"retry": {"attempts": 2, "backoff": 0.01}}))
@@ -653,6 +659,7 @@ def test_backend_options_checked_at_load():
     assert b.base_url == "https://generativelanguage.googleapis.com" and b._path("models/gemini-2.5-flash",
                                                                                 "generateContent") == \
         "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert b._path("tunedModels/my-tune", "generateContent") == "/v1beta/tunedModels/my-tune:generateContent"
     assert "k" not in b.describe()
 
 

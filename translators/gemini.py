@@ -129,6 +129,10 @@ class Blocked(Exception):
         self.message = str(self)
 
 
+class NoCandidates(Exception):
+    """A non-streamed answer with neither candidates nor a block reason."""
+
+
 # --- request -------------------------------------------------------------------------------------
 
 
@@ -475,6 +479,8 @@ def finish_reason(reason: str | None, has_calls: bool) -> str | None:
 def from_response(resp: Json, id: str, created: int, model: str) -> Json:
     """An OpenAI ``chat.completion`` from a ``GenerateContentResponse``; raises `Blocked`."""
     _check_blocked(resp)
+    if not resp.get("candidates"):
+        raise NoCandidates("Gemini returned no candidates.")
     cands = sorted(resp.get("candidates") or (), key=lambda c: c.get("index", 0))
     choices = []
     for pos, c in enumerate(cands):

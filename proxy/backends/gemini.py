@@ -82,6 +82,8 @@ class Backend(base.HTTPBackend):
             await self.images.aclose()
 
     def _path(self, model: str, method: str) -> str:
+        if model.startswith("tunedModels/"):  # a tuned model has its own collection
+            return f"{self.prefix}/tunedModels/{quote(model[12:], safe='.-_@')}:{method}"
         model = model[7:] if model.startswith("models/") else model
         return f"{self.prefix}/models/{quote(model, safe='.-_@')}:{method}"
 
@@ -127,6 +129,9 @@ class Backend(base.HTTPBackend):
             out = tr.from_response(data, call.id, call.created, target.model)
         except tr.Blocked as b:
             raise self._blocked(b) from None
+        except tr.NoCandidates as e:
+            raise UpstreamError(f"Backend '{self.name}': {e}", status=502, code="upstream_empty_response",
+                                retry=True, category="server", backend=self.name) from None
         call.usage = out["usage"]
         call.upstream_model = out["model"]
         return out
