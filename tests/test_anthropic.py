@@ -34,7 +34,8 @@ def config(url: str) -> dict:
     return {
         "backends": {
             "claude": {"type": "anthropic", "base_url": url, "api_key": KEY},
-            "claude-v1": {"type": "anthropic", "base_url": url + "/v1", "api_key": KEY, "max_tokens": 777},
+            "claude-v1": {"type": "anthropic", "base_url": url + "/v1", "api_key": KEY, "max_tokens": 777,
+                          "cache_control": {"type": "ephemeral"}},
             "claude-retry": {"type": "anthropic", "base_url": url, "api_key": KEY,
                              "retry": {"attempts": 2, "backoff": 0.01, "max_retry_after": 0.01}},
             "claude-badkey": {"type": "anthropic", "base_url": url, "api_key": "sk-ant-wrong-key-999"},
@@ -122,7 +123,7 @@ def test_non_streamed_answer_is_openai_shaped_and_headers_right(env):
 def test_base_url_with_v1_and_backend_default_max_tokens(env):
     emu, base = env
     sdk(base).chat.completions.create(model="v1", messages=HI)
-    assert last(emu)["max_tokens"] == 777
+    assert last(emu)["max_tokens"] == 777 and last(emu)["cache_control"] == {"type": "ephemeral"}
 
 
 # --- messages ----------------------------------------------------------------------------------
@@ -685,6 +686,13 @@ def test_dropped_connection_midstream_and_before_content(fresh):
     script(emu, Reply(text="a b c", drop=1))
     text, _ = collect(sdk(base).chat.completions.create(model="claude-then-backup", messages=HI, stream=True))
     assert text == "Backup: hello"
+
+
+def test_stream_cut_after_message_delta_still_ends_cleanly(fresh):
+    emu, base = fresh
+    script(emu, Reply(text="a b c", drop=9))  # start, block start, ping, 3 deltas, stop, message_delta | stop
+    text, chunks = collect(sdk(base).chat.completions.create(model="sonnet", messages=HI, stream=True))
+    assert text == "a b c" and chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_unreachable_upstream_is_502(turnout):

@@ -13,6 +13,7 @@ Request (OpenAI → Anthropic)
 | user / assistant messages                         | `messages`; consecutive same-role turns merged into one turn  |
 | content string / text parts                       | text blocks; empty text is never sent (the API rejects it)    |
 | part `cache_control` (text, image)                | kept on the block (prompt caching)                            |
+| (options.cache_control, e.g. {type: ephemeral})   | top-level cache_control: automatic prompt caching             |
 | image_url `data:<type>;base64,…`                  | image block, source `{"type":"base64","media_type","data"}`   |
 | image_url `http(s)://…`                           | image block, source `{"type":"url","url"}`                    |
 | file part with a PDF / text `data:` URL           | document block, base64 source                                 |
@@ -67,7 +68,7 @@ Response (Anthropic → OpenAI)
 |                                                   | block, so an early `error` event can still fall back          |
 | ping, content_block_stop, signature/citations     | nothing                                                       |
 | message_delta                                     | the last chunk: empty delta with finish_reason                |
-| message_stop                                      | end of stream (a stream that ends before it is an error)      |
+| message_stop                                      | end of stream (one that ends before message_delta: an error)  |
 | stop_reason end_turn, stop_sequence, pause_turn   | finish_reason stop                                            |
 | stop_reason max_tokens,                           | length                                                        |
 | model_context_window_exceeded                     |                                                               |
@@ -484,6 +485,8 @@ def to_request(body: Json, model: str, *, stream: bool, max_output_tokens: int |
             req["top_p"] = body["top_p"]  # current models take one of the two, never both
     if body.get("user"):
         req["metadata"] = {"user_id": body["user"]}
+    if isinstance(options.get("cache_control"), dict):
+        req["cache_control"] = options["cache_control"]  # automatic prompt caching
     if stream:
         req["stream"] = True
     return req

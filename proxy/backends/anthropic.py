@@ -16,6 +16,7 @@ Configuration (proxy.yaml)::
         base_url: https://api.anthropic.com   # default; ".../v1" works too
         max_tokens: 8192                      # optional default when the client sends none
         thinking: {budget_tokens: 4096}       # optional: extended thinking for every request
+        cache_control: {type: ephemeral}      # optional: automatic prompt caching
     models:
       sonnet: {backend: claude, model: claude-sonnet-4-5, max_output_tokens: 64000}
 
@@ -56,7 +57,7 @@ class Backend(base.HTTPBackend):
         prefix = "" if self.base_url.endswith("/v1") else "/v1"
         self.messages_path = prefix + "/messages"
         self.models_path = prefix + "/models"
-        self.options = {k: v for k, v in cfg.options.items() if k in ("max_tokens", "thinking", "sampling")}
+        self.options = {k: v for k, v in cfg.options.items() if k in ("max_tokens", "thinking", "sampling", "cache_control")}
         self.no_sampling: set[str] = set()  # models learned to reject temperature / top_p
 
     def auth_headers(self) -> dict[str, str]:
@@ -151,6 +152,8 @@ class Backend(base.HTTPBackend):
             raise UpstreamError(f"Backend '{self.name}' sent a stream event that is not JSON.", status=502,
                                 code="upstream_bad_stream", retry=True, backend=self.name) from None
         call.usage = state.usage
+        if state.stop_reason is not None:
+            return  # message_delta (the finish) arrived; only message_stop is missing
         raise UpstreamError(f"Backend '{self.name}' ended the stream before message_stop.", status=502,
                             code="upstream_stream_dropped", retry=True, category="network", backend=self.name)
 

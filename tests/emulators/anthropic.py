@@ -38,7 +38,7 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 _TOP_LEVEL = {"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
               "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
-              "container", "mcp_servers", "output_config"}
+              "container", "mcp_servers", "output_config", "cache_control"}
 _SAMPLING = ("temperature", "top_p", "top_k")
 # models that reject sampling parameters and budgeted thinking (adaptive thinking only)
 MODERN_MODELS = ("claude-opus-4-7", "claude-opus-4-8")
