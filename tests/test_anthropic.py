@@ -388,6 +388,21 @@ def test_a_model_that_rejects_temperature_is_learned_and_retried_without_it(fres
     assert "temperature" not in last(emu) and len(emu.state.requests) == 3
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_whitespace_stop_sequences_are_applied_by_turnout(env, stream):
+    emu, base = env
+    script(emu, Reply(text="first line\n\nsecond END third", chunk_words=1))
+    body = {"model": "sonnet", "messages": HI, "stop": ["\n\n", "END"], "stream": stream}
+    if stream:
+        text, chunks = collect(sdk(base).chat.completions.create(**body))
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        r = sdk(base).chat.completions.create(**body)
+        text, finish = r.choices[0].message.content, r.choices[0].finish_reason
+    assert text == "first line" and finish == "stop"
+    assert last(emu)["stop_sequences"] == ["END"]  # the API rejects whitespace-only stop sequences
+
+
 def test_stop_sequence_cuts_and_maps_to_stop(env):
     emu, base = env
     script(emu, Reply(text="one two END three"))
@@ -792,3 +807,18 @@ def test_list_models(env):
         finally:
             await b.aclose()
     assert SONNET in asyncio.run(go())
+
+
+def test_stream_state_cuts_a_stop_split_across_deltas():
+    state = tr.StreamState("chatcmpl-x", 1, "m", stops=("\n\n",))
+    events = [("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})]
+    events += [("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": t}})
+               for t in ("one\n", "\ntwo", " three")]
+    events += [("content_block_stop", {"index": 0}),
+               ("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}})]
+    chunks = [c for name, data in events for c in state.feed(name, {"type": name, **data})]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "one"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    state = tr.StreamState("chatcmpl-x", 1, "m", stops=("\n\n",))
+    chunks = [c for name, data in events[:2] + events[3:] for c in state.feed(name, {"type": name, **data})]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "one\n three"

@@ -26,7 +26,8 @@ Request (OpenAI → Anthropic)
 | (neither)                                         | max_tokens = target max_output_tokens, else options           |
 |                                                   | `max_tokens`, else the model's own output limit (table below) |
 | n > 1                                             | 400: the Messages API returns one answer                      |
-| stop (string or list)                             | stop_sequences                                                |
+| stop (string or list)                             | stop_sequences; whitespace-only ones (a newline), which the   |
+|                                                   | API rejects, are applied by Turnout: text cut, finish stop    |
 | temperature (OpenAI 0–2)                          | temperature, capped at 1 (Anthropic's range is 0–1)           |
 | top_p                                             | top_p, only when no temperature is given (current models take |
 |                                                   | one of the two, never both)                                   |
@@ -474,9 +475,9 @@ def to_request(body: Json, model: str, *, stream: bool, max_output_tokens: int |
         if effort:
             req["output_config"] = {"effort": effort}
 
-    stops = stop_list(body.get("stop"))
+    stops = [x for x in stop_list(body.get("stop")) or () if x.strip()]
     if stops:
-        req["stop_sequences"] = stops
+        req["stop_sequences"] = stops  # whitespace-only ones are applied by Turnout: see local_stops
     if not thinking and (sampling if sampling is not None else sampling_allowed(model, options)):
         t = body.get("temperature")
         if t is not None:
@@ -518,8 +519,21 @@ def finish_reason(stop_reason: str | None, json_mode: bool = False) -> str:
     return FINISH.get(stop_reason or "end_turn", "stop")
 
 
-def from_response(resp: Json, id: str, created: int, json_tool: str | None = None) -> Json:
-    """A ``chat.completion`` from a Message."""
+def local_stops(body: Json) -> tuple[str, ...]:
+    """Stop sequences the API refuses ("each stop sequence must contain non-whitespace", e.g.
+    a newline): Turnout cuts the text at them itself."""
+    return tuple(x for x in stop_list(body.get("stop")) or () if x and not x.strip())
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> int:
+    """Where the earliest of `stops` starts in `text`, or -1."""
+    found = [i for i in (text.find(x) for x in stops) if i >= 0]
+    return min(found) if found else -1
+
+
+def from_response(resp: Json, id: str, created: int, json_tool: str | None = None,
+                  stops: tuple[str, ...] = ()) -> Json:
+    """A ``chat.completion`` from a Message (text cut at `stops`, see `local_stops`)."""
     texts: list[str] = []
     thinking: list[str] = []
     calls: list[Json] = []
@@ -537,10 +551,16 @@ def from_response(resp: Json, id: str, created: int, json_tool: str | None = Non
             thinking.append(b.get("thinking", ""))
     json_mode = answer is not None and not calls
     content = answer if answer is not None else ("".join(texts) if texts or not calls else None)
+    finish = finish_reason(resp.get("stop_reason"), json_mode)
+    if stops and content and answer is None:
+        at = _cut(content, stops)
+        if at >= 0:
+            content = content[:at]
+            if not calls:
+                finish = "stop"
     msg = message(content, calls or None, "".join(thinking) or None)
-    return completion(id, created, resp.get("model", ""), [
-        {"message": msg, "finish_reason": finish_reason(resp.get("stop_reason"), json_mode)}],
-        usage_of(resp.get("usage")))
+    return completion(id, created, resp.get("model", ""), [{"message": msg, "finish_reason": finish}],
+                      usage_of(resp.get("usage")))
 
 
 class StreamState:
@@ -551,9 +571,10 @@ class StreamState:
     """
 
     __slots__ = ("id", "created", "model", "json_tool", "started", "blocks", "tools", "u", "done",
-                 "json_mode", "stop_reason")
+                 "json_mode", "stop_reason", "stops", "hold", "held", "cut")
 
-    def __init__(self, id: str, created: int, model: str, json_tool: str | None = None) -> None:
+    def __init__(self, id: str, created: int, model: str, json_tool: str | None = None,
+                 stops: tuple[str, ...] = ()) -> None:
         self.id = id
         self.created = created
         self.model = model
@@ -565,6 +586,10 @@ class StreamState:
         self.done = False
         self.json_mode = False
         self.stop_reason: str | None = None
+        self.stops = stops  # applied here (see local_stops): text is held back by len(stop) - 1
+        self.hold = max(map(len, stops)) - 1 if stops else 0
+        self.held = ""
+        self.cut = False
 
     @property
     def usage(self) -> Json:
@@ -588,7 +613,7 @@ class StreamState:
             dt = d.get("type")
             if dt == "text_delta":
                 if d.get("text"):
-                    out.append(self._chunk({"content": d["text"]}))
+                    self._text(d["text"], out)
             elif dt == "input_json_delta":
                 pj = d.get("partial_json")
                 if pj:
@@ -625,7 +650,7 @@ class StreamState:
             elif bt == "text":
                 self.blocks[idx] = ("text", 0)
                 if b.get("text"):
-                    out.append(self._chunk({"content": b["text"]}))
+                    self._text(b["text"], out)
             elif bt == "thinking":
                 self.blocks[idx] = ("thinking", 0)
                 if b.get("thinking"):
@@ -641,15 +666,41 @@ class StreamState:
             self.u.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
             self.stop_reason = (data.get("delta") or {}).get("stop_reason")
             self._start(out, None)
+            self._flush(out)
             json_mode = self.json_mode and self.tools == 0
-            out.append(self._chunk({}, finish_reason(self.stop_reason, json_mode)))
+            finish = "stop" if self.cut and not self.tools else finish_reason(self.stop_reason, json_mode)
+            out.append(self._chunk({}, finish))
             return out
         if type == "message_stop":
             self.done = True
             return out
         if type == "error":
             raise StreamError(*error_fields(data))
-        return out  # ping, content_block_stop, unknown future events
+        if type == "content_block_stop":
+            self._flush(out)
+        return out  # ping, unknown future events
+
+    def _text(self, text: str, out: list[Json]) -> None:
+        if not self.stops:
+            out.append(self._chunk({"content": text}))
+            return
+        if self.cut:
+            return
+        buf = self.held + text
+        at = _cut(buf, self.stops)
+        if at >= 0:
+            self.cut = True
+            emit, self.held = buf[:at], ""
+        else:
+            keep = min(self.hold, len(buf))
+            emit, self.held = buf[:len(buf) - keep], buf[len(buf) - keep:]
+        if emit:
+            out.append(self._chunk({"content": emit}))
+
+    def _flush(self, out: list[Json]) -> None:
+        if self.held:
+            out.append(self._chunk({"content": self.held}))
+            self.held = ""
 
 
 class StreamError(Exception):

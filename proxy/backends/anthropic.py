@@ -122,13 +122,13 @@ class Backend(base.HTTPBackend):
         if data.get("type") == "error":  # some gateways answer 200 with an error body
             status, message, etype = tr.error_fields(data)
             raise self._status_error(status, message, None, *tr.openai_error_kind(status, etype))
-        out = tr.from_response(data, call.id, call.created, tr.response_tool(body))
+        out = tr.from_response(data, call.id, call.created, tr.response_tool(body), tr.local_stops(body))
         call.usage = out["usage"]
         call.upstream_model = data.get("model")
         return out
 
     async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
-        state = tr.StreamState(call.id, call.created, target.model, tr.response_tool(body))
+        state = tr.StreamState(call.id, call.created, target.model, tr.response_tool(body), tr.local_stops(body))
         try:
             async with self._open_stream(target, body) as r:
                 async for payload in base.sse_data(r):
