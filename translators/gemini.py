@@ -218,7 +218,7 @@ def _user_parts(content: Any, images: dict[str, tuple[str, str]], param: str) ->
 def _tool_response(content: Any) -> Json:
     text = content_text(content)
     s = text.lstrip()
-    if s[:1] in ("{", "[", '"') or s[:1].isdigit() or s in ("true", "false", "null"):
+    if s[:1] and s[:1] in '{["-0123456789tfn':
         try:
             value = orjson.loads(text)
         except orjson.JSONDecodeError:
