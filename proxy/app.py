@@ -8,6 +8,7 @@ router for a chain, dispatches along it and answers as OpenAI would: JSON, or SS
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from contextlib import asynccontextmanager
@@ -27,6 +28,11 @@ from proxy.call import Call
 from proxy.config import Config, Key
 from proxy.errors import AuthenticationError, InvalidRequest, ModelNotFound, ProxyError, RequestTooLarge
 from proxy.router import Router
+from proxy.health import Health
+from proxy.logs import request_line
+from proxy.metrics import Metrics
+from proxy.providers_api import ObservabilityAPI
+from proxy.stats import Stats
 from translators.common import usage_chunk
 
 log = logging.getLogger("turnout")
@@ -72,6 +78,11 @@ class Turnout:
         self.observers: list[Observer] = []
         # checks run after the body is read and before routing (rate limits, budgets): raise a ProxyError
         self.gates: list[Callable[[Call], None]] = []
+        # Prometheus metrics (+ the dashboard's recent stats) and provider health: proxy/metrics.py, proxy/health.py
+        self.metrics = Metrics(cfg, self.router.circuits)
+        self.metrics.stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.provider_health = Health(self, self.metrics)
+        self.observers += [self.metrics, self.provider_health]
 
     async def start(self) -> None:
         for b in self.backends.values():
@@ -238,14 +249,7 @@ class Turnout:
             call.error = error.code or error.type
         for o in self.observers:
             o.finished(call)
-        if not access.isEnabledFor(logging.INFO):
-            return
-        u = call.usage or {}
-        fallbacks = ",".join(f"{a.target}({a.outcome})" for a in call.fallbacks) or "-"
-        access.info("%s model=%s route=%s target=%s fallbacks=%s status=%d stream=%s tokens=%s/%s ms=%.1f%s",
-                    call.request_id, call.request_model or "-", call.route or "-", call.target or "-", fallbacks,
-                    status, call.stream, u.get("prompt_tokens", 0), u.get("completion_tokens", 0),
-                    (call.finished - call.started) * 1000, f" error={call.error}" if call.error else "")
+        request_line(call)  # the access log line: proxy/logs.py
 
 
 def build_app(cfg: Config) -> Starlette:
@@ -278,9 +282,21 @@ def build_app(cfg: Config) -> Starlette:
             Route("/health", turnout.health, methods=["GET"]),
             Route("/ready", turnout.ready, methods=["GET"]),
             Route("/turnout/route", turnout.route, methods=["POST"]),
+            *ObservabilityAPI(turnout).routes(),
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: on_http_error, ProxyError: on_proxy_error},
     )
     app.state.turnout = turnout
     return app
+
+
+def create_app() -> Starlette:
+    """The app factory each `turnout serve --workers N` worker calls: the config named by
+    $TURNOUT_CONFIG, logging as the config says."""
+    from proxy import config as config_mod
+    from proxy.logs import setup
+
+    cfg = config_mod.load(os.environ.get("TURNOUT_CONFIG") or "proxy.yaml")
+    setup(cfg.server.log_level, cfg.server.log_format)
+    return build_app(cfg)

@@ -23,6 +23,8 @@ class Attempt:
     target: str
     outcome: str  # "ok", or why it failed or was skipped
     status: int | None = None
+    seconds: float | None = None  # upstream time of a tried attempt (to the first chunk for streams)
+    category: str | None = None  # UpstreamError.category of a failed attempt
 
 
 @dataclass(slots=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from proxy.config import CircuitPolicy
 
@@ -25,6 +26,8 @@ class Circuit:
     failures: int = 0
     opened_at: float | None = None
     trial: bool = False  # a half-open trial is in flight
+    # called with (circuit, "open" | "closed") when it opens or closes (metrics, health)
+    listeners: list[Callable[["Circuit", str], None]] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -61,6 +64,9 @@ class Circuit:
         if ok:
             if self.opened_at is not None:
                 log.warning("circuit %s closed: backend answered again", self.name)
+                self.failures, self.opened_at = 0, None
+                for f in self.listeners:
+                    f(self, "closed")
             self.failures, self.opened_at = 0, None
             return
         if category not in COUNTED:
@@ -70,3 +76,5 @@ class Circuit:
             log.warning("circuit %s opened after %d consecutive failures (%s); skipping it for %.0fs",
                         self.name, self.failures, category, self.policy.cooldown)
             self.opened_at = time.monotonic()
+            for f in self.listeners:
+                f(self, "open")

@@ -19,12 +19,26 @@ def _default_config() -> str:
     return os.environ.get("TURNOUT_CONFIG") or "proxy.yaml"
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO; URLs may carry provider details we keep out of logs
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+def setup_logging(level: str, fmt: str = "text") -> None:
+    from proxy.logs import setup  # text or JSON lines on stderr; quiets httpx's URL logging
+
+    setup(level, fmt)
+
+
+def multiprocess_dir() -> str:
+    """An empty PROMETHEUS_MULTIPROC_DIR for several workers: the one set (cleared of an old run's
+    files), or a new temporary one. Set before any worker imports prometheus-client."""
+    import glob
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="turnout-metrics-")
+    os.makedirs(path, exist_ok=True)
+    for old in glob.glob(os.path.join(path, "*.db")) + glob.glob(os.path.join(path, "stats_*.json")):
+        os.unlink(old)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def load_or_exit(path: str) -> Config:
@@ -66,18 +80,38 @@ def describe(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def serve(cfg: Config, host: str | None, port: int | None) -> None:
+def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> None:
     import uvicorn
 
     from proxy.app import build_app
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
-    setup_logging(cfg.server.log_level)
+    setup_logging(cfg.server.log_level, cfg.server.log_format)
     print(describe(cfg), file=sys.stderr)
     print(f"\nServing the OpenAI API at http://{host}:{port}/v1  (Ctrl+C to stop)", file=sys.stderr, flush=True)
+    # JSON logs: uvicorn's own loggers go through ours too (its default config has its own text handler)
+    log_config = None if cfg.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    if workers > 1:
+        # each worker builds its app from $TURNOUT_CONFIG (proxy.app.create_app); metrics are shared
+        # through prometheus-client's multiprocess files
+        os.environ["TURNOUT_CONFIG"] = os.path.abspath(cfg.path or _default_config())
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        metrics_dir = multiprocess_dir()
+        print(f"{workers} workers; metrics shared in {metrics_dir}", file=sys.stderr, flush=True)
+        try:
+            uvicorn.run("proxy.app:create_app", factory=True, workers=workers, host=host, port=port,
+                        loop="uvloop", http="httptools", access_log=False, log_level=cfg.server.log_level,
+                        lifespan="on", timeout_graceful_shutdown=5, log_config=log_config)
+        finally:
+            if not given:
+                import shutil
+
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+        return
     uvicorn.run(build_app(cfg), host=host, port=port, loop="uvloop", http="httptools",
-                access_log=False, log_level=cfg.server.log_level, lifespan="on", timeout_graceful_shutdown=5)
+                access_log=False, log_level=cfg.server.log_level, lifespan="on", timeout_graceful_shutdown=5,
+                log_config=log_config)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (metrics are summed across them)")
 
     p = sub.add_parser("demo", help="serve a config of built-in mock backends: no keys, nothing else needed")
     p.add_argument("--host", default=None)
@@ -113,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(load_or_exit(args.config or _default_config()), args.host, args.port)
+        serve(load_or_exit(args.config or _default_config()), args.host, args.port, max(1, args.workers))
     elif args.command == "demo" and args.local:
         from proxy.models import prepare_local_demo
 

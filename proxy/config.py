@@ -45,6 +45,17 @@ class RetryPolicy:
 
 
 @dataclass
+class ProbePolicy:
+    """The background health probe of one backend (`probe:` on a backend)."""
+
+    interval: float = 30.0  # seconds between probes; 0 turns probing off
+    method: str = "models"  # models: list the models (free) | chat: a one-token chat request
+    timeout: float = 10.0  # seconds one probe may take
+    down_after: int = 2  # consecutive failed probes that mark the backend down (and skip it in routing)
+    model: str | None = None  # the target a chat probe uses (default: the backend's first)
+
+
+@dataclass
 class BackendConfig:
     name: str
     type: str
@@ -54,6 +65,7 @@ class BackendConfig:
     timeout: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     options: dict[str, Any] = field(default_factory=dict)  # type-specific settings
+    probe: ProbePolicy = field(default_factory=ProbePolicy)
     unavailable: str | None = None  # why it cannot be used (e.g. a missing key), None when usable
 
 
@@ -169,6 +181,8 @@ class ServerConfig:
     port: int = 4000
     max_body_bytes: int = DEFAULT_MAX_BODY
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one JSON object per line)
+    metrics_key_names: bool = False  # label request, token and cost metrics with the proxy key's name
 
 
 @dataclass
@@ -220,6 +234,9 @@ def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
         str(name): _target(str(name), _mapping(m, f"models.{name}"), backends)
         for name, m in _mapping(data.get("models") or {}, "models").items()
     }
+    for bname, b in backends.items():
+        if b.probe.model is not None and getattr(models.get(b.probe.model), "backend", None) != bname:
+            raise ConfigError(f"backends.{bname}.probe.model: {b.probe.model!r} is not a model target of this backend")
     routes = {
         str(name): _route(str(name), r, models)
         for name, r in _mapping(data.get("routes") or {}, "routes").items()
@@ -297,7 +314,7 @@ def _str(v: Any, where: str) -> str:
 
 
 def _server(d: dict[str, Any]) -> ServerConfig:
-    _only(d, "server", {"host", "port", "max_body_bytes", "log_level"})
+    _only(d, "server", {"host", "port", "max_body_bytes", "log_level", "log_format", "metrics_key_names"})
     s = ServerConfig()
     if "host" in d:
         s.host = _str(d["host"], "server.host")
@@ -309,6 +326,12 @@ def _server(d: dict[str, Any]) -> ServerConfig:
         s.log_level = _str(d["log_level"], "server.log_level").lower()
         if s.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"server.log_level: expected debug, info, warning or error, got {s.log_level!r}")
+    if "log_format" in d:
+        if d["log_format"] not in ("text", "json"):
+            raise ConfigError(f"server.log_format: expected text or json, got {d['log_format']!r}")
+        s.log_format = d["log_format"]
+    if "metrics_key_names" in d:
+        s.metrics_key_names = _bool(d["metrics_key_names"], "server.metrics_key_names")
     return s
 
 
@@ -338,6 +361,28 @@ def _retry(v: Any, where: str) -> RetryPolicy:
     return r
 
 
+def _probe(v: Any, where: str) -> ProbePolicy:
+    p = ProbePolicy()
+    if v is False:
+        p.interval = 0.0
+        return p
+    d = _mapping(v, where)
+    _only(d, where, {"interval", "method", "timeout", "down_after", "model"})
+    if "interval" in d:
+        p.interval = float(_num(d["interval"], f"{where}.interval"))
+    if "method" in d:
+        if d["method"] not in ("models", "chat"):
+            raise ConfigError(f"{where}.method: expected models or chat, got {d['method']!r}")
+        p.method = d["method"]
+    if "timeout" in d:
+        p.timeout = float(_num(d["timeout"], f"{where}.timeout", minimum=0.001))
+    if "down_after" in d:
+        p.down_after = _num(d["down_after"], f"{where}.down_after", minimum=1, integer=True)
+    if d.get("model") is not None:
+        p.model = _str(d["model"], f"{where}.model")
+    return p
+
+
 def _backend(name: str, d: dict[str, Any], missing: dict[str, list[str]]) -> BackendConfig:
     where = f"backends.{name}"
     if "type" not in d:
@@ -358,7 +403,10 @@ def _backend(name: str, d: dict[str, Any], missing: dict[str, list[str]]) -> Bac
         b.timeout = _timeouts(d["timeout"], f"{where}.timeout")
     if "retry" in d:
         b.retry = _retry(d["retry"], f"{where}.retry")
-    b.options = {k: v for k, v in d.items() if k not in ("type", "base_url", "api_key", "headers", "timeout", "retry")}
+    if "probe" in d:
+        b.probe = _probe(d["probe"], f"{where}.probe")
+    b.options = {k: v for k, v in d.items()
+                 if k not in ("type", "base_url", "api_key", "headers", "timeout", "retry", "probe")}
     if not b.api_key and btype not in KEYLESS_TYPES and btype != "openai":
         vars_ = missing.get(f"{where}.api_key")
         b.unavailable = f"no API key ({'${' + vars_[0] + '} is not set' if vars_ else 'api_key is empty'})"

@@ -75,6 +75,7 @@ class Dispatcher:
                 if not circuit.begin():
                     call.attempts.append(Attempt(target.name, f"skipped: {circuit.blocked()}"))
                     break
+                t0 = time.perf_counter()
                 try:
                     async with asyncio.timeout(target.timeout) if target.timeout else nullcontext():
                         result = await attempt(backend, target)
@@ -91,7 +92,8 @@ class Dispatcher:
                 if e is not None:
                     last = e
                     circuit.record(False, e.category)
-                    call.attempts.append(Attempt(target.name, _outcome(e), e.status))
+                    call.attempts.append(Attempt(target.name, _outcome(e), e.status, time.perf_counter() - t0,
+                                                 e.category))
                     log.info("%s: target %s failed: %s", call.request_id, target.name, _outcome(e))
                     if is_context_error(e):
                         min_window = target.context_window or 0
@@ -107,11 +109,11 @@ class Dispatcher:
                 if weak:
                     escalate -= 1
                     kept = (target, result)
-                    call.attempts.append(Attempt(target.name, f"escalated: {weak}"))
+                    call.attempts.append(Attempt(target.name, f"escalated: {weak}", seconds=time.perf_counter() - t0))
                     log.info("%s: escalating from %s: %s", call.request_id, target.name, weak)
                     break
                 call.target = target.name
-                call.attempts.append(Attempt(target.name, "ok", 200))
+                call.attempts.append(Attempt(target.name, "ok", 200, time.perf_counter() - t0))
                 return result
         if kept is not None:
             call.target = kept[0].name

@@ -1,0 +1,182 @@
+"""Observability endpoints: metrics, providers and their health, stats, the dashboard.
+
+- ``GET /metrics``: Prometheus exposition (open, like most exporters: no secrets in it).
+- ``GET /turnout/providers``: every backend, its models, health and whether a key is set (never
+  the key), and the system's health. ``POST /turnout/providers/{name}/test``: one real minimal
+  chat request to that backend (optional body ``{"model": target}``), with timing and result.
+- ``GET /turnout/stats?minutes=60``: recent traffic in time buckets for the dashboard.
+- ``GET /turnout/dashboard``: the static dashboard page (package data, no CDN).
+The ``/turnout/...`` JSON endpoints need a proxy key when keys are configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy import pricing
+from proxy.errors import InvalidRequest, ProxyError, UpstreamError
+from proxy.metrics import CONTENT_TYPE, register_usage_sources
+
+if TYPE_CHECKING:
+    from proxy.app import Turnout
+
+DASHBOARD = Path(__file__).with_name("dashboard")
+_ASSETS = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
+           "dashboard.css": "text/css; charset=utf-8"}
+# things that look like credentials, masked in error messages shown by the test endpoint
+_SECRETS = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|AIza[0-9A-Za-z_\-]{20,}|[A-Za-z0-9_\-]{32,})")
+SOURCE_PREFIXES = ("turnout_quota_", "turnout_budget_")  # gauge sources the dashboard shows
+
+
+def public_url(url: str | None) -> str | None:
+    """A base URL without user info, query or fragment (where a key could hide)."""
+    if not url:
+        return None
+    p = urlsplit(url)
+    host = p.hostname or ""
+    if p.port:
+        host += f":{p.port}"
+    return urlunsplit((p.scheme, host, p.path, "", ""))
+
+
+def redact(message: str, secrets: list[str]) -> str:
+    for s in secrets:
+        if s:
+            message = message.replace(s, "***")
+    return _SECRETS.sub("***", message)
+
+
+class ObservabilityAPI:
+    def __init__(self, turnout: "Turnout") -> None:
+        self.t = turnout
+        # quotas and budgets as gauges, once the usage accounting is installed (it is, by now)
+        register_usage_sources(turnout.metrics, getattr(turnout, "usage", None))
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/turnout/providers", self.providers, methods=["GET"]),
+            Route("/turnout/providers/{name}/test", self.test, methods=["POST"]),
+            Route("/turnout/stats", self.stats, methods=["GET"]),
+            Route("/turnout/dashboard", self.dashboard, methods=["GET"]),
+            Route("/turnout/dashboard/{file}", self.asset, methods=["GET"]),
+        ]
+
+    # --- metrics -----------------------------------------------------------------------------------
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.t.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    # --- providers ---------------------------------------------------------------------------------
+
+    def provider(self, name: str) -> dict[str, Any]:
+        t = self.t
+        b = t.backends[name]
+        models = [{"name": m.name, "model": m.model, "price": {"input": m.price.input, "output": m.price.output},
+                   "vision": m.vision, "tools": m.tools, "context_window": m.context_window,
+                   "locality": "local" if t.metrics.local.get(m.name) else "cloud"}
+                  for m in t.cfg.models.values() if m.backend == name]
+        return {"name": name, "type": b.cfg.type, "base_url": public_url(getattr(b, "base_url", None) or b.cfg.base_url),
+                "key_set": bool(b.cfg.api_key), "available": not b.unavailable, "unavailable_reason": b.unavailable,
+                "models": models, "health": t.provider_health.describe(name)}
+
+    async def providers(self, request: Request) -> Response:
+        from proxy.app import json_response
+
+        self.t.authenticate(request)
+        state, reason = self.t.provider_health.system()
+        return json_response({"status": state, "reason": reason, "checked_at": time.time(),
+                              "providers": [self.provider(n) for n in self.t.backends]})
+
+    async def test(self, request: Request) -> Response:
+        from proxy.app import json_response
+
+        t = self.t
+        t.authenticate(request)
+        name = request.path_params["name"]
+        if name not in t.backends:
+            raise ProxyError(f"No backend named '{name}' (defined: {', '.join(t.backends)}).", status=404,
+                             type="invalid_request_error", code="backend_not_found")
+        body = await request.body()
+        model = None
+        if body.strip():
+            data = await t.read_json(request)
+            model = data.get("model") if isinstance(data, dict) else None
+        target = t.provider_health.probe_target(name, model)
+        if target is None:
+            raise InvalidRequest(f"'{model}' is not a model target of backend '{name}'." if model else
+                                 f"No model target uses backend '{name}'.", param="model", code="model_not_found")
+        backend = t.backends[name]
+        out: dict[str, Any] = {"backend": name, "target": target.name, "model": target.model}
+        if backend.unavailable:
+            return json_response({**out, "ok": False, "error": {"category": "unavailable",
+                                                                "message": backend.unavailable}})
+        t0 = time.perf_counter()
+        timeout = backend.cfg.probe.timeout if backend.cfg.probe.timeout > 10 else 30.0
+        try:
+            answer, call = await t.provider_health.chat(name, target, timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            err: dict[str, Any] = {"category": "timeout", "status": 504, "message": f"no answer in {timeout:g}s"}
+        except UpstreamError as e:
+            err = {"category": e.category, "status": e.status, "code": e.code,
+                   "message": redact(e.message, [backend.cfg.api_key or ""])}
+        except Exception as e:  # noqa: BLE001 - the operator sees the type, never a raw repr
+            err = {"category": "network", "message": type(e).__name__}
+        else:
+            seconds = time.perf_counter() - t0
+            t.provider_health.record_probe(name, "ok", None, 200, seconds, chat=True)
+            choice = (answer.get("choices") or [{}])[0]
+            text = ((choice.get("message") or {}).get("content") or "")[:200]
+            return json_response({**out, "ok": True, "latency_ms": round(seconds * 1000, 1), "status": 200,
+                                  "reply": text, "finish_reason": choice.get("finish_reason"), "usage": call.usage,
+                                  "cost_usd": round(pricing.cost(call.usage, target.price), 8),
+                                  "health": t.provider_health.describe(name)["state"]})
+        seconds = time.perf_counter() - t0
+        result = "rate_limited" if err["category"] == "rate_limit" else "failed"
+        t.provider_health.record_probe(name, result, err["category"], err.get("status"), seconds, chat=True)
+        return json_response({**out, "ok": False, "latency_ms": round(seconds * 1000, 1), "error": err,
+                              "health": t.provider_health.describe(name)["state"]})
+
+    # --- stats and the dashboard -------------------------------------------------------------------
+
+    async def stats(self, request: Request) -> Response:
+        from proxy.app import json_response
+
+        t = self.t
+        t.authenticate(request)
+        try:
+            minutes = float(request.query_params.get("minutes", "60"))
+        except ValueError:
+            raise InvalidRequest("minutes: expected a number", param="minutes") from None
+        snap = t.metrics.stats.snapshot(max(1.0, min(minutes, 24 * 60)))
+        snap["locality_of"] = {n: "local" if local else "cloud" for n, local in t.metrics.local.items()}
+        state, reason = t.provider_health.system()
+        snap["health"] = {"status": state, "reason": reason, "backends": [
+            {"name": n, "type": h.type, "state": t.provider_health.assess(n), "reason": h.reason,
+             "success_rate": h.success_rate(), "latency_ms": h.latency_ms(), "last_probe": h.last_probe}
+            for n, h in t.provider_health.backends.items()]}
+        snap["gauges"] = t.metrics.source_rows(SOURCE_PREFIXES)
+        return json_response(snap)
+
+    async def dashboard(self, request: Request) -> Response:
+        return self._file("index.html")
+
+    async def asset(self, request: Request) -> Response:
+        name = request.path_params["file"]
+        if name not in _ASSETS:
+            raise ProxyError(f"GET {request.url.path}: Not Found", status=404, type="invalid_request_error",
+                             code="not_found")
+        return self._file(name)
+
+    def _file(self, name: str) -> Response:
+        return Response((DASHBOARD / name).read_bytes(), media_type=_ASSETS[name],
+                        headers={"cache-control": "no-cache", "x-content-type-options": "nosniff"})
