@@ -17,6 +17,7 @@ import yaml
 
 BACKEND_TYPES = ("mock", "openai", "anthropic", "gemini", "ollama", "llamacpp")
 KEYLESS_TYPES = ("mock", "ollama", "llamacpp")  # types that work without an api_key
+VISION_BY_DEFAULT = ("anthropic", "gemini")
 DEFAULT_MAX_BODY = 20 * 1024 * 1024
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -67,6 +68,7 @@ class BackendConfig:
     options: dict[str, Any] = field(default_factory=dict)  # type-specific settings
     probe: ProbePolicy = field(default_factory=ProbePolicy)
     unavailable: str | None = None  # why it cannot be used (e.g. a missing key), None when usable
+    quota: Quota | None = None  # a daily allowance shared by all its targets
 
 
 @dataclass
@@ -93,6 +95,8 @@ class Target:
     json_schema: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None  # seconds for one call to this target (to the first token for streams)
+    quota: Quota | None = None  # a daily allowance of this target alone
+    price_source: str | None = None  # "config", the built-in table's source and date, or None (costs 0)
 
 
 TURNS = ("first", "followup")
@@ -173,6 +177,8 @@ class Key:
     tier: str | None = None
     allow_override: bool = False  # may force a target with the override header / metadata
     extra: dict[str, Any] = field(default_factory=dict)
+    rate_limit: RateLimit | None = None  # requests / tokens per minute
+    budget: Budget | None = None  # USD per day / month
 
 
 @dataclass
@@ -194,6 +200,7 @@ class Config:
     keys: list[Key]
     routing: Routing = field(default_factory=Routing)
     path: str | None = None
+    usage: UsageConfig = field(default_factory=lambda: UsageConfig())
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -212,6 +219,8 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     cfg = parse(raw, env)
     cfg.path = str(p)
+    if not cfg.usage.ledger_set:
+        cfg.usage.ledger = DEFAULT_LEDGER
     return cfg
 
 
@@ -221,7 +230,7 @@ def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
     data = _interpolate(raw, env, "", missing)
     if not isinstance(data, dict):
         raise ConfigError("config: expected a mapping at the top level")
-    _only(data, "config", {"server", "backends", "models", "routes", "keys", "routing"})
+    _only(data, "config", {"server", "backends", "models", "routes", "keys", "routing", "usage"})
 
     server = _server(_mapping(data.get("server") or {}, "server"))
     backends = {
@@ -246,7 +255,12 @@ def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
             raise ConfigError(f"routes.{name}: a model target has the same name")
     keys = _keys(data.get("keys") or [])
     routing = _routing(_mapping(data.get("routing") or {}, "routing"))
-    return Config(server=server, backends=backends, models=models, routes=routes, keys=keys, routing=routing)
+    from proxy import prices
+
+    prices.apply(models, backends)  # unpriced cloud targets take the built-in table's price
+    usage = _usage(_mapping(data.get("usage") or {}, "usage"), models)
+    return Config(server=server, backends=backends, models=models, routes=routes, keys=keys, routing=routing,
+                  usage=usage)
 
 
 def _interpolate(node: Any, env: dict[str, str], path: str, missing: dict[str, list[str]]) -> Any:
@@ -415,13 +429,15 @@ def _backend(name: str, d: dict[str, Any], missing: dict[str, list[str]]) -> Bac
         b.unavailable = f"no API key (${{{missing[f'{where}.api_key'][0]}}} is not set)"
     if btype == "openai" and not b.base_url:
         b.base_url = "https://api.openai.com/v1"
+    if "quota" in b.options:
+        b.quota = _quota(b.options.pop("quota"), f"{where}.quota")
     return b
 
 
 def _target(name: str, d: dict[str, Any], backends: dict[str, BackendConfig]) -> Target:
     where = f"models.{name}"
     allowed = {"backend", "model", "price", "context_window", "max_output_tokens", "vision", "tools",
-               "json_schema", "options", "timeout"}
+               "json_schema", "options", "timeout", "quota"}
     _only(d, where, allowed)
     if "backend" not in d:
         raise ConfigError(f"{where}.backend: required (one of: {', '.join(backends)})")
@@ -429,6 +445,8 @@ def _target(name: str, d: dict[str, Any], backends: dict[str, BackendConfig]) ->
     if backend not in backends:
         raise ConfigError(f"{where}.backend: unknown backend {backend!r} (defined: {', '.join(backends)})")
     t = Target(name=name, backend=backend, model=_str(d.get("model", name), f"{where}.model"))
+    # every current Claude and Gemini model reads images; elsewhere it varies, so it must be declared
+    t.vision = backends[backend].type in VISION_BY_DEFAULT
     if "price" in d:
         p = _mapping(d["price"], f"{where}.price")
         _only(p, f"{where}.price", {"input", "output", "cached"})
@@ -437,6 +455,9 @@ def _target(name: str, d: dict[str, Any], backends: dict[str, BackendConfig]) ->
             output=float(_num(p.get("output", 0), f"{where}.price.output")),
             cached=None if p.get("cached") is None else float(_num(p["cached"], f"{where}.price.cached")),
         )
+        t.price_source = "config"
+    if d.get("quota") is not None:
+        t.quota = _quota(d["quota"], f"{where}.quota")
     for k in ("context_window", "max_output_tokens"):
         if d.get(k) is not None:
             setattr(t, k, _num(d[k], f"{where}.{k}", minimum=1, integer=True))
@@ -587,5 +608,181 @@ def _keys(v: Any) -> list[Key]:
         name = _str(d.get("name", f"key{i}"), f"keys[{i}].name")
         allow = _bool(d["allow_override"], f"keys[{i}].allow_override") if "allow_override" in d else False
         keys.append(Key(key=str(d["key"]), name=name, tier=d.get("tier"), allow_override=allow,
-                        extra={x: y for x, y in d.items() if x not in ("key", "name", "tier", "allow_override")}))
+                        extra={x: y for x, y in d.items()
+                               if x not in ("key", "name", "tier", "allow_override", "rate_limit", "budget")},
+                        rate_limit=None if d.get("rate_limit") is None else _rate_limit(d["rate_limit"],
+                                                                                        f"keys[{i}].rate_limit"),
+                        budget=None if d.get("budget") is None else _budget(d["budget"], f"keys[{i}].budget")))
     return keys
+
+
+# --- usage: ledger, quotas, rate limits, budgets (issue 7) ---------------------------------------
+
+DEFAULT_LEDGER = ".turnout/usage.sqlite"  # relative to the working directory, when the config file names none
+ON_EXCEEDED = ("reject", "free_only")
+
+
+@dataclass
+class Quota:
+    """A provider's daily allowance for one backend (all its targets) or one target (`quota:`).
+
+    At `reserve` requests (or `reserve_tokens` tokens) left, routing skips it: the rest is kept
+    back for what is already in flight and for other tools sharing the same account."""
+
+    requests_per_day: int | None = None
+    tokens_per_day: int | None = None
+    reserve: int = 0
+    reserve_tokens: int = 0
+    reset_hour: int = 0  # local hour of the provider's daily reset ...
+    timezone: str = "UTC"  # ... in this IANA zone (Gemini's free tier: midnight America/Los_Angeles)
+
+
+@dataclass
+class RateLimit:
+    """Per proxy key, over a sliding minute (`rate_limit:` on a key)."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass
+class Budget:
+    """USD per day and per month (`budget:` on a key, or `usage.budget` for everything)."""
+
+    daily: float | None = None
+    monthly: float | None = None
+    alert: float = 0.8  # log once (and show in metrics) at this share of a budget
+    on_exceeded: str = "reject"  # reject: 429 budget_exceeded | free_only: only targets that cost nothing
+
+
+@dataclass
+class UsageConfig:
+    """`usage:` in proxy.yaml: where the ledger lives and what spending is allowed."""
+
+    ledger: str | None = None  # SQLite file; None: no ledger (counters in memory only)
+    ledger_set: bool = False  # the config named a ledger (or turned it off)
+    flush_interval: float = 1.0  # seconds between batched writes: the most a hard crash can lose
+    batch_size: int = 500  # rows that trigger a write before the interval is up
+    features: bool = True  # record each request's routing features (for `turnout simulate` replays)
+    timezone: str = "UTC"  # the day and month of budgets and usage reports ...
+    reset_hour: int = 0  # ... start at this local hour
+    baseline: str | None = None  # the all-cloud model savings are measured against (target or known model)
+    budget: Budget | None = None  # the overall budget
+
+
+def _tz(v: Any, where: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = _str(v, where)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: unknown time zone {name!r} (an IANA name, e.g. UTC or America/Los_Angeles)") from None
+    return name
+
+
+def _hour(v: Any, where: str) -> int:
+    h = _num(v, where, integer=True)
+    if h > 23:
+        raise ConfigError(f"{where}: expected an hour from 0 to 23, got {v!r}")
+    return h
+
+
+def _quota(v: Any, where: str) -> Quota:
+    d = _mapping(v, where)
+    _only(d, where, {"requests_per_day", "tokens_per_day", "reserve", "reserve_tokens", "reset_hour", "timezone"})
+    q = Quota()
+    for k in ("requests_per_day", "tokens_per_day"):
+        if d.get(k) is not None:
+            setattr(q, k, _num(d[k], f"{where}.{k}", minimum=1, integer=True))
+    if q.requests_per_day is None and q.tokens_per_day is None:
+        raise ConfigError(f"{where}: give requests_per_day and/or tokens_per_day")
+    for k in ("reserve", "reserve_tokens"):
+        if d.get(k) is not None:
+            setattr(q, k, _num(d[k], f"{where}.{k}", integer=True))
+    if q.reserve and q.requests_per_day is None:
+        raise ConfigError(f"{where}.reserve: a reserve of requests needs requests_per_day")
+    if q.reserve_tokens and q.tokens_per_day is None:
+        raise ConfigError(f"{where}.reserve_tokens: a reserve of tokens needs tokens_per_day")
+    if q.requests_per_day is not None and q.reserve >= q.requests_per_day:
+        raise ConfigError(f"{where}.reserve: must be less than requests_per_day ({q.requests_per_day})")
+    if q.tokens_per_day is not None and q.reserve_tokens >= q.tokens_per_day:
+        raise ConfigError(f"{where}.reserve_tokens: must be less than tokens_per_day ({q.tokens_per_day})")
+    if "reset_hour" in d:
+        q.reset_hour = _hour(d["reset_hour"], f"{where}.reset_hour")
+    if "timezone" in d:
+        q.timezone = _tz(d["timezone"], f"{where}.timezone")
+    return q
+
+
+def _rate_limit(v: Any, where: str) -> RateLimit:
+    d = _mapping(v, where)
+    _only(d, where, {"requests_per_minute", "tokens_per_minute"})
+    r = RateLimit()
+    for k in ("requests_per_minute", "tokens_per_minute"):
+        if d.get(k) is not None:
+            setattr(r, k, _num(d[k], f"{where}.{k}", minimum=1, integer=True))
+    if r.requests_per_minute is None and r.tokens_per_minute is None:
+        raise ConfigError(f"{where}: give requests_per_minute and/or tokens_per_minute")
+    return r
+
+
+def _budget(v: Any, where: str) -> Budget:
+    d = _mapping(v, where)
+    _only(d, where, {"daily", "monthly", "alert", "on_exceeded"})
+    b = Budget()
+    for k in ("daily", "monthly"):
+        if d.get(k) is not None:
+            setattr(b, k, float(_num(d[k], f"{where}.{k}")))
+    if b.daily is None and b.monthly is None:
+        raise ConfigError(f"{where}: give daily and/or monthly (USD)")
+    if "alert" in d:
+        a = d["alert"]
+        if isinstance(a, str) and a.strip().endswith("%"):
+            try:
+                a = float(a.strip()[:-1]) / 100
+            except ValueError:
+                raise ConfigError(f"{where}.alert: expected a share like 0.8 or '80%', got {d['alert']!r}") from None
+        b.alert = float(_num(a, f"{where}.alert"))
+        if b.alert > 1:
+            raise ConfigError(f"{where}.alert: expected a share from 0 to 1 (or '80%'), got {d['alert']!r}")
+    if "on_exceeded" in d:
+        if d["on_exceeded"] not in ON_EXCEEDED:
+            raise ConfigError(f"{where}.on_exceeded: expected reject or free_only, got {d['on_exceeded']!r}")
+        b.on_exceeded = d["on_exceeded"]
+    return b
+
+
+def _usage(d: dict[str, Any], models: dict[str, Target]) -> UsageConfig:
+    _only(d, "usage", {"ledger", "flush_interval", "batch_size", "features", "timezone", "reset_hour", "baseline",
+                       "budget"})
+    u = UsageConfig()
+    if "ledger" in d:
+        u.ledger_set = True
+        v = d["ledger"]
+        if v is None or v is False or (isinstance(v, str) and v.lower() in ("off", "none", "")):
+            u.ledger = None
+        else:
+            u.ledger = _str(v, "usage.ledger")
+    if "flush_interval" in d:
+        u.flush_interval = float(_num(d["flush_interval"], "usage.flush_interval", minimum=0.01))
+        if u.flush_interval > 1:
+            raise ConfigError(f"usage.flush_interval: at most 1 second (the most a crash may lose), got {d['flush_interval']!r}")
+    if "batch_size" in d:
+        u.batch_size = _num(d["batch_size"], "usage.batch_size", minimum=1, integer=True)
+    if "features" in d:
+        u.features = _bool(d["features"], "usage.features")
+    if "timezone" in d:
+        u.timezone = _tz(d["timezone"], "usage.timezone")
+    if "reset_hour" in d:
+        u.reset_hour = _hour(d["reset_hour"], "usage.reset_hour")
+    if d.get("baseline") is not None:
+        from proxy import prices
+
+        u.baseline = _str(d["baseline"], "usage.baseline")
+        if u.baseline not in models and prices.lookup(u.baseline) is None:
+            raise ConfigError(f"usage.baseline: {u.baseline!r} is neither a model target nor a model in the "
+                              f"built-in price table (e.g. {', '.join(prices.examples())})")
+    if d.get("budget") is not None:
+        u.budget = _budget(d["budget"], "usage.budget")
+    return u
