@@ -63,11 +63,23 @@ def test_max_tokens_stop_reason(claude):
 
 
 def test_stop_sequence_stop_reason(claude):
+    free = sdk(claude).chat.completions.create(model="claude", messages=LONG, max_tokens=24, temperature=0)
+    assert "e" in free.choices[0].message.content  # 24 tokens of an English story have an "e"
+    r = sdk(claude).chat.completions.create(model="claude", messages=LONG, max_tokens=24, temperature=0,
+                                            stop=["e"])
+    assert r.choices[0].finish_reason == "stop"  # llama.cpp: stop_reason end_turn with stop_sequence "e"
+    assert "e" not in (r.choices[0].message.content or "")
+    assert r.usage.completion_tokens < 24  # the server itself stopped
+
+
+def test_whitespace_stop_sequence_applied_by_turnout(claude):
+    """Anthropic rejects whitespace-only stop sequences, so Turnout applies those itself: the server
+    generates on (and its usage says so), the client still gets text cut at the stop and `stop`."""
     r = sdk(claude).chat.completions.create(model="claude", messages=LONG, max_tokens=24, temperature=0,
                                             stop=[" "])
     assert r.choices[0].finish_reason == "stop"
     assert " " not in (r.choices[0].message.content or "")
-    assert r.usage.completion_tokens < 24
+    assert 0 < r.usage.completion_tokens <= 24
 
 
 def test_stream_with_usage(claude):
@@ -85,11 +97,14 @@ def test_stream_with_usage(claude):
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
 
 
-def test_stream_stop_sequence(claude):
+@pytest.mark.parametrize("stop", ["e", " "])
+def test_stream_stop_sequence(claude, stop):
     text, chunks = collect(sdk(claude).chat.completions.create(
-        model="claude", messages=LONG, max_tokens=24, temperature=0, stop=[" "], stream=True,
+        model="claude", messages=LONG, max_tokens=24, temperature=0, stop=[stop], stream=True,
         stream_options={"include_usage": True}))
-    assert " " not in text
+    assert stop not in text
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["stop"]
-    assert chunks[-1].usage.completion_tokens < 24
+    assert 0 < chunks[-1].usage.completion_tokens <= 24
+    if stop == "e":
+        assert chunks[-1].usage.completion_tokens < 24  # the server itself stopped
