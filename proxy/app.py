@@ -36,7 +36,6 @@ from proxy.stats import Stats
 from translators.common import usage_chunk
 
 log = logging.getLogger("turnout")
-access = logging.getLogger("turnout.access")
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from proxy import __version__
 from proxy.call import Attempt, Call
 from proxy.config import BackendConfig, Config, Target
 
@@ -179,8 +180,6 @@ class Metrics:
                               "rate_limited).", ("backend", "result"), registry=r)
         info = Gauge("turnout_build_info", "Turnout's version (always 1).", ("version",), registry=r,
                      multiprocess_mode="max")
-        from proxy import __version__
-
         info.labels(__version__).set(1)
         for name, circuit in self.circuits.items():
             self.circuit_state.labels(name).set(0)

@@ -121,7 +121,7 @@ class ObservabilityAPI:
             return json_response({**out, "ok": False, "error": {"category": "unavailable",
                                                                 "message": backend.unavailable}})
         t0 = time.perf_counter()
-        timeout = backend.cfg.probe.timeout if backend.cfg.probe.timeout > 10 else 30.0
+        timeout = max(backend.cfg.probe.timeout, 30.0)  # a slow local model may need a while
         try:
             answer, call = await t.provider_health.chat(name, target, timeout)
         except (TimeoutError, asyncio.TimeoutError):

@@ -1,6 +1,6 @@
 """Recent traffic in time buckets, for the dashboard (`GET /turnout/stats`).
 
-Kept in memory by the metrics observer: per bucket (10 s by default, the last hour) and per
+Kept in memory by the metrics observer: per bucket (10 s by default, the last six hours) and per
 target, requests, errors, tokens and cost; and since start, the local/cloud split and fallbacks
 by (from, to, reason). Prometheus and Grafana are the place for long history; this is what a
 person needs at a glance without them. With several workers each keeps its own and writes a copy
@@ -10,6 +10,7 @@ to the multiprocess directory every few seconds; `snapshot()` adds up every live
 from __future__ import annotations
 
 import glob
+import math
 import os
 import time
 from collections import deque
@@ -19,9 +20,11 @@ import orjson
 
 from proxy.call import Call
 
+MAX_POINTS = 180  # a snapshot merges buckets so that each series has at most this many points
+
 
 class Stats:
-    def __init__(self, targets: list[str], bucket_seconds: int = 10, keep: int = 360,
+    def __init__(self, targets: list[str], bucket_seconds: int = 10, keep: int = 2160,
                  share_dir: str | None = None) -> None:
         self.targets = targets
         self.bucket_seconds = bucket_seconds
@@ -89,10 +92,11 @@ class Stats:
     # --- the dashboard's view ----------------------------------------------------------------------
 
     def snapshot(self, minutes: float = 60) -> dict[str, Any]:
-        bs = self.bucket_seconds
         now = time.time()
+        buckets = max(1, min(self.keep, int(minutes * 60 // self.bucket_seconds)))
+        bs = self.bucket_seconds * math.ceil(buckets / MAX_POINTS)  # each point: one or more buckets
+        n = math.ceil(buckets * self.bucket_seconds / bs)
         end = now - now % bs
-        n = max(1, min(self.keep, int(minutes * 60 // bs)))
         first = end - (n - 1) * bs
         times = [first + i * bs for i in range(n)]
         names = list(self.targets)
@@ -109,7 +113,7 @@ class Stats:
             for frm, to, reason, count in raw["fallbacks"]:
                 pairs[(frm, to, reason)] = pairs.get((frm, to, reason), 0) + count
             for start, rows, fb in raw["buckets"]:
-                i = int(round((start - first) / bs))
+                i = int((start - first) // bs)
                 if not 0 <= i < n:
                     continue
                 fallbacks_over_time[i] += fb

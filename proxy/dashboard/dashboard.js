@@ -171,7 +171,9 @@ function render(d) {
   const color = (t) => colorOf(d.targets, t);
   const req = targets.map((t) => ({ name: t, color: color(t), values: d.requests[t] }));
   stacked("c-requests", d.times, req, (v) => Math.round(v) + "");
-  legend("l-requests", targets.map((t) => [t, color(t), `${sum(d.requests[t])} req, ${sum(d.errors[t])} err`]));
+  // "none": requests no target answered (errors before or during routing and dispatch)
+  legend("l-requests", targets.map((t) => [t === "none" ? "no answer" : t, color(t),
+    `${sum(d.requests[t])} req, ${sum(d.errors[t])} err`]));
   $("req-total").textContent = `${sum(targets.map((t) => sum(d.requests[t])))} in window`;
   const costTargets = targets.filter((t) => sum(d.cost_usd[t]) > 0);
   stacked("c-cost", d.times, costTargets.map((t) => ({ name: t, color: color(t), values: d.cost_usd[t] })), fmtUsd);
