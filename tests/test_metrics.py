@@ -418,17 +418,22 @@ def test_several_workers_add_up(tmp_path):
     assert len(access) == n and all(x["status"] == 200 and x["target"] == "t" for x in access)
 
 
-def test_quota_and_budget_gauges_follow_the_usage_accounts(turnout, tmp_path):
+def test_quota_and_budget_gauges_follow_the_usage_accounts(serve, tmp_path):
+    from proxy.app import build_app
+    from proxy.config import ConfigError, parse
+
     try:
-        from proxy.config import Budget  # noqa: F401 - usage accounting (issue 7)
-    except ImportError:
+        app = build_app(parse({
+            "backends": {"gem": {"type": "mock", "quota": {"requests_per_day": 10, "reserve": 2}}},
+            "models": {"flash": {"backend": "gem", "price": {"input": 100, "output": 100}}},
+            "keys": [{"key": "sk-budget-1", "name": "app", "budget": {"daily": 5}}],
+            "usage": {"ledger": str(tmp_path / "usage.db"), "budget": {"daily": 20}},
+            "server": {"metrics_key_names": True}}, {}))
+    except ConfigError:
         pytest.skip("usage accounting (issue 7) is not in this tree")
-    base = turnout({
-        "backends": {"gem": {"type": "mock", "quota": {"requests_per_day": 10, "reserve": 2}}},
-        "models": {"flash": {"backend": "gem", "price": {"input": 100, "output": 100}}},
-        "keys": [{"key": "sk-budget-1", "name": "app", "budget": {"daily": 5}}],
-        "usage": {"ledger": str(tmp_path / "usage.db"), "budget": {"daily": 20}},
-        "server": {"metrics_key_names": True}})
+    if getattr(app.state.turnout, "usage", None) is None:
+        pytest.skip("usage accounting (issue 7) is not in this tree")
+    base = serve(app)
     for _ in range(3):
         assert post(base, {"model": "flash", "messages": [{"role": "user", "content": "count me"}]},
                     {"authorization": "Bearer sk-budget-1"}).status_code == 200
