@@ -33,6 +33,7 @@ from proxy.logs import request_line
 from proxy.metrics import Metrics
 from proxy.providers_api import ObservabilityAPI
 from proxy.stats import Stats
+from proxy.usage_api import routes as usage_routes
 from translators.common import usage_chunk
 
 log = logging.getLogger("turnout")
@@ -82,6 +83,9 @@ class Turnout:
         self.metrics.stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.provider_health = Health(self, self.metrics)
         self.observers += [self.metrics, self.provider_health]
+        from proxy.ledger import install_usage
+
+        self.usage = install_usage(self)  # the ledger observer, quota / budget filters, rate-limit / budget gates
 
     async def start(self) -> None:
         for b in self.backends.values():
@@ -158,8 +162,11 @@ class Turnout:
                 data = await self.dispatcher.complete(chain, body, call, escalate=rule.escalate if rule else 0,
                                                       deadline=deadline)
                 call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price)
+                out = orjson.dumps(data)
+                if call.usage is None:
+                    call.sent = [out]  # no usage from upstream: the ledger estimates from the answer
                 self.finish(call, 200)
-                return Response(orjson.dumps(data), media_type="application/json", headers=call.headers())
+                return Response(out, media_type="application/json", headers=call.headers())
             first, rest = await self.dispatcher.open_stream(chain, body, call, deadline=deadline)
             return StreamingResponse(self.sse(call, first, rest), media_type="text/event-stream",
                                      headers={**_SSE_HEADERS, **call.headers()})
@@ -179,8 +186,10 @@ class Turnout:
         try:
             yield b"data: " + first + b"\n\n"
             call.chunks = 1
+            call.sent = sent = [first]  # kept for the ledger's token estimate if the stream is cut short
             async for payload in rest:
                 call.chunks += 1
+                sent.append(payload)
                 yield b"data: " + payload + b"\n\n"
             if call.include_usage and call.usage is not None:
                 model = call.upstream_model or self.cfg.models[call.target].model
@@ -281,6 +290,7 @@ def build_app(cfg: Config) -> Starlette:
             Route("/health", turnout.health, methods=["GET"]),
             Route("/ready", turnout.ready, methods=["GET"]),
             Route("/turnout/route", turnout.route, methods=["POST"]),
+            *usage_routes(turnout),
             *ObservabilityAPI(turnout).routes(),
         ],
         lifespan=lifespan,

@@ -51,6 +51,7 @@ class Call:
     features: Any = None  # proxy.features.Features, once the body is read and checked
     chunks: int = 0  # stream chunks sent to the client (a cut-short stream still counts them)
     finished: float | None = None  # perf_counter when the answer or error went out
+    sent: list[bytes] | None = None  # stream payloads sent, or a body without usage (for the ledger's estimate)
 
     @property
     def fallbacks(self) -> list[Attempt]:

@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
     p.add_argument("--headroom", type=float, default=None, help="GB of GPU memory to leave for other work")
 
+    from proxy.usage_cli import add_arguments as add_usage_arguments
+
+    add_usage_arguments(sub)  # usage, usage export, simulate
+
     p = sub.add_parser("mock-upstream", help="serve the mock as an OpenAI-compatible upstream (benchmarks, tests)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4010)
@@ -163,6 +167,14 @@ def main(argv: list[str] | None = None) -> None:
         from proxy.doctor import main as doctor_main
 
         raise SystemExit(doctor_main(args.config, args.headroom))
+    elif args.command == "usage":
+        from proxy.usage_cli import usage_command
+
+        raise SystemExit(usage_command(None if args.url else load_or_exit(args.config or _default_config()), args))
+    elif args.command == "simulate":
+        from proxy.usage_cli import simulate_command
+
+        raise SystemExit(simulate_command(load_or_exit(args.config or _default_config()), args))
     elif args.command == "check-config":
         cfg = load_or_exit(args.file or _default_config())
         print(describe(cfg))

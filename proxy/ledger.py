@@ -1,0 +1,398 @@
+"""The usage ledger: one SQLite row per chat request, written off the request path.
+
+`Recorder` is an observer of the app. When a request finishes it measures the tokens (the
+provider's usage when given; otherwise a tiktoken estimate, marked ``estimated``, of the prompt
+and of what was actually sent — a stream cut short counts the chunks that went out), prices them,
+counts them against quotas, rate limits and budgets (`proxy.quota`), and appends a tuple to a list:
+that is all the request path pays. A writer task swaps the list out every `usage.flush_interval`
+(at most 1 s) or when `usage.batch_size` rows are waiting, and a single writer thread turns the
+tuples into rows (JSON of the attempts and routing features) and inserts them in one transaction
+together with a snapshot of the quota and budget counters. Shutdown flushes what is left.
+
+Durability: WAL journal, ``synchronous=FULL`` (each batch is on disk when its commit returns). A
+hard crash (kill -9, power loss) loses at most the rows of the last `flush_interval` — one second
+by default — plus a batch being written at that instant. Quotas and budgets restart from the last
+snapshot, which is part of the same transaction as the rows, so the two always agree.
+
+Never stored: prompts, answers, API keys (a request is known by its key's *name*). Stored for
+``turnout simulate`` replays: the routing features (images, tools, turn, prompt tokens,
+complexity score, task, tier, requirement, max_tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+
+import orjson
+
+from proxy import pricing, tokens
+from proxy.call import Call
+from proxy.quota import Accounts
+
+if TYPE_CHECKING:
+    from proxy.app import Turnout
+
+log = logging.getLogger("turnout.ledger")
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,              -- when the request arrived, Unix seconds
+    request_id TEXT, key TEXT, model TEXT, route TEXT, rule TEXT,
+    chain TEXT,                    -- JSON list of the targets the rule chose
+    attempts TEXT,                 -- JSON list of {target, outcome, status}: skipped, failed, escalated, ok
+    target TEXT, backend TEXT,     -- the target that answered and its backend
+    status INTEGER, error TEXT, stream INTEGER, chunks INTEGER,
+    prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER, reasoning_tokens INTEGER,
+    estimated INTEGER,             -- 1: tokens are a tiktoken estimate (no usage from the provider)
+    cost_usd REAL, latency_ms REAL, ttft_ms REAL,
+    features TEXT                  -- JSON of the routing features, for replays
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+CREATE TABLE IF NOT EXISTS counters (  -- quota and budget counts of each process in the current period
+    name TEXT NOT NULL, worker TEXT NOT NULL, start REAL, requests INTEGER, tokens INTEGER, usd REAL,
+    PRIMARY KEY (name, worker)
+);
+"""
+COLUMNS = ("ts", "request_id", "key", "model", "route", "rule", "chain", "attempts", "target", "backend",
+           "status", "error", "stream", "chunks", "prompt_tokens", "completion_tokens", "cached_tokens",
+           "reasoning_tokens", "estimated", "cost_usd", "latency_ms", "ttft_ms", "features")
+INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+MAX_PENDING = 200_000  # rows kept in memory while the disk refuses them; older ones are dropped beyond
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        if path != ":memory:" and not Path(path).exists():
+            raise FileNotFoundError(path)
+        conn = sqlite3.connect(f"file:{path}?mode=ro" if path != ":memory:" else path, uri=path != ":memory:",
+                               check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(counters)")]
+    if cols and "worker" not in cols:  # an early development schema: the counters are derived again from the rows
+        conn.execute("DROP TABLE counters")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+# --- measuring a finished request --------------------------------------------------------------
+
+
+def sent_text(payloads: Iterable[bytes]) -> str:
+    """The text a client received, from stream chunks or a completion body (content, reasoning,
+    tool-call names and arguments)."""
+    parts: list[str] = []
+    for p in payloads:
+        try:
+            d = orjson.loads(p)
+        except orjson.JSONDecodeError:
+            continue
+        for ch in d.get("choices") or ():
+            m = ch.get("delta") or ch.get("message") or {}
+            for k in ("content", "reasoning_content", "refusal"):
+                if isinstance(m.get(k), str):
+                    parts.append(m[k])
+            for tc in m.get("tool_calls") or ():
+                fn = tc.get("function") or {}
+                parts += [str(fn.get("name") or ""), str(fn.get("arguments") or "")]
+    return "".join(parts)
+
+
+def measure(call: Call, price: Any) -> tuple[int, int, int, int, int, float]:
+    """prompt, completion, cached, reasoning tokens, estimated (0/1) and cost in USD of a finished call."""
+    u = call.usage
+    cut = call.stream and call.sent is not None and (u is None or call.status != 200)
+    if u is not None and not cut:
+        cost = call.cost_usd if call.cost_usd is not None else (pricing.cost(u, price) if price else 0.0)
+        return (u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0,
+                (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+                (u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0, 0, cost)
+    if call.target is None or (call.sent is None and call.status != 200):
+        return 0, 0, 0, 0, 0, 0.0  # nothing answered: nothing to bill
+    prompt = (u or {}).get("prompt_tokens") or (call.features.prompt_tokens if call.features is not None else 0)
+    completion = tokens.count(sent_text(call.sent or ()))
+    completion = max(completion, (u or {}).get("completion_tokens") or 0)
+    est = {"prompt_tokens": prompt, "completion_tokens": completion}
+    cost = pricing.cost(est, price) if price else 0.0
+    call.cost_usd = cost
+    return prompt, completion, 0, 0, 1, cost
+
+
+def features_of(f: Any) -> dict[str, Any] | None:
+    if f is None:
+        return None
+    try:
+        return {"has_images": f.has_images, "has_tools": f.has_tools, "turn": f.turn,
+                "prompt_tokens": f.prompt_tokens, "complexity": f.complexity.value, "task": f.task,
+                "tier": f.tier, "requirement": f.requirement, "max_tokens": f.max_tokens}
+    except Exception:  # noqa: BLE001 - a feature that cannot be computed must not lose the row
+        log.debug("features not recorded", exc_info=True)
+        return None
+
+
+def _row(t: tuple[Any, ...], with_features: bool) -> tuple[Any, ...]:
+    *head, chain, attempts, f = t
+    return (*head[:6], orjson.dumps(chain).decode() if chain else None,
+            orjson.dumps([{"target": a.target, "outcome": a.outcome, "status": a.status} for a in attempts]).decode()
+            if attempts else None,
+            *head[6:], orjson.dumps(features_of(f)).decode() if with_features and f is not None else None)
+
+
+# --- the ledger --------------------------------------------------------------------------------
+
+
+class Ledger:
+    """The SQLite file and the one thread that touches it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="turnout-ledger")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def open(self) -> None:
+        self.conn = connect(self.path)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self.conn.close()
+            self.conn = None
+
+    def write(self, batch: list[tuple[Any, ...]], counters: list[tuple[Any, ...]], with_features: bool,
+              worker: str) -> list[tuple[Any, ...]]:
+        """Insert the rows and this worker's counters in one transaction; the other workers' counters."""
+        assert self.conn is not None
+        rows = [_row(t, with_features) for t in batch]
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany(INSERT, rows)
+            c.executemany("INSERT INTO counters (name, worker, start, requests, tokens, usd) VALUES (?, ?, ?, ?, ?, ?) "
+                          "ON CONFLICT(name, worker) DO UPDATE SET start=excluded.start, requests=excluded.requests, "
+                          "tokens=excluded.tokens, usd=excluded.usd",
+                          [(n, worker, start, r, t, u) for n, start, r, t, u in counters])
+            c.executemany("DELETE FROM counters WHERE name = ? AND start < ?", [(n, start) for n, start, *_ in counters])
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return others(c, worker)
+
+
+def others(conn: sqlite3.Connection, worker: str) -> list[tuple[Any, ...]]:
+    """Per counter and period, what every other worker (and earlier runs) counted."""
+    return [tuple(r) for r in conn.execute(
+        "SELECT name, start, SUM(requests), SUM(tokens), SUM(usd) FROM counters WHERE worker != ? "
+        "GROUP BY name, start", (worker,))]
+
+
+def load_counters(conn: sqlite3.Connection, accounts: Accounts, worker: str = "", readonly: bool = True) -> None:
+    """Restore quota and budget counters from a ledger: the saved counters of every process, else the
+    rows of the current period (saved as the worker "ledger", so that workers starting together
+    count them once)."""
+    found = accounts.restore(others(conn, worker))
+    derived = derive(conn, accounts, found)
+    if derived and not readonly:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT OR IGNORE INTO counters (name, worker, start, requests, tokens, usd) "
+                         "VALUES (?, 'ledger', ?, ?, ?, ?)", derived)
+        conn.execute("COMMIT")
+        accounts.restore(others(conn, worker))
+    elif derived:
+        accounts.restore(derived)
+
+
+def derive(conn: sqlite3.Connection, accounts: Accounts, skip: set[str]) -> list[tuple[Any, ...]]:
+    """Counters with nothing saved (a quota or budget added since the last run) start from the rows
+    already in the ledger for their current period."""
+    out: list[tuple[Any, ...]] = []
+    now = time.time()
+    for q in accounts.quotas:
+        if q.c.name in skip:
+            continue
+        q.c.roll(now)
+        col = "target" if q.scope == "target" else "backend"
+        n, tok = conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM requests "
+            f"WHERE ts >= ? AND {col} = ?", (q.c.start, q.name)).fetchone()
+        out.append((q.c.name, q.c.start, n, tok, 0.0))
+    for b in accounts.budgets:
+        for _, c, _ in b.periods():
+            if c.name in skip:
+                continue
+            c.roll(now)
+            sql, args = "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE ts >= ?", [c.start]
+            if b.scope.startswith("key:"):
+                sql += " AND key = ?"
+                args.append(b.scope[4:])
+            out.append((c.name, c.start, 0, 0, float(conn.execute(sql, args).fetchone()[0])))
+    return out
+
+
+class Recorder:
+    """The observer: measures and counts each finished request, queues its row, writes in batches."""
+
+    def __init__(self, turnout: Turnout, accounts: Accounts, ledger: Ledger | None) -> None:
+        self.turnout = turnout
+        self.models = turnout.cfg.models
+        self.accounts = accounts
+        self.ledger = ledger
+        u = turnout.cfg.usage
+        self.interval, self.batch_size, self.with_features = u.flush_interval, u.batch_size, u.features
+        self.pending: list[tuple[Any, ...]] = []
+        self.task: asyncio.Task[None] | None = None
+        self.wake: asyncio.Event | None = None
+        self.lock: asyncio.Lock | None = None
+        self.closed = False
+        self.written = 0
+        self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"  # this process's counters in the ledger
+        self.shared = bool(accounts.counters())  # counters to share with other worker processes
+
+    async def start(self) -> None:
+        self.wake, self.lock = asyncio.Event(), asyncio.Lock()
+        if self.ledger is not None:
+            await self.ledger.run(self._load)
+            self.task = asyncio.create_task(self._run(), name="turnout-ledger-writer")
+
+    def _load(self) -> None:
+        assert self.ledger is not None
+        self.ledger.open()
+        assert self.ledger.conn is not None
+        load_counters(self.ledger.conn, self.accounts, self.worker, readonly=False)
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            self.closed = True  # the writer ends after its current round; no cancel mid-write
+            assert self.wake is not None
+            self.wake.set()
+            try:
+                await asyncio.wait_for(self.task, 30)
+            except (asyncio.CancelledError, TimeoutError):
+                pass
+            self.task = None
+        if self.ledger is not None:
+            self.closed = True
+            await self.flush()
+            await self.ledger.run(self.ledger.close)
+            self.ledger.pool.shutdown(wait=True)
+
+    def started(self, call: Call) -> None:
+        pass
+
+    def finished(self, call: Call) -> None:
+        target = self.models.get(call.target) if call.target else None
+        p, c, cached, reasoning, est, cost = measure(call, target.price if target else None)
+        self.accounts.record(call, p + c, cost)
+        if self.ledger is None:
+            return
+        latency = (call.finished or time.perf_counter()) - call.started
+        key = call.key
+        self.pending.append((
+            time.time() - latency, call.request_id, key.name if key is not None else None, call.request_model or None,
+            call.route, call.reason, call.target, target.backend if target else None, call.status, call.error,
+            int(call.stream), call.chunks, p, c, cached, reasoning, est, cost, round(latency * 1000, 3),
+            round((call.first_token_at - call.started) * 1000, 3) if call.first_token_at else None,
+            call.chain, call.attempts, call.features))
+        call.sent = None
+        if len(self.pending) >= self.batch_size and self.wake is not None:
+            self.wake.set()
+
+    async def _run(self) -> None:
+        assert self.wake is not None
+        while not self.closed:
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            try:
+                if not await self.flush() and self.shared:
+                    await self.sync()
+            except Exception:  # noqa: BLE001 - a full or locked disk must not stop the writer
+                log.exception("ledger: writing %d rows to %s failed; will retry", len(self.pending),
+                              self.ledger.path if self.ledger else "-")
+
+    async def flush(self) -> int:
+        """Write what is waiting now; returns the number of rows written."""
+        if self.ledger is None or self.lock is None:
+            return 0
+        async with self.lock:
+            if self.ledger.conn is None or not self.pending:
+                return 0  # counters only change when requests finish: nothing new to save
+            batch, self.pending = self.pending, []
+            counters = self.accounts.snapshot()
+            fut = asyncio.ensure_future(self.ledger.run(self.ledger.write, batch, counters, self.with_features,
+                                                        self.worker))
+            try:
+                # shielded: a cancelled caller must not leave a committed batch looking unwritten
+                rest = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                def done(f: asyncio.Future[Any]) -> None:
+                    if f.cancelled() or f.exception() is not None:
+                        self.pending[:0] = batch
+                    else:
+                        self.written += len(batch)
+                        self.accounts.restore(f.result())
+
+                fut.add_done_callback(done)
+                raise
+            except BaseException:
+                self.pending[:0] = batch  # keep them for the next try, bounded
+                if len(self.pending) > MAX_PENDING:
+                    log.error("ledger: dropping %d unwritten rows", len(self.pending) - MAX_PENDING)
+                    del self.pending[:len(self.pending) - MAX_PENDING]
+                raise
+            self.accounts.restore(rest)
+            self.written += len(batch)
+            return len(batch)
+
+    async def sync(self) -> None:
+        """Take in what other worker processes counted (each writes its own counters with its rows)."""
+        if self.ledger is not None and self.ledger.conn is not None:
+            conn = self.ledger.conn
+            self.accounts.restore(await self.ledger.run(others, conn, self.worker))
+
+
+class Usage:
+    """What the app holds: the counters, the recorder and (if configured) the ledger."""
+
+    def __init__(self, accounts: Accounts, recorder: Recorder, ledger: Ledger | None) -> None:
+        self.accounts, self.recorder, self.ledger = accounts, recorder, ledger
+
+    async def query(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run `fn(conn, *args, **kw)` on the ledger's thread after flushing, so it sees every finished request."""
+        assert self.ledger is not None
+        await self.recorder.flush()
+        return await self.ledger.run(lambda: fn(self.ledger.conn, *args, **kw))  # type: ignore[union-attr]
+
+
+def install_usage(turnout: Turnout) -> Usage:
+    cfg = turnout.cfg
+    accounts = Accounts(cfg)
+    accounts.install(turnout)
+    path = cfg.usage.ledger
+    ledger = Ledger(os.path.expanduser(path)) if path else None
+    recorder = Recorder(turnout, accounts, ledger)
+    turnout.observers.append(recorder)
+    return Usage(accounts, recorder, ledger)

@@ -1,0 +1,332 @@
+"""What was spent: ``GET /turnout/usage`` (a report), ``GET /turnout/usage/export`` (JSONL rows).
+
+The report is computed from the ledger by `report()`, which `turnout usage` also calls on the
+file, so the endpoint, the CLI and an export always agree with the rows. Per backend and per
+target: calls in the period, today and all time, the share of the period's calls, tokens, cost
+today / in the period / all time, what is left of its quota today, and the saving against the
+baseline model (the same tokens priced at `usage.baseline`). Query parameters (and CLI options):
+``period`` (today, yesterday, week, month, all, or 24h / 7d / 30d), ``since`` / ``until`` (an ISO
+date or time, Unix seconds, or 7d / 24h / 30m ago) and ``key`` (a key name).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, AsyncIterator
+from zoneinfo import ZoneInfo
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from proxy import prices
+from proxy.config import Config, Price
+from proxy.errors import InvalidRequest, ProxyError
+from proxy.quota import Accounts, day_bounds, month_bounds
+
+if TYPE_CHECKING:
+    from proxy.app import Turnout
+
+DEFAULT_BASELINE = "gpt-4o"
+PAGE = 1000
+_REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+PERIODS = ("today", "yesterday", "week", "month", "all")
+
+
+class LedgerOff(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "usage_ledger_off"
+
+
+# --- time --------------------------------------------------------------------------------------
+
+
+def parse_time(s: str, tz: ZoneInfo, now: float, what: str = "since") -> float:
+    """An ISO date / time (in `tz` when it has no offset), Unix seconds, or an age: 7d, 24h, 30m."""
+    s = s.strip()
+    m = _REL.match(s)
+    if m:
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    try:
+        d = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"'{what}': expected an ISO date or time, Unix seconds, or an age like 7d or 24h; "
+                             f"got {s!r}.", param=what, code="invalid_time") from None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=tz)
+    return d.timestamp()
+
+
+def period_bounds(cfg: Config, period: str | None, since: str | None, until: str | None,
+                  now: float) -> tuple[str, float, float]:
+    """(name, start, end) of the period asked for; `since` / `until` win over `period`."""
+    u = cfg.usage
+    tz = ZoneInfo(u.timezone)
+    end = parse_time(until, tz, now, "until") if until else now + 1e-3
+    if since:
+        return "custom", parse_time(since, tz, now, "since"), end
+    name = (period or "all").strip().lower()
+    if name == "all":
+        return name, 0.0, end
+    if name in ("today", "yesterday", "week"):
+        start, day_end = day_bounds(now, tz, u.reset_hour)
+        if name == "yesterday":
+            return name, start - 86400 if start - 86400 > 0 else 0.0, start
+        if name == "week":
+            return name, start - 6 * 86400, end
+        return name, start, end
+    if name == "month":
+        return name, month_bounds(now, tz, u.reset_hour)[0], end
+    m = _REL.match(name)
+    if m:
+        return name, now - float(m.group(1)) * _UNIT[m.group(2)], end
+    raise InvalidRequest(f"'period': expected one of {', '.join(PERIODS)}, or an age like 7d; got {period!r}.",
+                         param="period", code="invalid_period")
+
+
+def iso(ts: float, tz: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ts, tz).isoformat(timespec="seconds")
+
+
+# --- the baseline ------------------------------------------------------------------------------
+
+
+def baseline(cfg: Config, name: str | None = None) -> tuple[str, Price, str]:
+    """The model savings are measured against: a target of the config or a model of the built-in table."""
+    name = name or cfg.usage.baseline or DEFAULT_BASELINE
+    t = cfg.models.get(name)
+    if t is not None and not prices.free(t):
+        return name, t.price, f"target {name} ({t.price_source or 'config'})"
+    found = prices.lookup(t.model if t is not None else name)
+    if found is None:
+        raise InvalidRequest(f"Unknown baseline model {name!r}: name a priced target or a model of the built-in "
+                             f"price table (e.g. {', '.join(prices.examples())}).", param="baseline")
+    src = found[1] + ("" if cfg.usage.baseline or name != DEFAULT_BASELINE else "; default, set usage.baseline")
+    return name, found[0], src
+
+
+def price_tokens(price: Price, prompt: float, completion: float, cached: float = 0) -> float:
+    cached_price = price.input if price.cached is None else price.cached
+    return ((prompt - cached) * price.input + cached * cached_price + completion * price.output) / 1e6
+
+
+def price_dict(p: Price) -> dict[str, Any]:
+    return {"input": p.input, "output": p.output, "cached": p.cached}
+
+
+# --- the report --------------------------------------------------------------------------------
+
+_AGG = ("SELECT backend, target, COUNT(*), COALESCE(SUM(status = 200), 0), COALESCE(SUM(prompt_tokens), 0), "
+        "COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(reasoning_tokens), 0), "
+        "COALESCE(SUM(cost_usd), 0), COALESCE(SUM(estimated), 0) FROM requests WHERE ts >= ? AND ts < ?")
+
+
+def _groups(conn: sqlite3.Connection, start: float, end: float, key: str | None,
+            by: str = "backend, target") -> dict[tuple[Any, ...], list[Any]]:
+    sql, args = _AGG, [start, end]
+    if key is not None:
+        sql += " AND key = ?"
+        args.append(key)
+    if by != "backend, target":
+        sql = sql.replace("SELECT backend, target,", f"SELECT {by}, NULL,")
+    out = {}
+    for r in conn.execute(sql + f" GROUP BY {by}", args):
+        out[(r[0], r[1])] = list(r[2:])
+    return out
+
+
+def _entry(row: list[Any] | None, today: list[Any] | None, total: list[Any] | None, period_calls: int,
+           base: Price) -> dict[str, Any]:
+    n, ok, p, c, cached, reasoning, cost, est = row or [0, 0, 0, 0, 0, 0, 0.0, 0]
+    b = price_tokens(base, p, c, cached)
+    return {
+        "calls": n, "share": round(n / period_calls, 6) if period_calls else 0.0, "ok": ok, "estimated": est,
+        "calls_today": today[0] if today else 0, "calls_total": total[0] if total else 0,
+        "prompt_tokens": p, "completion_tokens": c, "cached_tokens": cached, "reasoning_tokens": reasoning,
+        "cost_usd": cost, "cost_today_usd": today[6] if today else 0.0, "cost_total_usd": total[6] if total else 0.0,
+        "baseline_cost_usd": b, "savings_usd": b - cost,
+    }
+
+
+def _add(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return [x + y for x, y in zip(a, b)]
+
+
+def _left(q: dict[str, Any] | None) -> dict[str, Any] | None:
+    if q is None:
+        return None
+    return {"requests": q["requests_left"], "tokens": q["tokens_left"], "reserve": q["reserve"],
+            "in_reserve": q["in_reserve"], "resets_at": q["resets_at"]}
+
+
+def report(conn: sqlite3.Connection, cfg: Config, *, period: str | None = None, since: str | None = None,
+           until: str | None = None, key: str | None = None, accounts: Accounts | None = None,
+           baseline_model: str | None = None, now: float | None = None) -> dict[str, Any]:
+    """The usage report from a ledger connection. `accounts` gives live quota and budget counters;
+    without it they are read from the ledger's saved counters."""
+    now = time.time() if now is None else now
+    tz = ZoneInfo(cfg.usage.timezone)
+    name, start, end = period_bounds(cfg, period, since, until, now)
+    day_start, day_end = day_bounds(now, tz, cfg.usage.reset_hour)
+    if accounts is None:
+        from proxy.ledger import load_counters
+
+        accounts = Accounts(cfg)
+        load_counters(conn, accounts)
+    base_name, base, base_src = baseline(cfg, baseline_model)
+
+    per = _groups(conn, start, end, key)
+    today = _groups(conn, day_start, day_end, key)
+    total = _groups(conn, 0.0, now + 1e-3, key)
+    quotas = accounts.remaining()
+    qby = {(q["scope"], q["name"]): q for q in quotas}
+    answered = sum(v[0] for (b, t), v in per.items() if t is not None)
+
+    backends: dict[str, dict[str, Any]] = {}
+    names = list(cfg.backends) + sorted({b for (b, t) in (*per, *total) if b and b not in cfg.backends})
+    for bname in names:
+        keys = [(b, t) for (b, t) in {**total, **per} if b == bname and t is not None]
+        tnames = [t for t, m in cfg.models.items() if m.backend == bname]
+        tnames += sorted({t for _, t in keys if t not in tnames})
+        brow = btoday = btotal = None
+        targets = []
+        for t in tnames:
+            r, td, tt = per.get((bname, t)), today.get((bname, t)), total.get((bname, t))
+            brow, btoday, btotal = _add(brow, r), _add(btoday, td), _add(btotal, tt)
+            m = cfg.models.get(t)
+            e = {"name": t, "model": m.model if m else None, **_entry(r, td, tt, answered, base),
+                 "remaining_today": _left(qby.get(("target", t))),
+                 "price": price_dict(m.price) if m else None, "price_source": m.price_source if m else None}
+            targets.append(e)
+        bc = cfg.backends.get(bname)
+        backends[bname] = {"name": bname, "type": bc.type if bc else None,
+                           **_entry(brow, btoday, btotal, answered, base),
+                           "remaining_today": _left(qby.get(("backend", bname))), "targets": targets}
+
+    allrow = None
+    for v in per.values():
+        allrow = _add(allrow, v)
+    n, ok, p, c, cached, reasoning, cost, est = allrow or [0, 0, 0, 0, 0, 0, 0.0, 0]
+    b = price_tokens(base, p, c, cached)
+    totals = {
+        "requests": n, "ok": ok, "failed": n - ok, "answered": answered, "estimated": est,
+        "prompt_tokens": p, "completion_tokens": c, "cached_tokens": cached, "reasoning_tokens": reasoning,
+        "cost_usd": cost, "baseline_cost_usd": b, "savings_usd": b - cost,
+        "savings_share": round((b - cost) / b, 6) if b else 0.0,
+        "calls_today": sum(v[0] for (_, tg), v in today.items() if tg is not None),
+        "calls_total": sum(v[0] for (_, tg), v in total.items() if tg is not None),
+        "requests_today": sum(v[0] for v in today.values()), "requests_total": sum(v[0] for v in total.values()),
+        "cost_today_usd": sum(v[6] for v in today.values()), "cost_total_usd": sum(v[6] for v in total.values()),
+    }
+    keys_out = []
+    for (k, _), v in sorted(_groups(conn, start, end, key, by="key").items(), key=lambda kv: str(kv[0][0])):
+        keys_out.append({"name": k, "calls": v[0], "ok": v[1], "prompt_tokens": v[2], "completion_tokens": v[3],
+                         "cost_usd": v[6]})
+    return {
+        "object": "turnout.usage",
+        "period": {"name": name, "since": iso(start, tz) if start else None, "until": iso(min(end, now), tz),
+                   "timezone": cfg.usage.timezone},
+        "today": {"since": iso(day_start, tz), "until": iso(day_end, tz)},
+        "key": key,
+        "baseline": {"model": base_name, "price": price_dict(base), "source": base_src},
+        "totals": totals,
+        "backends": list(backends.values()),
+        "keys": keys_out,
+        "quotas": quotas,
+        "budgets": accounts.spent(),
+    }
+
+
+# --- export ------------------------------------------------------------------------------------
+
+_EXPORT = ("SELECT id, ts, request_id, key, model, route, rule, chain, attempts, target, backend, status, error, "
+           "stream, chunks, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, estimated, cost_usd, "
+           "latency_ms, ttft_ms, features FROM requests WHERE id > ? AND ts >= ? AND ts < ?")
+
+
+def export_page(conn: sqlite3.Connection, after: int, start: float, end: float, key: str | None,
+                limit: int = PAGE) -> list[dict[str, Any]]:
+    sql, args = _EXPORT, [after, start, end]
+    if key is not None:
+        sql += " AND key = ?"
+        args.append(key)
+    out = []
+    for r in conn.execute(sql + " ORDER BY id LIMIT ?", [*args, limit]):
+        (id_, ts, rid, k, model, route, rule, chain, attempts, target, backend, status, error, stream, chunks,
+         p, c, cached, reasoning, est, cost, lat, ttft, feats) = r
+        out.append({
+            "id": id_, "time": datetime.fromtimestamp(ts, ZoneInfo("UTC")).isoformat(timespec="milliseconds"),
+            "ts": ts, "request_id": rid, "key": k, "model": model, "route": route, "rule": rule,
+            "chain": orjson.loads(chain) if chain else [], "attempts": orjson.loads(attempts) if attempts else [],
+            "target": target, "backend": backend, "status": status, "error": error, "stream": bool(stream),
+            "chunks": chunks, "prompt_tokens": p, "completion_tokens": c, "cached_tokens": cached,
+            "reasoning_tokens": reasoning, "estimated": bool(est), "cost_usd": cost, "latency_ms": lat,
+            "ttft_ms": ttft, "features": orjson.loads(feats) if feats else None,
+        })
+    return out
+
+
+def export_bounds(cfg: Config, since: str | None, until: str | None, now: float | None = None) -> tuple[float, float]:
+    now = time.time() if now is None else now
+    tz = ZoneInfo(cfg.usage.timezone)
+    return (parse_time(since, tz, now, "since") if since else 0.0,
+            parse_time(until, tz, now, "until") if until else float("inf"))
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+
+def routes(turnout: Turnout) -> list[Route]:
+    def ledger_or_404() -> Any:
+        usage = turnout.usage
+        if usage.ledger is None:
+            raise LedgerOff("The usage ledger is off (usage.ledger in the config); quotas and budgets are "
+                            "counted in memory only.")
+        return usage
+
+    async def usage_report(request: Request) -> Response:
+        turnout.authenticate(request)
+        usage = ledger_or_404()
+        q = request.query_params
+        data = await usage.query(report, turnout.cfg, period=q.get("period"), since=q.get("since"),
+                                 until=q.get("until"), key=q.get("key"), accounts=usage.accounts,
+                                 baseline_model=q.get("baseline"))
+        return Response(orjson.dumps(data), media_type="application/json")
+
+    async def usage_export(request: Request) -> Response:
+        turnout.authenticate(request)
+        usage = ledger_or_404()
+        q = request.query_params
+        start, end = export_bounds(turnout.cfg, q.get("since"), q.get("until"))
+        key = q.get("key")
+        await usage.recorder.flush()
+        first = await usage.ledger.run(lambda: export_page(usage.ledger.conn, 0, start, end, key))
+
+        async def lines() -> AsyncIterator[bytes]:
+            page = first
+            while page:
+                yield b"".join(orjson.dumps(r) + b"\n" for r in page)
+                if len(page) < PAGE:
+                    return
+                after = page[-1]["id"]
+                page = await usage.ledger.run(lambda: export_page(usage.ledger.conn, after, start, end, key))
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson",
+                                 headers={"content-disposition": 'inline; filename="turnout-usage.jsonl"'})
+
+    return [Route("/turnout/usage", usage_report, methods=["GET"]),
+            Route("/turnout/usage/export", usage_export, methods=["GET"])]

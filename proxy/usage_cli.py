@@ -1,0 +1,226 @@
+"""``turnout usage`` (the report as a table or JSON), ``turnout usage export`` (JSONL) and
+``turnout simulate``.
+
+They read the ledger file named by the config (``usage.ledger``) directly, read-only, so they
+work with Turnout stopped or running (rows of the last second may not be written yet); with
+``--url`` they ask a running Turnout instead. Either way the numbers come from the same code as
+``GET /turnout/usage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from typing import Any, TextIO
+
+import httpx
+import orjson
+
+from proxy.config import Config, ConfigError
+
+
+def add_arguments(sub: Any) -> None:
+    p = sub.add_parser("usage", help="what was spent: per backend and target, calls, tokens, cost, savings; "
+                                     "'usage export' writes the ledger's rows as JSONL")
+    p.add_argument("action", nargs="?", choices=["show", "export"], default="show")
+    p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
+    p.add_argument("--ledger", default=None, help="ledger file (default: the config's usage.ledger)")
+    p.add_argument("--url", default=None, help="ask a running Turnout instead, e.g. http://127.0.0.1:4000")
+    p.add_argument("--api-key", default=None, help="the proxy key for --url (default: $TURNOUT_API_KEY)")
+    p.add_argument("--period", default=None, help="today, yesterday, week, month, all (default), or 24h / 7d / 30d")
+    p.add_argument("--since", default=None, help="ISO date or time, Unix seconds, or an age like 7d")
+    p.add_argument("--until", default=None)
+    p.add_argument("--key", default=None, help="only this key's requests (its name)")
+    p.add_argument("--baseline", default=None, help="the model savings are measured against (default: usage.baseline)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-o", "--output", default=None, help="export: write to this file (default: stdout)")
+
+    p = sub.add_parser("simulate", help="the cost of N days of traffic under a config vs an all-API baseline, "
+                                        "from a traffic mix file or a replay of the ledger")
+    p.add_argument("config", nargs="?", default=None, help="the config to simulate (default: $TURNOUT_CONFIG or ./proxy.yaml)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--mix", default=None, help="a traffic mix file (YAML): requests_per_day and tasks")
+    src.add_argument("--replay", action="store_true", help="replay the ledger's requests (the default without --mix)")
+    p.add_argument("--ledger", default=None, help="ledger to replay (default: the simulated config's usage.ledger)")
+    p.add_argument("--days", type=float, default=None, help="mix: days to simulate (default: the file's, else 30); "
+                                                            "replay: the last N days")
+    p.add_argument("--since", default=None)
+    p.add_argument("--until", default=None)
+    p.add_argument("--key", default=None, help="replay only this key's requests")
+    p.add_argument("--baseline", default=None, help="the all-API model to compare with (default: usage.baseline)")
+    p.add_argument("--json", action="store_true")
+
+
+def _open(cfg: Config, ledger: str | None) -> sqlite3.Connection:
+    from proxy.ledger import connect
+
+    path = ledger or cfg.usage.ledger
+    if not path:
+        raise SystemExit("turnout: the config has no usage ledger (usage.ledger is off); give --ledger FILE")
+    try:
+        return connect(path, readonly=True)
+    except (FileNotFoundError, sqlite3.Error) as e:
+        raise SystemExit(f"turnout: cannot open the usage ledger {path} ({e}); has Turnout run with this config?")
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    import os
+
+    key = args.api_key or os.environ.get("TURNOUT_API_KEY")
+    return httpx.Client(base_url=args.url.rstrip("/"), timeout=60,
+                        headers={"authorization": f"Bearer {key}"} if key else {})
+
+
+def usage_command(cfg: Config | None, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from proxy import usage_api
+
+    out = out or sys.stdout
+
+    params = {k: v for k, v in (("period", args.period), ("since", args.since), ("until", args.until),
+                                ("key", args.key), ("baseline", args.baseline)) if v}
+    if args.action == "export":
+        params.pop("period", None)
+        params.pop("baseline", None)
+        sink = open(args.output, "wb") if args.output else out.buffer if hasattr(out, "buffer") else None
+        n = 0
+        try:
+            if args.url:
+                with _client(args) as c, c.stream("GET", "/turnout/usage/export", params=params) as r:
+                    if r.status_code != 200:
+                        r.read()
+                        raise SystemExit(f"turnout: {r.status_code} {r.text}")
+                    for line in r.iter_lines():
+                        if line:
+                            n += 1
+                            _write(sink, out, line.encode() + b"\n")
+            else:
+                assert cfg is not None
+                conn = _open(cfg, args.ledger)
+                start, end = usage_api.export_bounds(cfg, args.since, args.until)
+                after = 0
+                while True:
+                    page = usage_api.export_page(conn, after, start, end, args.key)
+                    for row in page:
+                        _write(sink, out, orjson.dumps(row) + b"\n")
+                    n += len(page)
+                    if len(page) < usage_api.PAGE:
+                        break
+                    after = page[-1]["id"]
+        finally:
+            if args.output and sink is not None:
+                sink.close()
+        if args.output:
+            print(f"wrote {n} rows to {args.output}", file=sys.stderr)
+        return 0
+    if args.url:
+        with _client(args) as c:
+            r = c.get("/turnout/usage", params=params)
+        if r.status_code != 200:
+            raise SystemExit(f"turnout: {r.status_code} {r.text}")
+        data = r.json()
+    else:
+        assert cfg is not None
+        conn = _open(cfg, args.ledger)
+        try:
+            data = usage_api.report(conn, cfg, period=args.period, since=args.since, until=args.until, key=args.key,
+                                    baseline_model=args.baseline)
+        except usage_api.ProxyError as e:
+            raise SystemExit(f"turnout: {e.message}") from None
+    if args.json:
+        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        out.write(render(data) + "\n")
+    return 0
+
+
+def _write(sink: Any, out: TextIO, data: bytes) -> None:
+    if sink is not None:
+        sink.write(data)
+    else:
+        out.write(data.decode())
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.4f}" if abs(x) >= 0.001 or x == 0 else f"${x:.3g}"
+
+
+def _left(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "-"
+    parts = []
+    if r["requests"] is not None:
+        parts.append(f"{r['requests']} req")
+    if r["tokens"] is not None:
+        parts.append(f"{r['tokens']} tok")
+    return ", ".join(parts) + (" (reserve)" if r["in_reserve"] else "")
+
+
+def render(d: dict[str, Any]) -> str:
+    """The report as a table: one line per backend, its targets indented below."""
+    p, t, b = d["period"], d["totals"], d["baseline"]
+    lines = [f"Turnout usage: period {p['name']} ({p['since'] or 'start'} .. {p['until']}, {p['timezone']})"
+             + (f", key {d['key']}" if d.get("key") else ""),
+             f"baseline: {b['model']} (${b['price']['input']:g} in / ${b['price']['output']:g} out per 1M; {b['source']})",
+             ""]
+    head = (f"{'backend / target':24s} {'calls':>7s} {'share':>6s} {'today':>6s} {'total':>7s} {'left today':>16s} "
+            f"{'prompt':>9s} {'compl.':>9s} {'cost':>10s} {'today':>10s} {'all time':>10s} {'saving':>10s}")
+    lines += [head, "-" * len(head)]
+
+    def row(name: str, e: dict[str, Any]) -> str:
+        return (f"{name:24s} {e['calls']:7d} {100 * e['share']:5.1f}% {e['calls_today']:6d} {e['calls_total']:7d} "
+                f"{_left(e.get('remaining_today')):>16s} {e['prompt_tokens']:9d} {e['completion_tokens']:9d} "
+                f"{_usd(e['cost_usd']):>10s} {_usd(e['cost_today_usd']):>10s} {_usd(e['cost_total_usd']):>10s} "
+                f"{_usd(e['savings_usd']):>10s}")
+
+    for be in d["backends"]:
+        lines.append(row(be["name"], be))
+        for te in be["targets"]:
+            lines.append(row("  " + te["name"], te))
+    lines.append("-" * len(head))
+    lines.append(f"{'total':24s} {t['answered']:7d} {'':6s} {t['calls_today']:6d} {t['calls_total']:7d} {'':16s} "
+                 f"{t['prompt_tokens']:9d} {t['completion_tokens']:9d} {_usd(t['cost_usd']):>10s} "
+                 f"{_usd(t['cost_today_usd']):>10s} {_usd(t['cost_total_usd']):>10s} {_usd(t['savings_usd']):>10s}")
+    lines.append("")
+    lines.append(f"requests: {t['requests']} ({t['ok']} ok, {t['failed']} failed, {t['estimated']} with estimated "
+                 f"tokens); all on {b['model']} would have cost {_usd(t['baseline_cost_usd'])}: saved "
+                 f"{_usd(t['savings_usd'])} ({100 * t['savings_share']:.1f} %)")
+    if d["keys"]:
+        lines.append("keys: " + ", ".join(f"{k['name'] or '(none)'} {k['calls']} calls {_usd(k['cost_usd'])}"
+                                          for k in d["keys"]))
+    for q in d["quotas"]:
+        lim = ", ".join(x for x in (
+            f"{q['requests_used']}/{q['requests_per_day']} requests" if q["requests_per_day"] else "",
+            f"{q['tokens_used']}/{q['tokens_per_day']} tokens" if q["tokens_per_day"] else "") if x)
+        lines.append(f"quota {q['scope']} {q['name']}: {lim} today"
+                     + (" - IN RESERVE, skipped by routing" if q["in_reserve"] else "") + f"; resets {q['resets_at']}")
+    for s in d["budgets"]:
+        state = "EXCEEDED" if s["exceeded"] else "alert" if s["alerting"] else "ok"
+        lines.append(f"budget {s['name']} {s['period']}: {_usd(s['spent_usd'])} of {_usd(s['limit_usd'])} "
+                     f"({100 * s['share']:.0f} %) {state}; resets {s['resets_at']}")
+    return "\n".join(lines)
+
+
+def simulate_command(cfg: Config, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from proxy import simulate
+
+    out = out or sys.stdout
+
+    try:
+        if args.mix:
+            res = simulate.run_mix(cfg, args.mix, int(args.days) if args.days else None, args.baseline)
+        else:
+            conn = _open(cfg, args.ledger)
+            res = simulate.replay(cfg, conn, since=args.since, until=args.until, days=args.days, key=args.key,
+                                  baseline_model=args.baseline, source=f"replay of {args.ledger or cfg.usage.ledger}")
+    except ConfigError as e:
+        print(f"turnout: invalid mix: {e}", file=sys.stderr)
+        return 2
+    except simulate.ProxyError as e:
+        print(f"turnout: {e.message}", file=sys.stderr)
+        return 2
+    if args.json:
+        out.write(orjson.dumps(res.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        out.write(simulate.render(res) + "\n")
+    return 0
