@@ -56,7 +56,8 @@ class Child:
 
     @classmethod
     def spawn(cls, model: str, *, n_ctx: int = 2048, threads: int = 2, parallel: int = 1, http_threads: int = 0,
-              alias: str | None = None, workdir: str | None = None, log_path: str | None = None) -> "Child":
+              alias: str | None = None, verbose: bool = False, workdir: str | None = None,
+              log_path: str | None = None) -> "Child":
         own = workdir is None
         workdir = workdir or tempfile.mkdtemp(prefix="turnout-llamacpp-")
         log_path = log_path or os.path.join(workdir, "server.log")
@@ -69,6 +70,8 @@ class Child:
                "--ready-file", os.path.join(workdir, "ready.json")]
         if alias:
             cmd += ["--alias", alias]
+        if verbose:
+            cmd += ["--verbose"]
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # so `proxy` imports uninstalled
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -184,6 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-threads", type=int, default=0,
                    help="HTTP worker threads (0: parallel + 8); each open request holds one, /health needs one free")
     p.add_argument("--alias", default=None, help="model name the server reports")
+    p.add_argument("--verbose", action="store_true", help="llama.cpp's info log (per request); default: errors only")
     p.add_argument("--parent-pid", type=int, default=0, help="exit when this process is no longer the parent")
     p.add_argument("--ready-file", default=None, help="write {pid, port, url} here once serving")
     return p.parse_args(argv)
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.n_threads_http = args.http_threads if args.http_threads > 0 else args.parallel + 8
     if args.alias:
         p.model_alias = {args.alias}
+    p.verbosity = 3 if args.verbose else 1  # 1: warnings and errors (a failed load still says why)
     try:
         server = xllamacpp.Server(p)  # blocks until the model is loaded and the port is bound
     except Exception as e:  # noqa: BLE001 - reported to the parent through the exit code and the log

@@ -45,7 +45,7 @@ from proxy.llamacpp_server import Child
 log = logging.getLogger("turnout.llamacpp")
 
 _OPTIONS = {"model_path", "n_ctx", "threads", "parallel", "concurrency", "startup_timeout", "restart",
-            "restart_backoff", "restart_backoff_max", "health_interval", "log_file", "alias"}
+            "restart_backoff", "restart_backoff_max", "health_interval", "log_file", "verbose", "alias"}
 
 
 def _int(v: Any, where: str, minimum: int) -> int:
@@ -95,6 +95,11 @@ class Backend(openai.Backend):
         self.backoff_max = _float(o.get("restart_backoff_max", 30.0), f"{where}.restart_backoff_max", 0.01)
         self.health_interval = _float(o.get("health_interval", 5.0), f"{where}.health_interval", 0.1)
         self.log_file = o.get("log_file")
+        if self.log_file is not None and not isinstance(self.log_file, str):
+            raise ConfigError(f"{where}.log_file: expected a file path, got {self.log_file!r}")
+        self.verbose = o.get("verbose", False)
+        if not isinstance(self.verbose, bool):
+            raise ConfigError(f"{where}.verbose: expected true or false, got {self.verbose!r}")
         self.alias = str(o.get("alias") or (spec if spec in model_cache.KNOWN else self.model_file.stem))
 
         self.child: Child | None = None
@@ -211,8 +216,8 @@ class Backend(openai.Backend):
             return problem
         log_path = self.log_file or os.path.join(self._workdir, "server.log")
         child = Child.spawn(str(self.model_file), n_ctx=self.n_ctx, threads=self.threads, parallel=self.parallel,
-                            http_threads=self.concurrency + 4, alias=self.alias, workdir=self._workdir,
-                            log_path=log_path)
+                            http_threads=self.concurrency + 4, alias=self.alias, verbose=self.verbose,
+                            workdir=self._workdir, log_path=log_path)
         self.child = child
         log.info("backend %s: starting llama.cpp server pid %d for %s (log: %s)", self.name, child.pid,
                  self.model_file, log_path)
