@@ -179,6 +179,7 @@ class Key:
     extra: dict[str, Any] = field(default_factory=dict)
     rate_limit: RateLimit | None = None  # requests / tokens per minute
     budget: Budget | None = None  # USD per day / month
+    usage: str = "all"  # what /turnout/usage shows this key: all (every key's usage) | own
 
 
 @dataclass
@@ -609,10 +610,12 @@ def _keys(v: Any) -> list[Key]:
         allow = _bool(d["allow_override"], f"keys[{i}].allow_override") if "allow_override" in d else False
         keys.append(Key(key=str(d["key"]), name=name, tier=d.get("tier"), allow_override=allow,
                         extra={x: y for x, y in d.items()
-                               if x not in ("key", "name", "tier", "allow_override", "rate_limit", "budget")},
+                               if x not in ("key", "name", "tier", "allow_override", "rate_limit", "budget",
+                                            "usage")},
                         rate_limit=None if d.get("rate_limit") is None else _rate_limit(d["rate_limit"],
                                                                                         f"keys[{i}].rate_limit"),
-                        budget=None if d.get("budget") is None else _budget(d["budget"], f"keys[{i}].budget")))
+                        budget=None if d.get("budget") is None else _budget(d["budget"], f"keys[{i}].budget"),
+                        usage=_usage_scope(d.get("usage", "all"), f"keys[{i}].usage")))
     return keys
 
 
@@ -751,6 +754,12 @@ def _budget(v: Any, where: str) -> Budget:
             raise ConfigError(f"{where}.on_exceeded: expected reject or free_only, got {d['on_exceeded']!r}")
         b.on_exceeded = d["on_exceeded"]
     return b
+
+
+def _usage_scope(v: Any, where: str) -> str:
+    if v not in ("all", "own"):
+        raise ConfigError(f"{where}: expected all (every key's usage) or own, got {v!r}")
+    return str(v)
 
 
 def _usage(d: dict[str, Any], models: dict[str, Target]) -> UsageConfig:

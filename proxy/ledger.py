@@ -150,7 +150,8 @@ def _row(t: tuple[Any, ...], with_features: bool) -> tuple[Any, ...]:
     return (*head[:6], orjson.dumps(chain).decode() if chain else None,
             orjson.dumps([{"target": a.target, "outcome": a.outcome, "status": a.status} for a in attempts]).decode()
             if attempts else None,
-            *head[6:], orjson.dumps(features_of(f)).decode() if with_features and f is not None else None)
+            *head[6:], orjson.dumps(features_of(f)).decode()
+            if with_features and f is not None and head[6] is not None else None)  # replays need an answered request
 
 
 # --- the ledger --------------------------------------------------------------------------------

@@ -38,6 +38,12 @@ _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 PERIODS = ("today", "yesterday", "week", "month", "all")
 
 
+class UsageForbidden(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "usage_not_allowed"
+
+
 class LedgerOff(ProxyError):
     status = 404
     type = "invalid_request_error"
@@ -298,21 +304,32 @@ def routes(turnout: Turnout) -> list[Route]:
                             "counted in memory only.")
         return usage
 
+    def key_filter(request: Request) -> tuple[str | None, bool]:
+        """The key name to filter by, and whether the caller may only see its own usage."""
+        key = turnout.authenticate(request)
+        asked = request.query_params.get("key")
+        if key is not None and key.usage == "own":
+            if asked not in (None, key.name):
+                raise UsageForbidden(f"This key may only see its own usage (key={key.name}).", param="key")
+            return key.name, True
+        return asked, False
+
     async def usage_report(request: Request) -> Response:
-        turnout.authenticate(request)
+        key, own = key_filter(request)
         usage = ledger_or_404()
         q = request.query_params
         data = await usage.query(report, turnout.cfg, period=q.get("period"), since=q.get("since"),
-                                 until=q.get("until"), key=q.get("key"), accounts=usage.accounts,
+                                 until=q.get("until"), key=key, accounts=usage.accounts,
                                  baseline_model=q.get("baseline"))
+        if own:  # other keys' budgets are not this key's business
+            data["budgets"] = [b for b in data["budgets"] if b["scope"] in ("all", f"key:{key}")]
         return Response(orjson.dumps(data), media_type="application/json")
 
     async def usage_export(request: Request) -> Response:
-        turnout.authenticate(request)
+        key, _ = key_filter(request)
         usage = ledger_or_404()
         q = request.query_params
         start, end = export_bounds(turnout.cfg, q.get("since"), q.get("until"))
-        key = q.get("key")
         await usage.recorder.flush()
         first = await usage.ledger.run(lambda: export_page(usage.ledger.conn, 0, start, end, key))
 

@@ -161,3 +161,23 @@ def test_cli_runs_as_a_command(env):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 3
+
+
+def test_a_key_with_usage_own_sees_only_its_own(tmp_path):
+    raw = config(str(tmp_path / "u.db"))
+    raw["keys"][1]["usage"] = "own"
+    s = ServerThread(build_app(parse(raw))).start()
+    try:
+        sdk(s.url, api_key="sk-a").chat.completions.create(model="auto", messages=HI)
+        sdk(s.url, api_key="sk-b").chat.completions.create(model="auto", messages=HI)
+        bob = {"authorization": "Bearer sk-b"}
+        d = httpx.get(s.url + "/turnout/usage", headers=bob).json()
+        assert d["key"] == "bob" and d["totals"]["requests"] == 1 and d["budgets"] == []
+        r = httpx.get(s.url + "/turnout/usage", params={"key": "alice"}, headers=bob)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "usage_not_allowed"
+        rows = httpx.get(s.url + "/turnout/usage/export", headers=bob).content.splitlines()
+        assert [orjson.loads(x)["key"] for x in rows] == ["bob"]
+        alice = httpx.get(s.url + "/turnout/usage", headers={"authorization": "Bearer sk-a"}).json()
+        assert alice["totals"]["requests"] == 2  # usage: all (the default) sees everyone
+    finally:
+        s.stop()
