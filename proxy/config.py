@@ -671,6 +671,7 @@ class UsageConfig:
     reset_hour: int = 0  # ... start at this local hour
     baseline: str | None = None  # the all-cloud model savings are measured against (target or known model)
     budget: Budget | None = None  # the overall budget
+    retention_days: int | None = None  # delete ledger rows older than this (None: keep them all)
 
 
 def _tz(v: Any, where: str) -> str:
@@ -764,7 +765,7 @@ def _usage_scope(v: Any, where: str) -> str:
 
 def _usage(d: dict[str, Any], models: dict[str, Target]) -> UsageConfig:
     _only(d, "usage", {"ledger", "flush_interval", "batch_size", "features", "timezone", "reset_hour", "baseline",
-                       "budget"})
+                       "budget", "retention_days"})
     u = UsageConfig()
     if "ledger" in d:
         u.ledger_set = True
@@ -794,4 +795,6 @@ def _usage(d: dict[str, Any], models: dict[str, Target]) -> UsageConfig:
                               f"built-in price table (e.g. {', '.join(prices.examples())})")
     if d.get("budget") is not None:
         u.budget = _budget(d["budget"], "usage.budget")
+    if d.get("retention_days") is not None:
+        u.retention_days = _num(d["retention_days"], "usage.retention_days", minimum=1, integer=True)
     return u

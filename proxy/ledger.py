@@ -269,6 +269,8 @@ class Recorder:
         self.written = 0
         self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"  # this process's counters in the ledger
         self.shared = bool(accounts.counters())  # counters to share with other worker processes
+        self.retention = u.retention_days
+        self.next_prune = 0.0
 
     async def start(self) -> None:
         self.wake, self.lock = asyncio.Event(), asyncio.Lock()
@@ -330,6 +332,9 @@ class Recorder:
             try:
                 if not await self.flush() and self.shared:
                     await self.sync()
+                if self.retention and time.time() >= self.next_prune:
+                    self.next_prune = time.time() + 3600
+                    await self.prune()
             except Exception:  # noqa: BLE001 - a full or locked disk must not stop the writer
                 log.exception("ledger: writing %d rows to %s failed; will retry", len(self.pending),
                               self.ledger.path if self.ledger else "-")
@@ -367,6 +372,20 @@ class Recorder:
             self.accounts.restore(rest)
             self.written += len(batch)
             return len(batch)
+
+    async def prune(self) -> int:
+        """Delete the rows older than `usage.retention_days` (hourly, on the writer's thread)."""
+        if self.ledger is None or self.ledger.conn is None or not self.retention:
+            return 0
+        conn, cutoff = self.ledger.conn, time.time() - self.retention * 86400
+
+        def delete() -> int:
+            n = conn.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
+            if n:
+                log.info("ledger: deleted %d rows older than %d days", n, self.retention)
+            return n
+
+        return await self.ledger.run(delete)
 
     async def sync(self) -> None:
         """Take in what other worker processes counted (each writes its own counters with its rows)."""

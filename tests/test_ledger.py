@@ -328,3 +328,50 @@ def test_anthropic_stream_cut_short_is_estimated(turnout, serve, tmp_path):
     # backend): both counts are tiktoken estimates of what was asked and what was sent
     assert row["prompt_tokens"] == tokens.count_messages(HI) and row["completion_tokens"] == tokens.count(text)
     assert row["cost_usd"] == pytest.approx((row["prompt_tokens"] * 3.0 + row["completion_tokens"] * 15.0) / 1e6)
+
+
+def test_client_disconnect_mid_stream_counts_what_was_sent(turnout, tmp_path):
+    base = turnout(config(str(tmp_path / "u.db")))
+    msgs = [{"role": "user", "content": "hi [mock:chunk_delay=0.05 chunks=40]"}]
+    got = []
+    with httpx.stream("POST", base + "/v1/chat/completions", json={"model": "paid", "messages": msgs, "stream": True},
+                      timeout=10) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                got.append(orjson.loads(line[6:]))
+            if len(got) == 4:
+                break  # the client goes away
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rows = export(base)
+        if rows:
+            break
+        time.sleep(0.1)
+    row, = rows
+    assert row["estimated"] is True and row["stream"] is True
+    assert 4 <= row["chunks"] < 40
+    sent = "".join(c["choices"][0]["delta"].get("content") or "" for c in got)
+    assert row["completion_tokens"] >= tokens.count(sent) and row["completion_tokens"] < 40
+    assert row["cost_usd"] == pytest.approx((row["prompt_tokens"] * 1.0 + row["completion_tokens"] * 2.0) / 1e6)
+
+
+def test_retention_deletes_old_rows(tmp_path):
+    db = str(tmp_path / "u.db")
+    s = ServerThread(build_app(parse(config(db, retention_days=30, flush_interval=0.1)))).start()
+    try:
+        sdk(s.url).chat.completions.create(model="paid", messages=HI)
+        assert len(export(s.url)) == 1
+        import time
+
+        with sqlite3.connect(db) as c:  # an old row, as if written 31 days ago
+            c.execute("INSERT INTO requests (ts, model, status) VALUES (?, 'old', 200)", (time.time() - 31 * 86400,))
+        recorder = s.config.app.state.turnout.usage.recorder
+        recorder.next_prune = 0  # due now: the writer prunes on its next round
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len(export(s.url)) != 1:
+            time.sleep(0.1)
+        assert [r["model"] for r in export(s.url)] == ["paid"]
+    finally:
+        s.stop()
