@@ -316,7 +316,9 @@ def test_real_prometheus_scrapes_turnout_and_answers_the_dashboard(turnout, tmp_
     port = free_port()
     target = base.removeprefix("http://")
     cfg = tmp_path / "prometheus.yml"
+    shutil.copy(DEPLOY / "alerts.yml", tmp_path / "alerts.yml")  # the shipped alerting rules, evaluated for real
     cfg.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                                   "rule_files": ["alerts.yml"],
                                    "scrape_configs": [{"job_name": "turnout", "static_configs": [{"targets": [target]}]}]}))
     promtool = shutil.which("promtool")
     if promtool:  # the shipped config is valid too
@@ -353,6 +355,17 @@ def test_real_prometheus_scrapes_turnout_and_answers_the_dashboard(turnout, tmp_
         for title, expr in queries:
             r = httpx.get(api + "/query", params={"query": expr}, timeout=5)
             assert r.status_code == 200 and r.json()["status"] == "success", (title, expr, r.text)
+        # the shipped alerting rules load and evaluate without errors
+        deadline = time.monotonic() + 10
+        while True:
+            groups = httpx.get(api + "/rules", timeout=5).json()["data"]["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            if rules and all(r.get("lastEvaluation", "").startswith("2") and not r["lastEvaluation"].startswith("0001")
+                             for r in rules):
+                break
+            assert time.monotonic() < deadline, "the alerting rules were never evaluated"
+            time.sleep(0.5)
+        assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
