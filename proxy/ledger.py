@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS requests (
     features TEXT                  -- JSON of the routing features, for replays
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+CREATE TABLE IF NOT EXISTS rollup (  -- the rows summed per quarter hour, key, backend and target ('' for none)
+    bucket INTEGER NOT NULL, key TEXT NOT NULL, backend TEXT NOT NULL, target TEXT NOT NULL,
+    requests INTEGER, ok INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER,
+    reasoning_tokens INTEGER, cost_usd REAL, estimated INTEGER,
+    PRIMARY KEY (bucket, key, backend, target)
+);
 CREATE TABLE IF NOT EXISTS counters (  -- quota and budget counts of each process in the current period
     name TEXT NOT NULL, worker TEXT NOT NULL, start REAL, requests INTEGER, tokens INTEGER, usd REAL,
     PRIMARY KEY (name, worker)
@@ -66,6 +72,19 @@ COLUMNS = ("ts", "request_id", "key", "model", "route", "rule", "chain", "attemp
            "status", "error", "stream", "chunks", "prompt_tokens", "completion_tokens", "cached_tokens",
            "reasoning_tokens", "estimated", "cost_usd", "latency_ms", "ttft_ms", "features")
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+BUCKET = 900  # seconds per rollup bucket: day and month starts fall on one in every time zone
+ROLLUP_FROM_ROWS = (
+    f"SELECT CAST(ts / {BUCKET} AS INTEGER), COALESCE(key, ''), COALESCE(backend, ''), COALESCE(target, ''), "
+    "COUNT(*), SUM(status = 200), SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), "
+    "SUM(reasoning_tokens), SUM(cost_usd), SUM(estimated) FROM requests GROUP BY 1, 2, 3, 4")
+ROLLUP_ADD = (
+    "INSERT INTO rollup VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, key, backend, target) DO UPDATE "
+    "SET requests = requests + excluded.requests, ok = ok + excluded.ok, "
+    "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = completion_tokens + excluded.completion_tokens, "
+    "cached_tokens = cached_tokens + excluded.cached_tokens, "
+    "reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, cost_usd = cost_usd + excluded.cost_usd, "
+    "estimated = estimated + excluded.estimated")
 MAX_PENDING = 200_000  # rows kept in memory while the disk refuses them; older ones are dropped beyond
 
 
@@ -87,6 +106,8 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     if cols and "worker" not in cols:  # an early development schema: the counters are derived again from the rows
         conn.execute("DROP TABLE counters")
     conn.executescript(SCHEMA)
+    if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM rollup)").fetchone()[0]:
+        conn.execute(f"INSERT INTO rollup {ROLLUP_FROM_ROWS}")  # a ledger from before the rollup: build it once
     return conn
 
 
@@ -189,6 +210,7 @@ class Ledger:
         c.execute("BEGIN IMMEDIATE")
         try:
             c.executemany(INSERT, rows)
+            c.executemany(ROLLUP_ADD, rollup(batch))
             c.executemany("INSERT INTO counters (name, worker, start, requests, tokens, usd) VALUES (?, ?, ?, ?, ?, ?) "
                           "ON CONFLICT(name, worker) DO UPDATE SET start=excluded.start, requests=excluded.requests, "
                           "tokens=excluded.tokens, usd=excluded.usd",
@@ -199,6 +221,25 @@ class Ledger:
             c.execute("ROLLBACK")
             raise
         return others(c, worker)
+
+
+def rollup(batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """A batch's rows summed per bucket, key, backend and target (the queued tuples' layout)."""
+    sums: dict[tuple[Any, ...], list[Any]] = {}
+    for t in batch:
+        k = (int(t[0] // BUCKET), t[2] or "", t[7] or "", t[6] or "")
+        s = sums.get(k)
+        if s is None:
+            s = sums[k] = [0, 0, 0, 0, 0, 0, 0.0, 0]
+        s[0] += 1
+        s[1] += t[8] == 200
+        s[2] += t[12]
+        s[3] += t[13]
+        s[4] += t[14]
+        s[5] += t[15]
+        s[6] += t[17]
+        s[7] += t[16]
+    return [(*k, *v) for k, v in sums.items()]
 
 
 def others(conn: sqlite3.Connection, worker: str) -> list[tuple[Any, ...]]:
@@ -381,6 +422,7 @@ class Recorder:
 
         def delete() -> int:
             n = conn.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
+            conn.execute("DELETE FROM rollup WHERE bucket < ?", (int(cutoff // BUCKET),))
             if n:
                 log.info("ledger: deleted %d rows older than %d days", n, self.retention)
             return n

@@ -11,6 +11,7 @@ date or time, Unix seconds, or 7d / 24h / 30m ago) and ``key`` (a key name).
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import time
@@ -137,17 +138,39 @@ _AGG = ("SELECT backend, target, COUNT(*), COALESCE(SUM(status = 200), 0), COALE
         "COALESCE(SUM(cost_usd), 0), COALESCE(SUM(estimated), 0) FROM requests WHERE ts >= ? AND ts < ?")
 
 
-def _groups(conn: sqlite3.Connection, start: float, end: float, key: str | None,
-            by: str = "backend, target") -> dict[tuple[Any, ...], list[Any]]:
-    sql, args = _AGG, [start, end]
+_ROLLUP = ("SELECT backend, target, SUM(requests), SUM(ok), SUM(prompt_tokens), SUM(completion_tokens), "
+           "SUM(cached_tokens), SUM(reasoning_tokens), SUM(cost_usd), SUM(estimated) FROM rollup "
+           "WHERE bucket >= ? AND bucket < ?")
+
+
+def _raw(conn: sqlite3.Connection, start: float, end: float, key: str | None, by: str,
+         out: dict[tuple[Any, ...], list[Any]], rolled: bool = False) -> None:
+    sql, args = (_ROLLUP, [int(start), int(end)]) if rolled else (_AGG, [start, end])
     if key is not None:
         sql += " AND key = ?"
-        args.append(key)
+        args.append(key if not rolled else key or "")
     if by != "backend, target":
         sql = sql.replace("SELECT backend, target,", f"SELECT {by}, NULL,")
-    out = {}
     for r in conn.execute(sql + f" GROUP BY {by}", args):
-        out[(r[0], r[1])] = list(r[2:])
+        k = (r[0] or None, r[1] or None) if rolled else (r[0], r[1])
+        prev = out.get(k)
+        out[k] = list(r[2:]) if prev is None else [x + (y or 0) for x, y in zip(prev, r[2:])]
+
+
+def _groups(conn: sqlite3.Connection, start: float, end: float, key: str | None,
+            by: str = "backend, target") -> dict[tuple[Any, ...], list[Any]]:
+    """Sums per backend and target (or key) of the rows in [start, end): whole quarter hours from the
+    rollup, the ragged edges from the rows (by their time index)."""
+    from proxy.ledger import BUCKET
+
+    out: dict[tuple[Any, ...], list[Any]] = {}
+    b0, b1 = math.ceil(start / BUCKET), math.floor(min(end, 2 ** 40) / BUCKET)
+    if b1 - b0 < 2:
+        _raw(conn, start, end, key, by, out)
+        return out
+    _raw(conn, b0, b1, key, by, out, rolled=True)
+    _raw(conn, start, b0 * BUCKET, key, by, out)
+    _raw(conn, b1 * BUCKET, end, key, by, out)
     return out
 
 

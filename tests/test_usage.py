@@ -181,3 +181,38 @@ def test_a_key_with_usage_own_sees_only_its_own(tmp_path):
         assert alice["totals"]["requests"] == 2  # usage: all (the default) sees everyone
     finally:
         s.stop()
+
+
+def test_rollup_sums_equal_the_rows(tmp_path):
+    """Reports read whole quarter hours from the rollup and the edges from the rows: the same sums."""
+    import random
+
+    from proxy import usage_api
+    from proxy.ledger import Ledger
+
+    led = Ledger(str(tmp_path / "r.db"))
+    led.open()
+    now = time.time()
+    rnd = random.Random(7)
+    batch = []
+    for i in range(3000):
+        target = rnd.choice(["paid", "free", None])
+        batch.append((now - rnd.random() * 3 * 86400, f"r{i}", rnd.choice(["alice", "bob", None]), "auto", "auto",
+                      "rest", target, {"paid": "cloud", "free": "local"}.get(target), rnd.choice([200, 200, 429]),
+                      None, 0, 1, rnd.randint(1, 500), rnd.randint(1, 500), rnd.randint(0, 5), rnd.randint(0, 3),
+                      rnd.randint(0, 1), rnd.random() / 1000, 5.0, None, [], [], None))
+    for i in range(0, len(batch), 700):  # several batches: rollup rows are added to
+        led.write(batch[i:i + 700], [], False, "w")
+    conn = led.conn
+    for start, end in [(0, now + 1), (now - 86400, now + 1), (now - 2 * 86400 + 123.4, now - 3600.5),
+                       (now - 1000, now - 10)]:
+        for key in (None, "alice"):
+            for by in ("backend, target", "key"):
+                raw: dict = {}
+                usage_api._raw(conn, start, end, key, by, raw)
+                got = usage_api._groups(conn, start, end, key, by)
+                assert got.keys() == raw.keys()
+                for k in raw:
+                    assert got[k][:6] == raw[k][:6] and got[k][7] == raw[k][7]
+                    assert got[k][6] == pytest.approx(raw[k][6])
+    led.close()
