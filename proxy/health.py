@@ -159,6 +159,8 @@ class Health:
                 h.add(True, a.seconds)
                 h.consecutive_failures = 0
                 h.last_ok = time.time()
+                if cat:  # still worth seeing: a 404 for a misnamed model is the operator's to fix
+                    h.errors[cat] = h.errors.get(cat, 0) + 1
             else:
                 h.add(False, a.seconds)
                 h.failures += 1

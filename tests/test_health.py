@@ -119,18 +119,20 @@ def test_errors_by_category_success_rate_and_latency(turnout):
         "models": {"t": {"backend": "m"}},
         "routing": {"circuit": {"failures": 50}},
     })
-    for text in ("[mock:status=429]", "[mock:hang]", "[mock:status=401]", "[mock:status=500]", "ok", "ok"):
+    for text in ("[mock:status=429]", "[mock:hang]", "[mock:status=401]", "[mock:status=500]", "ok", "ok",
+                 "[mock:status=400]"):
         ask(base, "t", text)
     assert ask(base, "t", "[mock:drop=0]", stream=True).status_code == 502
     h = health_of(base, "m")
-    assert h["errors"] == {"rate_limit": 1, "timeout": 1, "auth": 1, "server": 1, "network": 1}
-    assert h["attempts"] == 7 and h["failures"] == 5
-    assert h["success_rate"] == pytest.approx(2 / 7, abs=1e-3)
+    # the client's own 400 counts as the backend working, but is listed
+    assert h["errors"] == {"rate_limit": 1, "timeout": 1, "auth": 1, "server": 1, "network": 1, "client": 1}
+    assert h["attempts"] == 8 and h["failures"] == 5
+    assert h["success_rate"] == pytest.approx(3 / 8, abs=1e-3)
     assert h["state"] == "degraded" and h["consecutive_failures"] == 1
     assert 10 <= h["latency_ms"]["p50"] < 1000
     for _ in range(8):  # a run of successes: healthy again once the window's success rate is back over 90 %
         ask(base, "t")
-    assert health_of(base, "m")["state"] == "degraded"  # 10 of 15 is not enough
+    assert health_of(base, "m")["state"] == "degraded"  # 11 of 16 is not enough
     for _ in range(40):
         ask(base, "t")
     assert health_of(base, "m")["state"] == "healthy"
