@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,7 +60,7 @@ class Child:
               alias: str | None = None, verbose: bool = False, workdir: str | None = None,
               log_path: str | None = None) -> "Child":
         own = workdir is None
-        workdir = workdir or tempfile.mkdtemp(prefix="turnout-llamacpp-")
+        workdir = workdir or make_workdir()
         log_path = log_path or os.path.join(workdir, "server.log")
         for stale in ("ready.json", "ready.json.tmp"):
             with contextlib.suppress(FileNotFoundError):
@@ -135,6 +136,39 @@ class Child:
 
 
 _LIVE: set[Child] = set()
+_WORKDIR = re.compile(r"^turnout-llamacpp-(?:.*-)?(\d+)-[a-z0-9_]+$")
+
+
+def make_workdir(label: str = "") -> str:
+    """A private temp dir for a server's ready file and log, named with this pid (see `sweep_workdirs`)."""
+    return tempfile.mkdtemp(prefix=f"turnout-llamacpp-{label + '-' if label else ''}{os.getpid()}-")
+
+
+def sweep_workdirs() -> int:
+    """Remove temp dirs left by Turnout processes that are gone (killed before they could clean up)."""
+    removed = 0
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        m = _WORKDIR.match(name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its owner is alive
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        path = os.path.join(root, name)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_uid == os.getuid():
+                shutil.rmtree(path)
+                removed += 1
+    return removed
 
 
 @atexit.register

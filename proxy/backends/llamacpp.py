@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import time
 from typing import Any, AsyncIterator
 
@@ -40,7 +39,7 @@ from proxy.backends.base import Json
 from proxy.call import Call
 from proxy.config import BackendConfig, ConfigError, Target
 from proxy.errors import UpstreamError
-from proxy.llamacpp_server import Child
+from proxy.llamacpp_server import Child, make_workdir, sweep_workdirs
 
 log = logging.getLogger("turnout.llamacpp")
 
@@ -176,7 +175,8 @@ class Backend(openai.Backend):
             self._state = problem
             log.error("backend %s: cannot start llama.cpp's server: %s", self.name, problem)
             return
-        self._workdir = tempfile.mkdtemp(prefix=f"turnout-llamacpp-{self.name}-")
+        await asyncio.to_thread(sweep_workdirs)  # what a killed Turnout could not clean up
+        self._workdir = make_workdir(self.name)
         first = asyncio.get_running_loop().create_future()
         self._supervisor = asyncio.create_task(self._supervise(first), name=f"llamacpp-{self.name}")
         await first  # the first launch has succeeded or failed (the supervisor goes on either way)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import yaml
 
 from proxy.backends import create
 from proxy.config import ConfigError, parse
+from proxy.llamacpp_server import sweep_workdirs
 from tests.conftest import free_port, sdk
 from tests.real.conftest import LONG, SIMPLE, Turnout, local_backend
 
@@ -249,10 +249,12 @@ def test_server_dies_with_a_killed_turnout(gguf, tmp_path):
     proc.kill()  # SIGKILL: no shutdown code runs in Turnout
     proc.wait(10)
     assert wait_until(lambda: not alive(pid), 10, 0.05), "llama.cpp's server was orphaned"
-    # nothing could clean up after a SIGKILL: the backend's temp dir (ready file, server log) is left
+    # nothing could clean up after a SIGKILL: the backend's temp dir (ready file, server log) is left,
+    # named with the dead Turnout's pid, and the next Turnout to start a llamacpp backend sweeps it away
     workdir = Path(log.read_text().split("(log: ")[1].split(")")[0]).parent
-    assert workdir.name.startswith("turnout-llamacpp-local-")
-    shutil.rmtree(workdir, ignore_errors=True)
+    assert workdir.name.startswith(f"turnout-llamacpp-local-{proc.pid}-") and workdir.is_dir()
+    assert sweep_workdirs() >= 1
+    assert not workdir.exists()
 
 
 def test_requests_beyond_concurrency_wait_then_fall_back(tmp_path):
