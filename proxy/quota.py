@@ -284,6 +284,9 @@ class Accounts:
                                                 u.reset_hour) for k in cfg.keys if k.budget is not None}
         self.rates = {k.name: RateState(k.rate_limit) for k in cfg.keys if k.rate_limit is not None}
         self.budgets = ([self.overall] if self.overall else []) + list(self.key_budgets.values())
+        # per model name a client may ask for: can any of its targets be free?
+        self.any_free = {name: prices.free(t) for name, t in cfg.models.items()}
+        self.any_free.update({name: any(prices.free(cfg.models[t]) for t in r.chain) for name, r in cfg.routes.items()})
         self._warn: list[QuotaState] = []
 
     # --- wiring ----------------------------------------------------------------------------------
@@ -297,6 +300,7 @@ class Accounts:
             turnout.router.filters.append(self.quota_filter)
         if any(b.cfg.on_exceeded == "free_only" for b in self.budgets):
             turnout.router.filters.append(self.budget_filter)
+            turnout.gates.append(self.free_only_gate)
 
     # --- the request path ------------------------------------------------------------------------
 
@@ -331,6 +335,23 @@ class Accounts:
                 if hit:
                     return f"budget: {b.label} {hit[0]} budget of ${hit[2]:.2f} is spent (free targets only)"
         return None
+
+    def free_only_gate(self, call: Call) -> None:
+        """A spent free_only budget and a model with no free target: 429 with the reset time, not a 503."""
+        if self.any_free.get(call.request_model, True):
+            return
+        now = time.time()
+        for b in self._budget_for(call.key):
+            if b.cfg.on_exceeded == "free_only":
+                hit = b.exceeded(now)
+                if hit:
+                    period, c, limit = hit
+                    raise BudgetExceeded(
+                        f"Budget exceeded: {b.label} has spent ${c.usd:.4f} of its {period} budget of ${limit:.2f}, "
+                        f"so only free targets may be used, and '{call.request_model}' has none. "
+                        f"The budget resets at {iso(c.end, c.tz)}.",
+                        headers={"retry-after": str(max(1, math.ceil(c.end - now))),
+                                 "x-turnout-budget-resets": iso(c.end, c.tz)})
 
     def budget_gate(self, call: Call) -> None:
         now = time.time()

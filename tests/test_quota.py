@@ -240,3 +240,14 @@ def test_worker_processes_share_quotas_and_budgets_through_the_ledger(proxy, tmp
     rows = httpx.get(b + "/turnout/usage").json()  # b writes its pending row first; a wrote its rows already
     assert rows["quotas"][0]["requests_used"] == 3 and rows["budgets"][0]["exceeded"]
     assert rows["totals"]["requests"] == 4  # the rejected one is in the ledger too
+
+
+def test_free_only_budget_with_no_free_target_is_a_429(proxy, tmp_path):
+    p = proxy(config(str(tmp_path / "u.db"), budget={"daily": COST, "on_exceeded": "free_only"}))
+    base = p.start()
+    assert routed(base, "paid-only").status_code == 200  # spends the budget
+    r = routed(base, "paid-only")
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
+    assert "only free targets may be used, and 'paid-only' has none" in r.json()["error"]["message"]
+    assert int(r.headers["retry-after"]) > 0
+    assert routed(base, "auto").headers["x-turnout-model"] == "free"  # a route with a free target still works
