@@ -68,7 +68,16 @@ def describe(cfg: Config) -> str:
                      + ("  vision" if t.vision else ""))
     lines.append("routes:")
     for name, r in cfg.routes.items():
-        lines.append(f"  {name:20s} {' -> '.join(r.chain)}" + (f"   # {r.description}" if r.description else ""))
+        if not r.rules:
+            lines.append(f"  {name:20s} {' -> '.join(r.chain)}" + (f"   # {r.description}" if r.description else ""))
+            continue
+        lines.append(f"  {name}" + (f"   # {r.description}" if r.description else ""))
+        for rule in r.rules:
+            when = ", ".join(f"{k} {v}" if k in ("complexity", "prompt_tokens") else
+                             f"{k}={','.join(sorted(v)) if isinstance(v, frozenset) else v}"
+                             for k, v in vars(rule.when).items() if v is not None) or "always"
+            esc = f"  (escalate up to {rule.escalate}x)" if rule.escalate else ""
+            lines.append(f"    {rule.name:18s} when {when}: {' -> '.join(rule.then)}{esc}")
     from proxy.doctor import discovery_lines
 
     lines += discovery_lines(cfg)  # which configured Ollama models are installed or missing
@@ -140,6 +149,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
     p.add_argument("--headroom", type=float, default=None, help="GB of GPU memory to leave for other work")
 
+    p = sub.add_parser("route", help="explain how a prompt would be routed (no upstream call)")
+    p.add_argument("prompt")
+    p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
+    p.add_argument("--model", default="auto", help="route or target the client names (default: auto)")
+    p.add_argument("--image", action="append", default=[], help="attach an image file (repeatable)")
+    p.add_argument("--turn", choices=("first", "followup"), default="first")
+    p.add_argument("--task", default=None)
+    p.add_argument("--tier", default=None, help="the key tier to assume (free, pro, admin, ...)")
+    p.add_argument("--requirement", choices=("quality", "speed", "budget"), default=None)
+    p.add_argument("--tools", action="store_true", help="the request offers tools")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+
     from proxy.usage_cli import add_arguments as add_usage_arguments
 
     add_usage_arguments(sub)  # usage, usage export, simulate
@@ -167,6 +188,10 @@ def main(argv: list[str] | None = None) -> None:
         from proxy.doctor import main as doctor_main
 
         raise SystemExit(doctor_main(args.config, args.headroom))
+    elif args.command == "route":
+        from proxy.explain import route_command
+
+        raise SystemExit(route_command(load_or_exit(args.config or _default_config()), args))
     elif args.command == "usage":
         from proxy.usage_cli import usage_command
 
