@@ -73,9 +73,15 @@ def _client(args: argparse.Namespace) -> httpx.Client:
 
 
 def usage_command(cfg: Config | None, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    try:
+        return _usage_command(cfg, args, out or sys.stdout)
+    except httpx.HTTPError as e:
+        raise SystemExit(f"turnout: cannot reach Turnout at {args.url} ({type(e).__name__}: {e})") from None
+
+
+def _usage_command(cfg: Config | None, args: argparse.Namespace, out: TextIO) -> int:
     from proxy import usage_api
 
-    out = out or sys.stdout
 
     params = {k: v for k, v in (("period", args.period), ("since", args.since), ("until", args.until),
                                 ("key", args.key), ("baseline", args.baseline)) if v}
