@@ -73,7 +73,7 @@ class Circuit:
             return
         self.failures += 1
         if was_trial or (self.opened_at is None and self.failures >= self.policy.failures):
-            log.warning("circuit %s opened after %d consecutive failures (%s); skipping it for %.0fs",
+            log.warning("circuit %s opened after %d consecutive failures (%s); skipping it for %gs",
                         self.name, self.failures, category, self.policy.cooldown)
             self.opened_at = time.monotonic()
             for f in self.listeners:

@@ -224,13 +224,15 @@ def test_demo_local_answers_the_sdk_with_real_tokens_and_stops_its_server(gguf, 
         assert raw.headers["x-turnout-model"] == "local-model" and raw.headers["x-turnout-route"] == "auto"
         assert r.model == "smollm2" and r.choices[0].message.content.strip()
         assert 0 < r.usage.completion_tokens <= 12
-        chunks = list(client.chat.completions.create(model="auto", messages=LONG, max_tokens=6, stream=True,
+        chunks = list(client.chat.completions.create(model="local", messages=LONG, max_tokens=6, stream=True,
                                                      stream_options={"include_usage": True}))
+        assert chunks[0].model == "smollm2"
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert chunks[-1].usage.completion_tokens == 6
-        # the rest of the demo is mock cloud backends
-        raw = client.chat.completions.with_raw_response.create(model="smart", messages=SIMPLE)
-        assert raw.headers["x-turnout-model"] == "smart-model"
+        # complex asks on auto go to the mock cloud, past a failing one
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=LONG)
+        assert (raw.headers["x-turnout-reason"], raw.headers["x-turnout-model"]) == ("complex", "smart-model")
+        assert raw.headers["x-turnout-fallbacks"].startswith("flaky-model: 502")
         assert ready(url)["local"] == "usable"
     finally:
         proc.send_signal(signal.SIGTERM)
