@@ -41,7 +41,6 @@ from proxy.config import Target
 from proxy.errors import UpstreamError
 from translators import anthropic as tr
 
-_JSON = {"content-type": "application/json"}
 # "`temperature` is deprecated for this model." / "temperature: Extra inputs are not permitted"
 _SAMPLING_REJECTED = re.compile(rb"`?(temperature|top_p|top_k)`? is (deprecated|not supported)|"
                                 rb"(temperature|top_p|top_k): Extra inputs")
@@ -68,12 +67,6 @@ class Backend(base.HTTPBackend):
         if self.cfg.api_key:
             h["x-api-key"] = self.cfg.api_key
         return h
-
-    async def start(self) -> None:
-        await super().start()
-        t = self.cfg.timeout
-        # a non-streamed answer's headers arrive only when it is complete
-        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
 
     def _request(self, target: Target, body: base.Json, stream: bool) -> tuple[bytes, bool]:
         """(Messages body, whether it carries temperature or top_p)."""
@@ -106,19 +99,12 @@ class Backend(base.HTTPBackend):
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
         for _ in range(2):
             content, sampled = self._request(target, body, False)
-            try:
-                r = await self.client.post(self.messages_path, content=content, headers=_JSON,
-                                           timeout=self.complete_timeout)
-            except httpx.HTTPError as e:
-                raise self.transport_error(e) from None
+            r = await self.post(self.messages_path, content)
             if not self._rejects_sampling(target, r, sampled):
                 break
         if r.status_code >= 400:
             raise self._error(r)
-        try:
-            data = orjson.loads(r.content)
-        except orjson.JSONDecodeError:
-            raise self.status_error(502, "Upstream sent a response that is not JSON.") from None
+        data = self.json_of(r)
         if data.get("type") == "error":  # some gateways answer 200 with an error body
             status, message, etype = tr.error_fields(data)
             raise self._status_error(status, message, None, *tr.openai_error_kind(status, etype))
@@ -163,7 +149,7 @@ class Backend(base.HTTPBackend):
         temperature / top_p if the model rejects them)."""
         for _ in range(2):
             content, sampled = self._request(target, body, True)
-            async with self.client.stream("POST", self.messages_path, content=content, headers=_JSON) as r:
+            async with self.client.stream("POST", self.messages_path, content=content) as r:
                 if r.status_code < 400:
                     yield r
                     return

@@ -13,9 +13,10 @@ import asyncio
 from typing import Any, AsyncIterator, ClassVar
 
 import httpx
+import orjson
 
 from proxy.call import Call
-from proxy.http import HTTPClient
+from proxy.http import HTTPClient, Response
 from proxy.config import BackendConfig, Target
 from proxy.errors import UpstreamError, parse_retry_after, upstream_status_error
 
@@ -76,8 +77,26 @@ class HTTPBackend(Backend):
         return f"{self.name} ({self.type}, {self.base_url})"
 
     async def start(self) -> None:
-        self.client = HTTPClient(self.base_url, headers={**self.cfg.headers, **self.auth_headers()},
-                                 timeout=self.cfg.timeout)
+        # every upstream body Turnout sends is JSON
+        headers = {"content-type": "application/json", **self.cfg.headers, **self.auth_headers()}
+        self.client = HTTPClient(self.base_url, headers=headers, timeout=self.cfg.timeout)
+        t = self.cfg.timeout
+        # a non-streamed answer's headers arrive only when it is complete: bound it by `total`
+        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
+
+    async def post(self, path: str, content: bytes) -> Response:
+        """POST a body for a non-streamed answer; a timeout or connection failure is an UpstreamError."""
+        try:
+            return await self.client.post(path, content=content, timeout=self.complete_timeout)
+        except httpx.HTTPError as e:
+            raise self.transport_error(e) from None
+
+    def json_of(self, r: Response) -> Json:
+        """The JSON of a successful upstream answer; anything else is the upstream's fault (502)."""
+        try:
+            return orjson.loads(r.content)
+        except orjson.JSONDecodeError:
+            raise self.status_error(502, f"Backend '{self.name}' sent a response that is not JSON.") from None
 
     async def aclose(self) -> None:
         if self.client is not None:

@@ -40,7 +40,6 @@ from proxy.errors import UpstreamError
 from proxy.images import ImageFetcher, ImagePolicy
 from translators import gemini as tr
 
-_JSON = {"content-type": "application/json"}
 # backend options; include_thoughts and thought_signature_fallback may also be set per target
 _OPTIONS = ("api_version", "images", "include_thoughts", "thought_signature_fallback")
 
@@ -73,8 +72,6 @@ class Backend(base.HTTPBackend):
 
     async def start(self) -> None:
         await super().start()
-        t = self.cfg.timeout
-        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -114,17 +111,10 @@ class Backend(base.HTTPBackend):
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
         content = await self._request(target, body)
-        try:
-            r = await self.client.post(self._path(target.model, "generateContent"), content=content,
-                                       headers=_JSON, timeout=self.complete_timeout)
-        except httpx.HTTPError as e:
-            raise self.transport_error(e) from None
+        r = await self.post(self._path(target.model, "generateContent"), content)
         if r.status_code >= 400:
             raise self._error(r.status_code, r.content, r.headers)
-        try:
-            data = orjson.loads(r.content)
-        except orjson.JSONDecodeError:
-            raise self.status_error(502, "Gemini sent a response that is not JSON.") from None
+        data = self.json_of(r)
         try:
             out = tr.from_response(data, call.id, call.created, target.model)
         except tr.Blocked as b:
@@ -141,7 +131,7 @@ class Backend(base.HTTPBackend):
         state = tr.StreamState(call.id, call.created, target.model)
         try:
             async with self.client.stream("POST", self._path(target.model, "streamGenerateContent") + "?alt=sse",
-                                          content=content, headers=_JSON) as r:
+                                          content=content) as r:
                 if r.status_code >= 400:
                     await r.aread()
                     raise self._error(r.status_code, r.content, r.headers)

@@ -34,7 +34,6 @@ from proxy.images import ImageFetcher, ImagePolicy
 from translators import ollama as tr
 from translators.common import TranslationError, image_urls
 
-_JSON = {"content-type": "application/json"}
 
 
 def _http_image_urls(messages: list[base.Json]) -> list[str]:
@@ -57,8 +56,6 @@ class Backend(base.HTTPBackend):
 
     async def start(self) -> None:
         await super().start()  # the pooled client; its socket read bound is max(first_token, idle)
-        t = self.cfg.timeout
-        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
         self.images = ImageFetcher(ImagePolicy.from_options(self.cfg.options))
 
     async def aclose(self) -> None:
@@ -130,16 +127,10 @@ class Backend(base.HTTPBackend):
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
         content = await self._request(target, body, stream=False)
-        try:
-            r = await self.client.post("/api/chat", content=content, headers=_JSON, timeout=self.complete_timeout)
-        except httpx.HTTPError as e:
-            raise self.transport_error(e) from None
+        r = await self.post("/api/chat", content)
         if r.status_code >= 400:
             raise self._error(target, r)
-        try:
-            data = orjson.loads(r.content)
-        except orjson.JSONDecodeError:
-            raise self.status_error(502, "Ollama sent a response that is not JSON.") from None
+        data = self.json_of(r)
         if "error" in data:
             raise self._stream_error(str(data["error"]))
         call.upstream_model = target.model
@@ -154,7 +145,7 @@ class Backend(base.HTTPBackend):
         first = True  # until the first chunk, reads are bounded by the first-token deadline
         st = tr.StreamTranslator(call.id, call.created, target.model)
         call.upstream_model = target.model
-        opened = self.client.stream("POST", "/api/chat", content=content, headers=_JSON)
+        opened = self.client.stream("POST", "/api/chat", content=content)
         entered = False
         try:
             try:

@@ -17,7 +17,6 @@ from proxy.config import Target
 from proxy.errors import UpstreamError
 from translators import openai as tr
 
-_JSON = {"content-type": "application/json"}
 
 
 class Backend(base.HTTPBackend):
@@ -27,29 +26,16 @@ class Backend(base.HTTPBackend):
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
 
-    async def start(self) -> None:
-        await super().start()
-        t = self.cfg.timeout
-        # a non-streamed answer's headers arrive only when it is complete
-        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
-
     def _error(self, r: httpx.Response) -> UpstreamError:
         message, type_, code, param = tr.error_details(r.status_code, r.content)
         return self.status_error(r.status_code, message, r.headers, type=type_, code=code, param=param)
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
         req = tr.to_request(body, target.model, stream=False)
-        try:
-            r = await self.client.post("/chat/completions", content=orjson.dumps(req), headers=_JSON,
-                                       timeout=self.complete_timeout)
-        except httpx.HTTPError as e:
-            raise self.transport_error(e) from None
+        r = await self.post("/chat/completions", orjson.dumps(req))
         if r.status_code >= 400:
             raise self._error(r)
-        try:
-            data = orjson.loads(r.content)
-        except orjson.JSONDecodeError:
-            raise self.status_error(502, "Upstream sent a response that is not JSON.") from None
+        data = self.json_of(r)
         call.usage = data.get("usage")
         return data
 
@@ -57,8 +43,7 @@ class Backend(base.HTTPBackend):
         req = tr.to_request(body, target.model, stream=True)
         first = True
         try:
-            async with self.client.stream("POST", "/chat/completions", content=orjson.dumps(req),
-                                          headers=_JSON) as r:
+            async with self.client.stream("POST", "/chat/completions", content=orjson.dumps(req)) as r:
                 if r.status_code >= 400:
                     await r.aread()
                     raise self._error(r)
