@@ -85,6 +85,9 @@ def describe(cfg: Config) -> str:
         lines.append("keys: none configured - the proxy is OPEN to anyone who can reach it")
     else:
         lines.append(f"keys: {', '.join(k.name for k in cfg.keys)}")
+    from proxy.usage_cli import usage_lines
+
+    lines += usage_lines(cfg)  # the ledger, built-in prices, quotas, rate limits, budgets
     return "\n".join(lines)
 
 

@@ -230,3 +230,47 @@ def simulate_command(cfg: Config, args: argparse.Namespace, out: TextIO | None =
     else:
         out.write(simulate.render(res) + "\n")
     return 0
+
+
+def usage_lines(cfg: Config) -> list[str]:
+    """The banner's usage part: the ledger, built-in prices, quotas, rate limits and budgets."""
+    from proxy.usage_api import DEFAULT_BASELINE
+
+    u = cfg.usage
+    lines = [f"usage: ledger {u.ledger or 'off (counters in memory only)'}"
+             + (f" (written every {u.flush_interval:g} s)" if u.ledger else "")
+             + f", baseline {u.baseline or DEFAULT_BASELINE}, days start {u.reset_hour:02d}:00 {u.timezone}"]
+    built = [f"{n} ({t.price_source.split('//')[-1].split('/')[0]} {t.price_source.rsplit('(', 1)[-1].rstrip(')')})"
+             for n, t in cfg.models.items() if (t.price_source or "").startswith("built-in")]
+    if built:
+        lines.append("  built-in prices: " + ", ".join(built))
+
+    def quota(q: Any) -> str:
+        parts = [f"{q.requests_per_day} requests/day" if q.requests_per_day else "",
+                 f"{q.tokens_per_day} tokens/day" if q.tokens_per_day else "",
+                 f"reserve {q.reserve}" if q.reserve else "", f"reserve {q.reserve_tokens} tokens" if q.reserve_tokens else ""]
+        return ", ".join(p for p in parts if p) + f", resets {q.reset_hour:02d}:00 {q.timezone}"
+
+    def budget(b: Any) -> str:
+        parts = [f"${b.daily:g}/day" if b.daily is not None else "", f"${b.monthly:g}/month" if b.monthly is not None else ""]
+        return ", ".join(p for p in parts if p) + f", alert {100 * b.alert:.0f} %, then {b.on_exceeded}"
+
+    for name, b in cfg.backends.items():
+        if b.quota is not None:
+            lines.append(f"  quota backend {name}: {quota(b.quota)}")
+    for name, t in cfg.models.items():
+        if t.quota is not None:
+            lines.append(f"  quota target {name}: {quota(t.quota)}")
+    if u.budget is not None:
+        lines.append(f"  budget overall: {budget(u.budget)}")
+    for k in cfg.keys:
+        parts = []
+        if k.rate_limit is not None:
+            r = k.rate_limit
+            parts.append(", ".join(p for p in (f"{r.requests_per_minute} requests/min" if r.requests_per_minute else "",
+                                               f"{r.tokens_per_minute} tokens/min" if r.tokens_per_minute else "") if p))
+        if k.budget is not None:
+            parts.append("budget " + budget(k.budget))
+        if parts:
+            lines.append(f"  key {k.name}: " + "; ".join(parts))
+    return lines
