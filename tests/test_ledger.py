@@ -375,3 +375,58 @@ def test_retention_deletes_old_rows(tmp_path):
         assert [r["model"] for r in export(s.url)] == ["paid"]
     finally:
         s.stop()
+
+
+def test_a_hard_crash_loses_at_most_the_flush_interval(tmp_path):
+    """kill -9 after the interval: every row is on disk, and the quota continues from them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import free_port
+
+    db, port = str(tmp_path / "u.db"), free_port()
+    raw = config(db)
+    raw["server"] = {"host": "127.0.0.1", "port": port, "log_level": "warning"}
+    raw["backends"]["cloud"]["quota"] = {"requests_per_day": 10, "reserve": 4}
+    (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(tmp_path / "proxy.yaml")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(base + "/health", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "turnout did not start"
+                time.sleep(0.05)
+        for _ in range(5):
+            assert post(base, {"model": "auto", "messages": HI}).headers["x-turnout-model"] == "paid"
+        time.sleep(1.2)  # one flush interval
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        with sqlite3.connect(db) as c:
+            assert c.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 5
+        proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(base + "/health", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "turnout did not restart"
+                time.sleep(0.05)
+        r = post(base, {"model": "auto", "messages": HI})  # 5 used, 5 left: one more, then the reserve
+        assert r.headers["x-turnout-model"] == "paid"
+        r = post(base, {"model": "auto", "messages": HI})
+        assert r.headers["x-turnout-model"] == "free" and "4 requests left today" in r.headers["x-turnout-fallbacks"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
