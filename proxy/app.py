@@ -7,6 +7,7 @@ router for a chain, dispatches along it and answers as OpenAI would: JSON, or SS
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -161,7 +162,7 @@ class Turnout:
             if not call.stream:
                 data = await self.dispatcher.complete(chain, body, call, escalate=rule.escalate if rule else 0,
                                                       deadline=deadline)
-                call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price)
+                call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price) + call.discarded_cost_usd
                 out = orjson.dumps(data)
                 if call.usage is None:
                     call.sent = [out]  # no usage from upstream: the ledger estimates from the answer
@@ -198,6 +199,10 @@ class Turnout:
         except ProxyError as e:
             status, error = e.status, e
             yield b"data: " + e.json() + b"\n\n"
+        except (GeneratorExit, asyncio.CancelledError):
+            status = 499  # the client went away mid-stream (nginx's "client closed request")
+            call.error = "client_disconnected"
+            raise
         except Exception as e:  # noqa: BLE001
             status = 500
             log.error("%s: internal error in stream %s", call.request_id, type(e).__name__)

@@ -47,6 +47,7 @@ class Call:
     upstream_model: str | None = None
     status: int = 200
     cost_usd: float | None = None
+    discarded_cost_usd: float = 0.0  # answers paid for but escalated past (quality escalation)
     error: str | None = None  # the error code or type the client got
     features: Any = None  # proxy.features.Features, once the body is read and checked
     chunks: int = 0  # stream chunks sent to the client (a cut-short stream still counts them)

@@ -19,7 +19,7 @@ import time
 from contextlib import nullcontext
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
-from proxy import quality
+from proxy import pricing, quality
 from proxy.backends.base import Backend, Json
 from proxy.call import Attempt, Call
 from proxy.config import Target
@@ -108,6 +108,7 @@ class Dispatcher:
                 weak = check(result) if check and escalate > 0 and i + 1 < len(chain) else None
                 if weak:
                     escalate -= 1
+                    call.discarded_cost_usd += pricing.cost(call.usage, target.price)
                     kept = (target, result)
                     call.attempts.append(Attempt(target.name, f"escalated: {weak}", seconds=time.perf_counter() - t0))
                     log.info("%s: escalating from %s: %s", call.request_id, target.name, weak)

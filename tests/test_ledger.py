@@ -351,6 +351,7 @@ def test_client_disconnect_mid_stream_counts_what_was_sent(turnout, tmp_path):
         time.sleep(0.1)
     row, = rows
     assert row["estimated"] is True and row["stream"] is True
+    assert (row["status"], row["error"]) == (499, "client_disconnected")
     assert 4 <= row["chunks"] < 40
     sent = "".join(c["choices"][0]["delta"].get("content") or "" for c in got)
     assert row["completion_tokens"] >= tokens.count(sent) and row["completion_tokens"] < 40

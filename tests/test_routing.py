@@ -192,7 +192,7 @@ def test_filters_skip_with_reasons_and_name_every_target(turnout):
 
 def test_circuit_opens_and_recovers(turnout):
     base = turnout({
-        "routing": {"circuit": {"failures": 2, "cooldown": 0.5}},
+        "routing": {"circuit": {"failures": 2, "cooldown": 1.5}},
         "backends": {"bad": {"type": "mock", "fail": {"status": 500, "times": 3}}, "good": {"type": "mock"}},
         "models": {"b": {"backend": "bad"}, "g": {"backend": "good"}},
         "routes": {"r": ["b", "g"]},
@@ -202,10 +202,10 @@ def test_circuit_opens_and_recovers(turnout):
     assert outcomes[0] == outcomes[1] == "b: 502 upstream_500"
     assert outcomes[2].startswith("b: skipped: circuit open after 2 failures")
     assert dry_run(base, msg)["chain"][0]["reason"].startswith("circuit open")
-    time.sleep(0.6)  # cooldown over: one half-open trial, which fails (3rd scripted failure) and re-opens
+    time.sleep(1.6)  # cooldown over: one half-open trial, which fails (3rd scripted failure) and re-opens
     assert post(base, msg).headers["x-turnout-fallbacks"] == "b: 502 upstream_500"
     assert post(base, msg).headers["x-turnout-fallbacks"].startswith("b: skipped: circuit open")
-    time.sleep(0.6)  # the next trial succeeds and closes the circuit
+    time.sleep(1.6)  # the next trial succeeds and closes the circuit
     r = post(base, msg)
     assert r.headers["x-turnout-model"] == "b" and "x-turnout-fallbacks" not in r.headers
     assert dry_run(base, msg)["chain"][0]["status"] == "candidate"
@@ -356,6 +356,18 @@ def test_quality_escalation(turnout):
     raw = sdk(base).chat.completions.with_raw_response.create(model="tools", messages=[user("Paris")], tools=tools)
     assert "badargs: tool w arguments invalid: $.city should be string" in raw.headers["x-turnout-escalated"]
     assert json.loads(raw.parse().choices[0].message.tool_calls[0].function.arguments) == {"city": "Paris"}
+
+
+def test_escalation_cost_includes_the_discarded_answer(turnout):
+    base = turnout({"backends": {"a": {"type": "mock", "reply": " ", "force_reply": True}, "b": {"type": "mock"}},
+                    "models": {"a": {"backend": "a", "price": {"input": 1, "output": 1}},
+                               "b": {"backend": "b", "price": {"input": 2, "output": 2}}},
+                    "routes": {"r": {"rules": [{"name": "x", "then": ["a", "b"], "escalate": 1}]}}})
+    raw = sdk(base).chat.completions.with_raw_response.create(model="r", messages=[user("hello")])
+    u = raw.parse().usage
+    discarded = u.prompt_tokens * 1 / 1e6  # the empty answer of a: its prompt, no completion tokens
+    assert raw.headers["x-turnout-escalated"] == "a: empty answer"
+    assert float(raw.headers["x-turnout-cost-usd"]) == pytest.approx(discarded + u.total_tokens * 2 / 1e6)
 
 
 def test_cut_off_answer_escalates(turnout):
