@@ -61,6 +61,12 @@ class Features:
         return tokens.count_messages(self.messages, self.body.get("tools"))
 
     @cached_property
+    def prompt_tokens_at_most(self) -> int:
+        """A bound prompt_tokens never exceeds, for free: a prompt that clearly fits a context window
+        needs no tokenizer run (and tiktoken's tables need not be loaded at all)."""
+        return tokens.count_messages(self.messages, self.body.get("tools"), count=tokens.utf8_length)
+
+    @cached_property
     def max_tokens(self) -> int | None:
         return max_tokens_of(self.body)
 

@@ -154,12 +154,14 @@ def measure(call: Call, price: Any) -> tuple[int, int, int, int, int, float]:
     return prompt, completion, 0, 0, 1, cost
 
 
-def features_of(f: Any) -> dict[str, Any] | None:
+def features_of(f: Any, reported_prompt_tokens: int | None = None) -> dict[str, Any] | None:
     if f is None:
         return None
     try:
+        # routing's own count if it made one, else the provider's: a tokenizer run only when neither exists
+        prompt_tokens = f.__dict__.get("prompt_tokens") or reported_prompt_tokens or f.prompt_tokens
         return {"has_images": f.has_images, "has_tools": f.has_tools, "turn": f.turn,
-                "prompt_tokens": f.prompt_tokens, "complexity": f.complexity.value, "task": f.task,
+                "prompt_tokens": prompt_tokens, "complexity": f.complexity.value, "task": f.task,
                 "tier": f.tier, "requirement": f.requirement, "max_tokens": f.max_tokens}
     except Exception:  # noqa: BLE001 - a feature that cannot be computed must not lose the row
         log.debug("features not recorded", exc_info=True)
@@ -171,7 +173,7 @@ def _row(t: tuple[Any, ...], with_features: bool) -> tuple[Any, ...]:
     return (*head[:6], orjson.dumps(chain).decode() if chain else None,
             orjson.dumps([{"target": a.target, "outcome": a.outcome, "status": a.status} for a in attempts]).decode()
             if attempts else None,
-            *head[6:], orjson.dumps(features_of(f)).decode()
+            *head[6:], orjson.dumps(features_of(f, head[12] if not head[16] else None)).decode()
             if with_features and f is not None and head[6] is not None else None)  # replays need an answered request
 
 

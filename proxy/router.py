@@ -145,7 +145,7 @@ class Router:
         return None
 
     def _context(self, t: Target, f: Features) -> str | None:
-        if t.context_window is None:
+        if t.context_window is None or f.prompt_tokens_at_most + (f.max_tokens or 0) <= t.context_window:
             return None
         need = f.prompt_tokens + (f.max_tokens or 0)
         if need > t.context_window:

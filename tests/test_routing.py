@@ -462,3 +462,16 @@ def test_shipped_proxy_yaml_routes_the_seed_setups(turnout):
     x = dry_run(no_keys, {"model": "auto", "messages": [user("Explain step by step why the sky is blue")]})
     assert [c["status"] for c in x["chain"]] == ["skipped", "skipped", "candidate"]
     assert x["chain"][0]["reason"] == "no API key (${GEMINI_API_KEY} is not set)"
+
+
+def test_cheap_prompt_token_bound_is_never_below_the_count():
+    from proxy.features import Features
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for text in ["hello", "日本語のテキストです", "emoji 🎉🎉🎉 ok", "x" * 5000, "Ünïcödé " * 300, ""]:
+        body = {"messages": [{"role": "system", "content": "sys"}, user(text, image=True),
+                             {"role": "assistant", "content": None, "tool_calls": [
+                                 {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a": "β"}'}}]},
+                             {"role": "tool", "tool_call_id": "c", "content": text}], "tools": tools}
+        f = Features(body, {}, None, ComplexityScorer())
+        assert f.prompt_tokens_at_most >= f.prompt_tokens
