@@ -238,7 +238,9 @@ def build_chunks(model: str, id: str, created: int, rs: list[Reply]) -> list[Jso
     the finish reason, per choice."""
     out: list[Json] = []
     for i, r in enumerate(rs):
-        out.append(chunk(id, created, model, {"role": "assistant", "content": "", "refusal": None}, index=i))
+        # as OpenAI's first chunk: content "" before text, null before tool calls
+        out.append(chunk(id, created, model, {"role": "assistant", "content": None if r.tool_calls else "",
+                                              "refusal": None}, index=i))
         for t in r.tokens:
             out.append(chunk(id, created, model, {"content": t}, index=i))
         for j, c in enumerate(r.tool_calls):

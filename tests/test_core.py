@@ -110,6 +110,7 @@ def test_tool_call_streamed_through_sdk_stream_helper(base):
             pass
         final = s.get_final_completion()
     tc = final.choices[0].message.tool_calls[0]
+    assert final.choices[0].message.content is None, "a tool-call-only answer has content null, as OpenAI's"
     assert final.choices[0].finish_reason == "tool_calls"
     assert tc.function.name == "get_weather"
     assert json.loads(tc.function.arguments) == {"city": "Weather in Paris?", "unit": "c"}

@@ -361,6 +361,7 @@ def test_streamed_multi_turn_tool_conversation_gemini3(env):
     assert all(not (c.choices[0].delta.content or "") for c in raw)
     assert "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in raw) == "Need the weather."
     msg = final.choices[0].message
+    assert msg.content is None, "a tool-call-only answer has content null, as OpenAI's"
     assert final.choices[0].finish_reason == "tool_calls" and [t.id for t in msg.tool_calls] == [d.id for d in deltas]
     messages.append(msg.model_dump(exclude_none=True))
     for t, result in zip(msg.tool_calls, ['{"temp": 18}', '{"temp": 24}']):

@@ -535,10 +535,14 @@ class StreamState:
         out: list[Json] = []
         for pos, c in enumerate(resp.get("candidates") or ()):
             idx = c.get("index", pos)
+            parts = (c.get("content") or {}).get("parts") or ()
             if idx not in self.started:
                 self.started.add(idx)
-                out.append(self._chunk({"role": "assistant", "content": "", "refusal": None}, index=idx))
-            for p in (c.get("content") or {}).get("parts") or ():
+                # as OpenAI's first chunk: content "" before text, null before a tool call or reasoning
+                text_first = bool(parts) and "text" in parts[0] and not parts[0].get("thought")
+                out.append(self._chunk({"role": "assistant", "content": "" if text_first else None, "refusal": None},
+                                       index=idx))
+            for p in parts:
                 if "functionCall" in p:
                     fc = p["functionCall"]
                     n = self.calls.get(idx, 0)
