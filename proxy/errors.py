@@ -104,6 +104,7 @@ class UpstreamError(ProxyError):
         self.retry_after = retry_after
         self.category = category  # timeout | rate_limit | auth | server | network | client
         self.backend = backend
+        self.detail = message  # the upstream's own words: for the operator (logs, provider tests), not the client
         if retry_after is not None:
             self.headers["retry-after"] = str(max(0, int(retry_after + 0.999)))
 
@@ -134,9 +135,12 @@ def upstream_status_error(
                              code=code or f"upstream_{status}", retry=True,
                              retry_after=retry_after, category="server")
     if status in (401, 403):
-        return UpstreamError(f"Upstream rejected Turnout's credentials: {message}", status=502,
-                             type="upstream_auth_error", code=f"upstream_{status}",
-                             fallback=True, category="auth")
+        # the upstream's own words may quote part of the operator's key (OpenAI shows its first and
+        # last characters): the client gets none of them
+        e = UpstreamError(f"The upstream rejected Turnout's credentials (HTTP {status}).", status=502,
+                          type="upstream_auth_error", code=f"upstream_{status}", fallback=True, category="auth")
+        e.detail = message
+        return e
     if status == 404:
         return UpstreamError(message, status=404, type=type or "invalid_request_error",
                              code=code or "model_not_found", param=param, fallback=True,

@@ -572,7 +572,9 @@ def test_upstream_errors_openai_shaped(fresh, code, status, type_, err_code):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
-    assert err["type"] == type_ and err["code"] == err_code and f"gemini says {code}" in err["message"]
+    assert err["type"] == type_ and err["code"] == err_code
+    # what an upstream says about Turnout's own key is the operator's business, not the client's
+    assert (f"gemini says {code}" in err["message"]) == (type_ != "upstream_auth_error")
     r = post(fresh.base, {"model": "flash", "stream": True, "messages": user("x")})
     assert r.status_code == status and r.json()["error"]["code"] == err_code
 

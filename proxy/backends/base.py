@@ -114,9 +114,13 @@ class HTTPBackend(Backend):
 
     def status_error(self, status: int, message: str, headers: httpx.Headers | None = None, *,
                      type: str | None = None, code: str | None = None, param: str | None = None) -> UpstreamError:
+        if self.cfg.api_key and self.cfg.api_key in message:
+            message = message.replace(self.cfg.api_key, "***")
         e = upstream_status_error(status, message, type=type, code=code, param=param,
                                   retry_after=parse_retry_after(headers.get("retry-after") if headers else None))
         e.backend = self.name
+        if e.type == "upstream_auth_error":
+            e.message = f"Backend '{self.name}': {e.message}"
         return e
 
 
