@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import orjson
@@ -37,6 +35,9 @@ sys.path.insert(0, ROOT)
 
 from proxy.backends.base import sse_data  # noqa: E402
 from translators import anthropic as tr  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench import cpu_seconds, free_port, wait_up  # noqa: E402
 
 KEY = "sk-ant-bench"
 MODEL = "claude-sonnet-4-6"
@@ -66,12 +67,6 @@ app.state.default = Reply(text=" ".join(["word"] * 20))
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=False, http="httptools",
             loop="uvloop")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def measure(n: int, one) -> float:
@@ -171,21 +166,6 @@ def translation_only(n: int) -> float:
         orjson.dumps(tr.to_request(BODY, MODEL, stream=False))
         orjson.dumps(tr.from_response(orjson.loads(answer), "chatcmpl-x", 0, None))
     return (time.process_time() - t0) / n
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_up(url: str) -> None:
-    for _ in range(200):
-        try:
-            httpx.get(url, timeout=0.2)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
 
 
 def proxy_cpu(n: int, emulator: str) -> tuple[float, float]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,9 @@ import orjson
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from translators import gemini as tr  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench import cpu_seconds, free_port, wait_up  # noqa: E402
 
 KEY = "gemini-test-key"
 MODEL = "gemini-2.5-flash"
@@ -51,12 +53,6 @@ from tests.emulators.gemini import build_gemini_emulator
 uvicorn.run(build_gemini_emulator({key!r}), host="127.0.0.1", port={port}, log_level="warning",
             access_log=False, http="httptools", loop="uvloop")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def httpx_path(n: int, conc: int, url: str) -> float:
@@ -143,12 +139,6 @@ def translation_only(n: int) -> float:
     return (time.process_time() - t0) / n
 
 
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def whole_proxy(url: str, n: int, conc: int) -> tuple[float, float]:
     """CPU per request of a `turnout serve` process with a gemini backend: (non-streamed, streamed)."""
     import tempfile
@@ -165,12 +155,7 @@ def whole_proxy(url: str, n: int, conc: int) -> tuple[float, float]:
     base = f"http://127.0.0.1:{port}/v1/chat/completions"
     body = {**BODY, "model": "flash"}
     try:
-        for _ in range(200):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_up(f"http://127.0.0.1:{port}/health")
 
         async def drive(stream: bool) -> float:
             async with httpx.AsyncClient(limits=httpx.Limits(max_connections=conc)) as c:
@@ -179,10 +164,10 @@ def whole_proxy(url: str, n: int, conc: int) -> tuple[float, float]:
                     assert r.status_code == 200, r.text
                 for _ in range(50):
                     await one()
-                t0 = proc_cpu(proc.pid)
+                t0 = cpu_seconds(proc.pid)
                 for _ in range(n // conc):
                     await asyncio.gather(*(one() for _ in range(conc)))
-                return (proc_cpu(proc.pid) - t0) / (n // conc * conc)
+                return (cpu_seconds(proc.pid) - t0) / (n // conc * conc)
 
         return asyncio.run(drive(False)), asyncio.run(drive(True))
     finally:
@@ -201,12 +186,7 @@ def main() -> None:
     proc = subprocess.Popen([sys.executable, "-c", EMULATOR.format(root=root, key=KEY, port=port)])
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                httpx.get(url + "/", timeout=0.2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_up(url + "/")
         try:
             import uvloop
             runner = uvloop.run

@@ -186,10 +186,8 @@ class Turnout:
         status, error = 200, None
         try:
             yield b"data: " + first + b"\n\n"
-            call.chunks = 1
             call.sent = sent = [first]  # kept for the ledger's token estimate if the stream is cut short
             async for payload in rest:
-                call.chunks += 1
                 sent.append(payload)
                 yield b"data: " + payload + b"\n\n"
             if call.include_usage and call.usage is not None:

@@ -50,9 +50,13 @@ class Call:
     discarded_cost_usd: float = 0.0  # answers paid for but escalated past (quality escalation)
     error: str | None = None  # the error code or type the client got
     features: Any = None  # proxy.features.Features, once the body is read and checked
-    chunks: int = 0  # stream chunks sent to the client (a cut-short stream still counts them)
     finished: float | None = None  # perf_counter when the answer or error went out
     sent: list[bytes] | None = None  # stream payloads sent, or a body without usage (for the ledger's estimate)
+
+    @property
+    def chunks(self) -> int:
+        """Stream chunks sent to the client (a cut-short stream still counts them)."""
+        return len(self.sent) if self.stream and self.sent is not None else 0
 
     @property
     def fallbacks(self) -> list[Attempt]:

@@ -59,10 +59,6 @@ class Response:
         self.content: bytes = b""
 
     @property
-    def is_success(self) -> bool:
-        return 200 <= self.status_code < 300
-
-    @property
     def text(self) -> str:
         return self.content.decode("utf-8", "replace")
 

@@ -309,7 +309,6 @@ class Recorder:
         self.wake: asyncio.Event | None = None
         self.lock: asyncio.Lock | None = None
         self.closed = False
-        self.written = 0
         self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"  # this process's counters in the ledger
         self.shared = bool(accounts.counters())  # counters to share with other worker processes
         self.retention = u.retention_days
@@ -401,7 +400,6 @@ class Recorder:
                     if f.cancelled() or f.exception() is not None:
                         self.pending[:0] = batch
                     else:
-                        self.written += len(batch)
                         self.accounts.restore(f.result())
 
                 fut.add_done_callback(done)
@@ -413,7 +411,6 @@ class Recorder:
                     del self.pending[:len(self.pending) - MAX_PENDING]
                 raise
             self.accounts.restore(rest)
-            self.written += len(batch)
             return len(batch)
 
     async def prune(self) -> int:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from proxy import mock, validate
 from proxy.call import new_id
 from proxy.errors import ProxyError
+from translators.common import usage_chunk
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None,
@@ -72,9 +73,7 @@ def build_mock_upstream(options: dict[str, Any] | None = None, api_key: str | No
                     await asyncio.sleep(s.chunk_delay)
                 yield b"data: " + orjson.dumps(c) + b"\n\n"
             if include_usage:
-                u = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [], "usage": mock.usage_of(body, rs)}
-                yield b"data: " + orjson.dumps(u) + b"\n\n"
+                yield b"data: " + orjson.dumps(usage_chunk(cid, created, model, mock.usage_of(body, rs))) + b"\n\n"
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -15,7 +15,7 @@ import math
 import re
 import sqlite3
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, AsyncIterator
 from zoneinfo import ZoneInfo
 
