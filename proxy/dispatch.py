@@ -23,7 +23,7 @@ from proxy import pricing, quality
 from proxy.backends.base import Backend, Json
 from proxy.call import Attempt, Call
 from proxy.config import Target
-from proxy.errors import InvalidRequest, UpstreamError
+from proxy.errors import InvalidRequest, UpstreamError, upstream_timeout
 from proxy.router import Router
 from translators.common import TranslationError
 
@@ -50,8 +50,7 @@ def _delay(backend: Backend, attempt: int, e: UpstreamError) -> float:
 
 
 def _timeout_error(what: str, backend: str | None = None) -> UpstreamError:
-    return UpstreamError(f"{what} timed out.", status=504, type="timeout", code="upstream_timeout", retry=True,
-                         category="timeout", backend=backend)
+    return upstream_timeout(f"{what} timed out.", backend)
 
 
 class Dispatcher:

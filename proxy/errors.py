@@ -109,6 +109,12 @@ class UpstreamError(ProxyError):
             self.headers["retry-after"] = str(max(0, int(retry_after + 0.999)))
 
 
+def upstream_timeout(message: str, backend: str | None = None) -> UpstreamError:
+    """A 504 from waiting too long on an upstream: retryable, and another target may answer."""
+    return UpstreamError(message, status=504, type="timeout", code="upstream_timeout", retry=True,
+                         category="timeout", backend=backend)
+
+
 def upstream_status_error(
     status: int,
     message: str,

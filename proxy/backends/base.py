@@ -18,7 +18,7 @@ import orjson
 from proxy.call import Call
 from proxy.http import HTTPClient, Response
 from proxy.config import BackendConfig, Target
-from proxy.errors import UpstreamError, parse_retry_after, upstream_status_error
+from proxy.errors import UpstreamError, parse_retry_after, upstream_status_error, upstream_timeout
 
 Json = dict[str, Any]
 
@@ -106,8 +106,7 @@ class HTTPBackend(Backend):
         """A timeout or connection failure, worded without URLs or credentials."""
         if isinstance(e, (httpx.TimeoutException, asyncio.TimeoutError)):
             kind = "connect" if isinstance(e, httpx.ConnectTimeout) else "read"
-            return UpstreamError(f"Backend '{self.name}' timed out ({kind}).", status=504, type="timeout",
-                                 code="upstream_timeout", retry=True, category="timeout", backend=self.name)
+            return upstream_timeout(f"Backend '{self.name}' timed out ({kind}).", self.name)
         return UpstreamError(f"Backend '{self.name}' is unreachable ({type(e).__name__}).", status=502,
                              type="upstream_error", code="upstream_unreachable", retry=True,
                              category="network", backend=self.name)

@@ -16,7 +16,7 @@ from proxy import mock
 from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target
-from proxy.errors import UpstreamError, upstream_status_error
+from proxy.errors import UpstreamError, upstream_status_error, upstream_timeout
 
 
 class Backend(base.Backend):
@@ -40,8 +40,7 @@ class Backend(base.Backend):
     async def _before_first_byte(self, s: mock.Script) -> None:
         if s.hang:
             await asyncio.sleep(self.cfg.timeout.first_token)
-            raise UpstreamError(f"Backend '{self.name}' timed out (read).", status=504, type="timeout",
-                                code="upstream_timeout", retry=True, category="timeout", backend=self.name)
+            raise upstream_timeout(f"Backend '{self.name}' timed out (read).", self.name)
         if s.latency:
             await asyncio.sleep(s.latency)
         if s.status:

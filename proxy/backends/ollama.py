@@ -29,7 +29,7 @@ import orjson
 from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target
-from proxy.errors import UpstreamError
+from proxy.errors import UpstreamError, upstream_timeout
 from proxy.images import ImageFetcher, ImagePolicy
 from translators import ollama as tr
 from translators.common import TranslationError, image_urls
@@ -120,8 +120,7 @@ class Backend(base.HTTPBackend):
         msg = (f"Backend '{self.name}' sent no first token within {t.first_token:g}s (timeout.first_token; "
                f"a model that is still loading needs more)." if first else
                f"Backend '{self.name}' stalled: nothing for {t.idle:g}s mid-stream (timeout.idle).")
-        return UpstreamError(msg, status=504, type="timeout", code="upstream_timeout", retry=True,
-                             category="timeout", backend=self.name)
+        return upstream_timeout(msg, self.name)
 
     # --- calls -----------------------------------------------------------------------------------
 
