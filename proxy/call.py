@@ -49,7 +49,7 @@ class Call:
     cost_usd: float | None = None
     discarded_cost_usd: float = 0.0  # answers paid for but escalated past (quality escalation)
     error: str | None = None  # the error code or type the client got
-    features: Any = None  # proxy.features.Features, once the body is read and checked
+    features: Any = None  # proxy.routing.features.Features, once the body is read and checked
     finished: float | None = None  # perf_counter when the answer or error went out
     sent: list[bytes] | None = None  # stream payloads sent, or a body without usage (for the ledger's estimate)
 

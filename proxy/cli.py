@@ -19,7 +19,7 @@ def _default_config() -> str:
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
-    from proxy.logs import setup  # text or JSON lines on stderr; quiets httpx's URL logging
+    from proxy.observability.logs import setup  # text or JSON lines on stderr; quiets httpx's URL logging
 
     setup(level, fmt)
 
@@ -78,14 +78,14 @@ def describe(cfg: Config) -> str:
                              for k, v in vars(rule.when).items() if v is not None) or "always"
             esc = f"  (escalate up to {rule.escalate}x)" if rule.escalate else ""
             lines.append(f"    {rule.name:18s} when {when}: {' -> '.join(rule.then)}{esc}")
-    from proxy.doctor import discovery_lines
+    from proxy.local.doctor import discovery_lines
 
     lines += discovery_lines(cfg)  # which configured Ollama models are installed or missing
     if not cfg.keys:
         lines.append("keys: none configured - the proxy is OPEN to anyone who can reach it")
     else:
         lines.append(f"keys: {', '.join(k.name for k in cfg.keys)}")
-    from proxy.usage_cli import usage_lines
+    from proxy.usage.cli import usage_lines
 
     lines += usage_lines(cfg)  # the ledger, built-in prices, quotas, rate limits, budgets
     return "\n".join(lines)
@@ -94,7 +94,7 @@ def describe(cfg: Config) -> str:
 def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> None:
     import uvicorn
 
-    from proxy.app import build_app
+    from proxy.server.app import build_app
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
@@ -104,14 +104,14 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
     # JSON logs: uvicorn's own loggers go through ours too (its default config has its own text handler)
     log_config = None if cfg.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     if workers > 1:
-        # each worker builds its app from $TURNOUT_CONFIG (proxy.app.create_app); metrics are shared
+        # each worker builds its app from $TURNOUT_CONFIG (proxy.server.app.create_app); metrics are shared
         # through prometheus-client's multiprocess files
         os.environ["TURNOUT_CONFIG"] = os.path.abspath(cfg.path or _default_config())
         given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         metrics_dir = multiprocess_dir()
         print(f"{workers} workers; metrics shared in {metrics_dir}", file=sys.stderr, flush=True)
         try:
-            uvicorn.run("proxy.app:create_app", factory=True, workers=workers, host=host, port=port,
+            uvicorn.run("proxy.server.app:create_app", factory=True, workers=workers, host=host, port=port,
                         loop="uvloop", http="httptools", access_log=False, log_level=cfg.server.log_level,
                         lifespan="on", timeout_graceful_shutdown=5, log_config=log_config)
         finally:
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tools", action="store_true", help="the request offers tools")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
 
-    from proxy.usage_cli import add_arguments as add_usage_arguments
+    from proxy.usage.cli import add_arguments as add_usage_arguments
 
     add_usage_arguments(sub)  # usage, usage export, simulate
 
@@ -177,30 +177,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         serve(load_or_exit(args.config or _default_config()), args.host, args.port, max(1, args.workers))
     elif args.command == "demo" and args.local:
-        from proxy.models import prepare_local_demo
+        from proxy.local.models import prepare_local_demo
 
         prepare_local_demo()
         serve(load_or_exit(str(DEMO_LOCAL_CONFIG)), args.host, args.port)
     elif args.command == "demo":
         serve(load_or_exit(str(DEMO_CONFIG)), args.host, args.port)
     elif args.command == "models":
-        from proxy.models import main as models_main
+        from proxy.local.models import main as models_main
 
         raise SystemExit(models_main(args.action, args.name))
     elif args.command == "doctor":
-        from proxy.doctor import main as doctor_main
+        from proxy.local.doctor import main as doctor_main
 
         raise SystemExit(doctor_main(args.config, args.headroom))
     elif args.command == "route":
-        from proxy.explain import route_command
+        from proxy.routing.explain import route_command
 
         raise SystemExit(route_command(load_or_exit(args.config or _default_config()), args))
     elif args.command == "usage":
-        from proxy.usage_cli import usage_command
+        from proxy.usage.cli import usage_command
 
         raise SystemExit(usage_command(None if args.url else load_or_exit(args.config or _default_config()), args))
     elif args.command == "simulate":
-        from proxy.usage_cli import simulate_command
+        from proxy.usage.cli import simulate_command
 
         raise SystemExit(simulate_command(load_or_exit(args.config or _default_config()), args))
     elif args.command == "check-config":
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "mock-upstream":
         import uvicorn
 
-        from proxy.mockserver import build_mock_upstream
+        from proxy.mock.server import build_mock_upstream
 
         app = build_mock_upstream({"chunks": args.chunks} if args.chunks else {})
         uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",

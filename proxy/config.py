@@ -256,7 +256,7 @@ def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
             raise ConfigError(f"routes.{name}: a model target has the same name")
     keys = _keys(data.get("keys") or [])
     routing = _routing(_mapping(data.get("routing") or {}, "routing"))
-    from proxy import prices
+    from proxy.usage import prices
 
     prices.apply(models, backends)  # unpriced cloud targets take the built-in table's price
     usage = _usage(_mapping(data.get("usage") or {}, "usage"), models)
@@ -787,7 +787,7 @@ def _usage(d: dict[str, Any], models: dict[str, Target]) -> UsageConfig:
     if "reset_hour" in d:
         u.reset_hour = _hour(d["reset_hour"], "usage.reset_hour")
     if d.get("baseline") is not None:
-        from proxy import prices
+        from proxy.usage import prices
 
         u.baseline = _str(d["baseline"], "usage.baseline")
         if u.baseline not in models and prices.lookup(u.baseline) is None:

@@ -19,7 +19,7 @@ import yaml
 
 from tests.test_metrics import DEPLOY, ROOT, need
 
-DASHBOARD = ROOT / "proxy" / "dashboard"
+DASHBOARD = ROOT / "proxy" / "observability" / "dashboard"
 KEY = "sk-dashboard-key-7"
 CFG = {
     "backends": {"local": {"type": "mock", "probe": {"interval": 0}},
@@ -131,12 +131,12 @@ def test_static_files_are_served_and_need_nothing_from_outside(turnout):
     for f in DASHBOARD.iterdir():  # no CDN, no external font or script
         assert not re.search(r"https?://", f.read_text()), f.name
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "dashboard/*" in package_data["proxy"]
+    assert "dashboard/*" in package_data["proxy.observability"]
 
 
 def test_dashboard_draws_real_data_in_headless_chromium(serve, tmp_path):
     need("chromium")
-    from proxy.app import build_app
+    from proxy.server.app import build_app
     from proxy.config import parse
 
     app = build_app(parse(CFG, {}))

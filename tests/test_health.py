@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from proxy.config import ConfigError, parse
-from proxy.mockserver import build_mock_upstream
+from proxy.mock.server import build_mock_upstream
 from tests.conftest import ServerThread, free_port, post
 from tests.test_metrics import scrape, value
 

@@ -9,10 +9,12 @@ import httpx
 import orjson
 import pytest
 
-from proxy import prices, tokens
-from proxy.app import build_app
+from proxy.usage import prices
+
+from proxy.usage import tokens
+from proxy.server.app import build_app
 from proxy.config import ConfigError, parse
-from proxy.mockserver import build_mock_upstream
+from proxy.mock.server import build_mock_upstream
 from tests.conftest import ServerThread, collect, post, sdk
 
 REPLY = "one two three four five"  # 5 completion tokens for the mock (words and punctuation)

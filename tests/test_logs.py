@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from proxy.config import ConfigError, parse
-from proxy.logs import JsonFormatter, setup
+from proxy.observability.logs import JsonFormatter, setup
 
 CFG = {
     "backends": {"down": {"type": "mock", "fail": {"status": 503}, "probe": {"interval": 0}},

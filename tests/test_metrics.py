@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from proxy.call import Attempt
-from proxy.metrics import is_local, transitions
+from proxy.observability.metrics import is_local, transitions
 from tests.conftest import free_port, post, sdk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,7 +227,7 @@ def test_key_names_are_off_by_default_and_sources_feed_gauges(turnout):
 
 
 def test_gauge_sources(serve):
-    from proxy.app import build_app
+    from proxy.server.app import build_app
     from proxy.config import parse
 
     app = build_app(parse({"backends": {"m": {"type": "mock"}}, "models": {"t": {"backend": "m"}}}))
@@ -432,7 +432,7 @@ def test_several_workers_add_up(tmp_path):
 
 
 def test_quota_and_budget_gauges_follow_the_usage_accounts(serve, tmp_path):
-    from proxy.app import build_app
+    from proxy.server.app import build_app
     from proxy.config import ConfigError, parse
 
     try:

@@ -8,7 +8,7 @@ import logging
 import openai
 import pytest
 
-from proxy.mockserver import build_mock_upstream
+from proxy.mock.server import build_mock_upstream
 from tests.conftest import collect, post, sdk
 from tests.test_core import WEATHER
 

@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 
-from proxy.app import build_app
+from proxy.server.app import build_app
 from proxy.config import Quota, parse
-from proxy.quota import Counter, QuotaState, day_bounds, month_bounds
+from proxy.usage.quota import Counter, QuotaState, day_bounds, month_bounds
 from tests.conftest import ServerThread, post, sdk
 
 HI = [{"role": "user", "content": "hi there"}]  # 5 prompt tokens with the mock

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.complexity import ComplexityScorer
+from proxy.routing.complexity import ComplexityScorer
 from tests.conftest import post, sdk
 
 PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
@@ -465,7 +465,7 @@ def test_shipped_proxy_yaml_routes_the_seed_setups(turnout):
 
 
 def test_cheap_prompt_token_bound_is_never_below_the_count():
-    from proxy.features import Features
+    from proxy.routing.features import Features
 
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     for text in ["hello", "日本語のテキストです", "emoji 🎉🎉🎉 ok", "x" * 5000, "Ünïcödé " * 300, ""]:

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from proxy import simulate
-from proxy.app import build_app
+from proxy.usage import simulate
+from proxy.server.app import build_app
 from proxy.cli import main as cli_main
 from proxy.config import ConfigError, load, parse
 from tests.conftest import ServerThread, collect, sdk

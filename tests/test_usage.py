@@ -15,7 +15,7 @@ import orjson
 import pytest
 import yaml
 
-from proxy.app import build_app
+from proxy.server.app import build_app
 from proxy.cli import main as cli_main
 from proxy.config import parse
 from tests.conftest import ServerThread, collect, post, sdk
@@ -187,8 +187,8 @@ def test_rollup_sums_equal_the_rows(tmp_path):
     """Reports read whole quarter hours from the rollup and the edges from the rows: the same sums."""
     import random
 
-    from proxy import usage_api
-    from proxy.ledger import Ledger
+    from proxy.usage import api as usage_api
+    from proxy.usage.ledger import Ledger
 
     led = Ledger(str(tmp_path / "r.db"))
     led.open()

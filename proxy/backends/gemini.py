@@ -37,7 +37,7 @@ from proxy.backends import base
 from proxy.call import Call
 from proxy.config import ConfigError, Target
 from proxy.errors import UpstreamError
-from proxy.images import ImageFetcher, ImagePolicy
+from proxy.backends.images import ImageFetcher, ImagePolicy
 from translators import gemini as tr
 
 # backend options; include_thoughts and thought_signature_fallback may also be set per target

@@ -12,7 +12,7 @@
 
 Requests go through the OpenAI-compatible path (`proxy.backends.openai`): llama.cpp's server speaks
 that API itself. What this module adds is the process: `start()` launches
-``python -m proxy.llamacpp_server`` (needs the `turnout[local]` extra, i.e. `xllamacpp`) as a child in
+``python -m proxy.local.llamacpp_server`` (needs the `turnout[local]` extra, i.e. `xllamacpp`) as a child in
 its own process group on a free loopback port and waits for /health; a supervisor task watches it
 and restarts it with exponential backoff when it exits or stops answering /health. While it is
 down the backend is `unavailable` (routing skips it, /ready shows why) and every transition is
@@ -33,13 +33,13 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from proxy import models as model_cache
+from proxy.local import models as model_cache
 from proxy.backends import openai
 from proxy.backends.base import Json
 from proxy.call import Call
 from proxy.config import BackendConfig, ConfigError, Target
 from proxy.errors import UpstreamError
-from proxy.llamacpp_server import Child, make_workdir, sweep_workdirs
+from proxy.local.llamacpp_server import Child, make_workdir, sweep_workdirs
 
 log = logging.getLogger("turnout.llamacpp")
 

@@ -1,4 +1,4 @@
-"""`type: mock`: the built-in deterministic fake (see `proxy.mock`), in process, no network.
+"""`type: mock`: the built-in deterministic fake (see `proxy.mock.engine`), in process, no network.
 
 Its faults take the same path as a real upstream's: an `UpstreamError` before the first chunk, or
 a dropped stream after some chunks, so demos and tests exercise fallback exactly as production does.
@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 import orjson
 
-from proxy import mock
+from proxy.mock import engine as mock
 from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target

@@ -30,7 +30,7 @@ from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target
 from proxy.errors import UpstreamError, upstream_timeout
-from proxy.images import ImageFetcher, ImagePolicy
+from proxy.backends.images import ImageFetcher, ImagePolicy
 from translators import ollama as tr
 from translators.common import TranslationError, image_urls
 

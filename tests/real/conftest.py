@@ -24,10 +24,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from proxy import models
-from proxy.app import build_app
+from proxy.local import models
+from proxy.server.app import build_app
 from proxy.config import parse
-from proxy.llamacpp_server import Child
+from proxy.local.llamacpp_server import Child
 from tests.conftest import ServerThread
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")

@@ -21,7 +21,7 @@ import yaml
 
 from proxy.backends import create
 from proxy.config import ConfigError, parse
-from proxy.llamacpp_server import sweep_workdirs
+from proxy.local.llamacpp_server import sweep_workdirs
 from tests.conftest import free_port, sdk
 from tests.real.conftest import LONG, SIMPLE, Turnout, local_backend
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy import models
+from proxy.local import models
 
 DATA = b"GGUF" + bytes(range(256)) * 40
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.mockserver import build_mock_upstream
+from proxy.mock.server import build_mock_upstream
 from tests.conftest import collect, sdk
 from tests.real.conftest import MODEL, SIMPLE, Turnout
 

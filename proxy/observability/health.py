@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from proxy.call import Call
-from proxy.circuit import COUNTED, Circuit
+from proxy.routing.circuit import COUNTED, Circuit
 from proxy.config import ProbePolicy, Target
 from proxy.errors import UpstreamError
 
 if TYPE_CHECKING:
-    from proxy.app import Turnout
+    from proxy.server.app import Turnout
 
 log = logging.getLogger("turnout.health")
 WINDOW = 300.0  # seconds of passive results behind the success rate and latency

@@ -15,7 +15,7 @@
   429 ``budget_exceeded`` saying when it resets; ``free_only`` skips every target with a price.
 
 The counters are snapshotted into the ledger with each batch of rows and restored at start, so a
-restart continues where the last run stopped (see `proxy.ledger`). In-flight requests are counted
+restart continues where the last run stopped (see `proxy.usage.ledger`). In-flight requests are counted
 when they finish: up to `concurrency` requests can pass a limit at the same moment, which is what
 the reserve is for.
 """
@@ -30,13 +30,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterable
 from zoneinfo import ZoneInfo
 
-from proxy import prices
+from proxy.usage import prices
 from proxy.call import Call
 from proxy.config import Budget, Config, Quota, RateLimit, Target
 from proxy.errors import ProxyError
 
 if TYPE_CHECKING:
-    from proxy.features import Features
+    from proxy.routing.features import Features
 
 log = logging.getLogger("turnout.usage")
 EPS = 1e-9  # USD: sums of float costs compare equal to a limit within this

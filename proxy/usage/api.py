@@ -24,13 +24,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy import prices
+from proxy.usage import prices
 from proxy.config import Config, Price
 from proxy.errors import InvalidRequest, ProxyError
-from proxy.quota import Accounts, day_bounds, month_bounds
+from proxy.usage.quota import Accounts, day_bounds, month_bounds
 
 if TYPE_CHECKING:
-    from proxy.app import Turnout
+    from proxy.server.app import Turnout
 
 DEFAULT_BASELINE = "gpt-4o"
 PAGE = 1000
@@ -161,7 +161,7 @@ def _groups(conn: sqlite3.Connection, start: float, end: float, key: str | None,
             by: str = "backend, target") -> dict[tuple[Any, ...], list[Any]]:
     """Sums per backend and target (or key) of the rows in [start, end): whole quarter hours from the
     rollup, the ragged edges from the rows (by their time index)."""
-    from proxy.ledger import BUCKET
+    from proxy.usage.ledger import BUCKET
 
     out: dict[tuple[Any, ...], list[Any]] = {}
     b0, b1 = math.ceil(start / BUCKET), math.floor(min(end, 2 ** 40) / BUCKET)
@@ -212,7 +212,7 @@ def report(conn: sqlite3.Connection, cfg: Config, *, period: str | None = None, 
     name, start, end = period_bounds(cfg, period, since, until, now)
     day_start, day_end = day_bounds(now, tz, cfg.usage.reset_hour)
     if accounts is None:
-        from proxy.ledger import load_counters
+        from proxy.usage.ledger import load_counters
 
         accounts = Accounts(cfg)
         load_counters(conn, accounts)

@@ -22,19 +22,21 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy import pricing, validate
+from proxy.usage import pricing
+
+from proxy.server import validate
 from proxy.backends import Backend, create
-from proxy.dispatch import Dispatcher
+from proxy.routing.dispatch import Dispatcher
 from proxy.call import Call
 from proxy.config import Config, Key
 from proxy.errors import AuthenticationError, InvalidRequest, ModelNotFound, ProxyError, RequestTooLarge
-from proxy.router import Router
-from proxy.health import Health
-from proxy.logs import request_line
-from proxy.metrics import Metrics
-from proxy.providers_api import ObservabilityAPI
-from proxy.stats import Stats
-from proxy.usage_api import routes as usage_routes
+from proxy.routing.router import Router
+from proxy.observability.health import Health
+from proxy.observability.logs import request_line
+from proxy.observability.metrics import Metrics
+from proxy.observability.api import ObservabilityAPI
+from proxy.observability.stats import Stats
+from proxy.usage.api import routes as usage_routes
 from translators.common import usage_chunk
 
 log = logging.getLogger("turnout")
@@ -79,12 +81,12 @@ class Turnout:
         self.observers: list[Observer] = []
         # checks run after the body is read and before routing (rate limits, budgets): raise a ProxyError
         self.gates: list[Callable[[Call], None]] = []
-        # Prometheus metrics (+ the dashboard's recent stats) and provider health: proxy/metrics.py, proxy/health.py
+        # Prometheus metrics (+ the dashboard's recent stats) and provider health: proxy/observability/metrics.py, proxy/observability/health.py
         self.metrics = Metrics(cfg, self.router.circuits)
         self.metrics.stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.provider_health = Health(self, self.metrics)
         self.observers += [self.metrics, self.provider_health]
-        from proxy.ledger import install_usage
+        from proxy.usage.ledger import install_usage
 
         self.usage = install_usage(self)  # the ledger observer, quota / budget filters, rate-limit / budget gates
 
@@ -260,7 +262,7 @@ class Turnout:
             call.error = error.code or error.type
         for o in self.observers:
             o.finished(call)
-        request_line(call)  # the access log line: proxy/logs.py
+        request_line(call)  # the access log line: proxy/observability/logs.py
 
 
 def build_app(cfg: Config) -> Starlette:
@@ -307,7 +309,7 @@ def create_app() -> Starlette:
     """The app factory each `turnout serve --workers N` worker calls: the config named by
     $TURNOUT_CONFIG, logging as the config says."""
     from proxy import config as config_mod
-    from proxy.logs import setup
+    from proxy.observability.logs import setup
 
     cfg = config_mod.load(os.environ.get("TURNOUT_CONFIG") or "proxy.yaml")
     setup(cfg.server.log_level, cfg.server.log_format)

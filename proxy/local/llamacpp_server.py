@@ -1,6 +1,6 @@
 """The child process behind `type: llamacpp`: llama.cpp's server (via `xllamacpp`) for one GGUF file.
 
-Started by `Child.spawn()` (used by `proxy.backends.llamacpp` and the tests) as ``python -m proxy.llamacpp_server --model FILE --ready-file F ...``;
+Started by `Child.spawn()` (used by `proxy.backends.llamacpp` and the tests) as ``python -m proxy.local.llamacpp_server --model FILE --ready-file F ...``;
 it runs in its own process so that a crash inside llama.cpp cannot take Turnout down and so that
 it can always be killed. Loopback only. It
 
@@ -39,7 +39,7 @@ PR_SET_PDEATHSIG = 1
 
 
 class Child:
-    """One running `proxy.llamacpp_server` process, seen from the parent.
+    """One running `proxy.local.llamacpp_server` process, seen from the parent.
 
     It runs in its own session (process group) so that `stop()` can end it and anything it started
     together; a module-level registry lets an ``atexit`` hook stop whatever is still running if the
@@ -65,7 +65,7 @@ class Child:
         for stale in ("ready.json", "ready.json.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(workdir, stale))
-        cmd = [sys.executable, "-m", "proxy.llamacpp_server", "--model", str(model), "--n-ctx", str(n_ctx),
+        cmd = [sys.executable, "-m", "proxy.local.llamacpp_server", "--model", str(model), "--n-ctx", str(n_ctx),
                "--threads", str(threads), "--parallel", str(parallel), "--http-threads", str(http_threads),
                "--parent-pid", str(os.getpid()),
                "--ready-file", os.path.join(workdir, "ready.json")]
@@ -211,7 +211,7 @@ def _exit_on_signal() -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m proxy.llamacpp_server",
+    p = argparse.ArgumentParser(prog="python -m proxy.local.llamacpp_server",
                                 description="Serve one GGUF file with llama.cpp's server on 127.0.0.1.")
     p.add_argument("--model", required=True, help="GGUF file")
     p.add_argument("--port", type=int, default=0, help="0 lets the kernel pick a free port")

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from proxy.call import Call
-from proxy.metrics import transitions
+from proxy.observability.metrics import transitions
 
 access = logging.getLogger("turnout.access")
 

@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy import mock, validate
+from proxy.mock import engine as mock
+
+from proxy.server import validate
 from proxy.call import new_id
 from proxy.errors import ProxyError
 from translators.common import usage_chunk

@@ -53,7 +53,7 @@ def add_arguments(sub: Any) -> None:
 
 
 def _open(cfg: Config, ledger: str | None) -> sqlite3.Connection:
-    from proxy.ledger import connect
+    from proxy.usage.ledger import connect
 
     path = ledger or cfg.usage.ledger
     if not path:
@@ -80,7 +80,7 @@ def usage_command(cfg: Config | None, args: argparse.Namespace, out: TextIO | No
 
 
 def _usage_command(cfg: Config | None, args: argparse.Namespace, out: TextIO) -> int:
-    from proxy import usage_api
+    from proxy.usage import api as usage_api
 
 
     params = {k: v for k, v in (("period", args.period), ("since", args.since), ("until", args.until),
@@ -208,7 +208,7 @@ def render(d: dict[str, Any]) -> str:
 
 
 def simulate_command(cfg: Config, args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from proxy import simulate
+    from proxy.usage import simulate
 
     out = out or sys.stdout
 
@@ -234,7 +234,7 @@ def simulate_command(cfg: Config, args: argparse.Namespace, out: TextIO | None =
 
 def usage_lines(cfg: Config) -> list[str]:
     """The banner's usage part: the ledger, built-in prices, quotas, rate limits and budgets."""
-    from proxy.usage_api import DEFAULT_BASELINE
+    from proxy.usage.api import DEFAULT_BASELINE
 
     u = cfg.usage
     lines = [f"usage: ledger {u.ledger or 'off (counters in memory only)'}"

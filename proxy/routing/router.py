@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from proxy import pricing
+from proxy.usage import pricing
 from proxy.backends.base import Backend
 from proxy.call import Attempt, Call
-from proxy.circuit import Circuit
-from proxy.complexity import ComplexityScorer
+from proxy.routing.circuit import Circuit
+from proxy.routing.complexity import ComplexityScorer
 from proxy.config import Conditions, Config, Key, Rule, Target
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError
-from proxy.features import Features
+from proxy.routing.features import Features
 
 Filter = Callable[[Target, Features], "str | None"]
 EXPECTED_OUTPUT_TOKENS = 256  # for cost estimates when the request sets no max_tokens

@@ -37,16 +37,16 @@ import yaml
 from zoneinfo import ZoneInfo
 
 from proxy.call import Call
-from proxy.complexity import Score
+from proxy.routing.complexity import Score
 from proxy.config import TURNS, Config, ConfigError
 from proxy.errors import ProxyError
-from proxy.quota import Accounts, day_bounds
-from proxy.router import Router
-from proxy.usage_api import baseline, export_bounds, price_tokens
+from proxy.usage.quota import Accounts, day_bounds
+from proxy.routing.router import Router
+from proxy.usage.api import baseline, export_bounds, price_tokens
 
 
 class Features:
-    """The routing features of a recorded or synthetic request (what `proxy.router.matches` reads)."""
+    """The routing features of a recorded or synthetic request (what `proxy.routing.router.matches` reads)."""
 
     def __init__(self, d: dict[str, Any]) -> None:
         self.has_images = bool(d.get("has_images"))

@@ -3,7 +3,7 @@
 `Recorder` is an observer of the app. When a request finishes it measures the tokens (the
 provider's usage when given; otherwise a tiktoken estimate, marked ``estimated``, of the prompt
 and of what was actually sent — a stream cut short counts the chunks that went out), prices them,
-counts them against quotas, rate limits and budgets (`proxy.quota`), and appends a tuple to a list:
+counts them against quotas, rate limits and budgets (`proxy.usage.quota`), and appends a tuple to a list:
 that is all the request path pays. A writer task swaps the list out every `usage.flush_interval`
 (at most 1 s) or when `usage.batch_size` rows are waiting, and a single writer thread turns the
 tuples into rows (JSON of the attempts and routing features) and inserts them in one transaction
@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 import orjson
 
-from proxy import pricing, tokens
+from proxy.usage import pricing
+
+from proxy.usage import tokens
 from proxy.call import Call
-from proxy.quota import Accounts
+from proxy.usage.quota import Accounts
 
 if TYPE_CHECKING:
-    from proxy.app import Turnout
+    from proxy.server.app import Turnout
 
 log = logging.getLogger("turnout.ledger")
 T = TypeVar("T")

@@ -185,7 +185,7 @@ class Metrics:
             self.circuit_state.labels(name).set(0)
             circuit.listeners.append(self._circuit_changed)
         self._children: dict[tuple[Any, ...], Any] = {}
-        self.stats: Any = None  # proxy.stats.Stats, when the dashboard is served
+        self.stats: Any = None  # proxy.observability.stats.Stats, when the dashboard is served
         r.register(self._sources)  # type: ignore[arg-type]
 
     # --- the callback registry ---------------------------------------------------------------------

@@ -19,12 +19,14 @@ import time
 from contextlib import nullcontext
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
-from proxy import pricing, quality
+from proxy.usage import pricing
+
+from proxy.routing import quality
 from proxy.backends.base import Backend, Json
 from proxy.call import Attempt, Call
 from proxy.config import Target
 from proxy.errors import InvalidRequest, UpstreamError, upstream_timeout
-from proxy.router import Router
+from proxy.routing.router import Router
 from translators.common import TranslationError
 
 log = logging.getLogger("turnout.dispatch")

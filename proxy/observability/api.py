@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy import pricing
+from proxy.usage import pricing
 from proxy.errors import InvalidRequest, ProxyError, UpstreamError
-from proxy.metrics import CONTENT_TYPE, register_usage_sources
+from proxy.observability.metrics import CONTENT_TYPE, register_usage_sources
 
 if TYPE_CHECKING:
-    from proxy.app import Turnout
+    from proxy.server.app import Turnout
 
 DASHBOARD = Path(__file__).with_name("dashboard")
 _ASSETS = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
@@ -90,7 +90,7 @@ class ObservabilityAPI:
                 "models": models, "health": t.provider_health.describe(name)}
 
     async def providers(self, request: Request) -> Response:
-        from proxy.app import json_response
+        from proxy.server.app import json_response
 
         self.t.authenticate(request)
         state, reason = self.t.provider_health.system()
@@ -98,7 +98,7 @@ class ObservabilityAPI:
                               "providers": [self.provider(n) for n in self.t.backends]})
 
     async def test(self, request: Request) -> Response:
-        from proxy.app import json_response
+        from proxy.server.app import json_response
 
         t = self.t
         t.authenticate(request)
@@ -149,7 +149,7 @@ class ObservabilityAPI:
     # --- stats and the dashboard -------------------------------------------------------------------
 
     async def stats(self, request: Request) -> Response:
-        from proxy.app import json_response
+        from proxy.server.app import json_response
 
         t = self.t
         t.authenticate(request)

@@ -18,7 +18,7 @@ from proxy.backends import create
 from proxy.call import Call
 from proxy.config import Config, Key
 from proxy.errors import ProxyError
-from proxy.router import Router
+from proxy.routing.router import Router
 
 
 def build_body(args: argparse.Namespace) -> dict[str, Any]:

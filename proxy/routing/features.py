@@ -9,8 +9,8 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Mapping
 
-from proxy import tokens
-from proxy.complexity import ComplexityScorer, Score
+from proxy.usage import tokens
+from proxy.routing.complexity import ComplexityScorer, Score
 from proxy.config import Key
 from translators.common import content_text, has_images, max_tokens_of
 
