@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy.usage import pricing
+from proxy.usage import pricing, tokens
 
 from proxy.server import validate
 from proxy.backends import Backend, create
@@ -91,6 +91,7 @@ class Turnout:
         self.usage = install_usage(self)  # the ledger observer, quota / budget filters, rate-limit / budget gates
 
     async def start(self) -> None:
+        tokens.preload()  # off the request path: the first routing decision needs no 0.2 s load
         for b in self.backends.values():
             await b.start()
         for o in self.observers:
@@ -247,9 +248,8 @@ class Turnout:
         return json_response({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        usable = [n for n, b in self.backends.items() if not b.unavailable]
-        body = {"status": "ready" if usable else "unavailable", "backends": {
-            n: ("usable" if not b.unavailable else b.unavailable) for n, b in self.backends.items()}}
+        usable, backends = self.provider_health.ready()  # a key, not down, answering its probes
+        body = {"status": "ready" if usable else "unavailable", "backends": backends}
         return json_response(body, 200 if usable else 503)
 
     # --- the end of a request ------------------------------------------------------------------
