@@ -60,11 +60,15 @@ def load_or_exit(path: str) -> Config:
 def describe(cfg: Config) -> str:
     """The banner: each backend and whether it is usable, each route's chain."""
     from proxy.backends import create
+    from proxy.local.doctor import discovery_lines, probes
 
+    found = probes(cfg)  # Ollama backends: reachable or not (one status word per backend, below and after)
     lines = [f"Turnout config {cfg.path or '(inline)'}", "backends:"]
     for name, b in cfg.backends.items():
         backend = create(b)
-        state = "usable" if not backend.unavailable else f"UNAVAILABLE: {backend.unavailable}"
+        p = found.get(name)
+        state = (f"UNAVAILABLE: {backend.unavailable}" if backend.unavailable else
+                 f"NOT REACHABLE ({p.error}): see below" if p is not None and not p.reachable else "usable")
         lines.append(f"  {backend.describe():50s} {state}")
     lines.append("models:")
     for name, t in cfg.models.items():
@@ -82,9 +86,7 @@ def describe(cfg: Config) -> str:
                              for k in rule.when.__struct_fields__ if (v := getattr(rule.when, k)) is not None) or "always"
             esc = f"  (escalate up to {rule.escalate}x)" if rule.escalate else ""
             lines.append(f"    {rule.name:18s} when {when}: {' -> '.join(rule.then)}{esc}")
-    from proxy.local.doctor import discovery_lines
-
-    lines += discovery_lines(cfg)  # which configured Ollama models are installed or missing
+    lines += discovery_lines(cfg, found=found)  # which configured Ollama models are installed or missing
     if not cfg.keys:
         lines.append("keys: none configured - the proxy is OPEN to anyone who can reach it")
     else:
@@ -201,9 +203,11 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(route_command(load_or_exit(args.config or _default_config()), args))
     elif args.command == "usage":
-        from proxy.usage.cli import usage_command
+        from proxy.usage.cli import usage_command, usage_config
 
-        raise SystemExit(usage_command(None if args.url else load_or_exit(args.config or _default_config()), args))
+        cfg = None if args.url else (usage_config(args.config, _default_config(), args.ledger)
+                                     or load_or_exit(args.config or _default_config()))
+        raise SystemExit(usage_command(cfg, args))
     elif args.command == "simulate":
         from proxy.usage.cli import simulate_command
 
