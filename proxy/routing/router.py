@@ -16,6 +16,7 @@ from proxy.usage import pricing
 from proxy.backends.base import Backend
 from proxy.call import Attempt, Call
 from proxy.routing.circuit import Circuit
+from proxy.state import MemoryState, State
 from proxy.routing.complexity import ComplexityScorer
 from proxy.config import Conditions, Config, Key, Rule, Target
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError
@@ -52,11 +53,12 @@ def matches(c: Conditions, f: Features) -> bool:
 
 
 class Router:
-    def __init__(self, cfg: Config, backends: dict[str, Backend]) -> None:
+    def __init__(self, cfg: Config, backends: dict[str, Backend], state: State | None = None) -> None:
         self.cfg = cfg
         self.backends = backends
         self.scorer = ComplexityScorer(cfg.routing.complexity)
-        self.circuits = {name: Circuit(name, cfg.routing.circuit) for name in backends}
+        state = state if state is not None else MemoryState()  # the circuit breakers' records
+        self.circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
         self.filters: list[Filter] = [self._unavailable, self._circuit, self._abilities, self._context]
 
     def features(self, body: dict[str, Any], headers: Mapping[str, str], key: Key | None) -> Features:

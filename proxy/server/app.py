@@ -31,6 +31,7 @@ from proxy.call import Call
 from proxy.config import Config, Key
 from proxy.errors import AuthenticationError, InvalidRequest, ModelNotFound, ProxyError, RequestTooLarge
 from proxy.routing.router import Router
+from proxy.state import MemoryState, State
 from proxy.observability.health import Health
 from proxy.observability.logs import request_line
 from proxy.observability.metrics import Metrics
@@ -75,7 +76,8 @@ class Turnout:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.backends: dict[str, Backend] = {name: create(b) for name, b in cfg.backends.items()}
-        self.router = Router(cfg, self.backends)
+        self.state: State = MemoryState()  # counters, circuit breakers, key-value store: proxy/state/
+        self.router = Router(cfg, self.backends, self.state)
         self.dispatcher = Dispatcher(self.router)
         self.keys: dict[str, Key] = {k.key: k for k in cfg.keys}
         self.observers: list[Observer] = []
