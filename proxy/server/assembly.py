@@ -34,6 +34,7 @@ from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
 from proxy.server.app import OpenAIAPI
 from proxy.server.pipeline import Observer, Pipeline
+from proxy.state import MemoryState, State
 from proxy.usage import api as usage_api
 from proxy.usage import tokens
 from proxy.usage.ledger import Usage, build_usage
@@ -73,7 +74,8 @@ class Gateway:
 
 def build(cfg: Config) -> Gateway:
     backends = {name: create(b) for name, b in cfg.backends.items()}
-    circuits = {name: Circuit(name, cfg.routing.circuit) for name in backends}
+    state: State = MemoryState()  # counters, circuit records, key-value store: proxy/state/
+    circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
     stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     metrics = Metrics(cfg, circuits, stats)
     health = Health(cfg.models, backends, circuits, metrics)
