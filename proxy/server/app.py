@@ -134,12 +134,14 @@ class Turnout:
                 parts.append(part)
             body = b"".join(parts)
         try:
-            return orjson.loads(body)
+            data = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise InvalidRequest(
                 "We could not parse the JSON body of your request. The API expects a JSON payload; "
                 "check that the body is valid JSON and that the content type is application/json.",
                 code="invalid_json") from None
+        validate.check_depth(data, body)
+        return data
 
     # --- endpoints -------------------------------------------------------------------------------
 
