@@ -15,7 +15,7 @@ import pytest
 
 from proxy.config import parse
 from proxy.server.app import build_app
-from proxy.server.validate import MAX_DEPTH
+from proxy.web.responses import MAX_DEPTH
 from tests.conftest import ServerThread
 from tests.emulators.anthropic import build_app as build_anthropic
 from tests.emulators.gemini import build_gemini_emulator

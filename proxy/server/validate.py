@@ -13,8 +13,6 @@ from proxy.errors import InvalidRequest
 
 Json = dict[str, Any]
 
-MAX_DEPTH = 64  # JSON nesting allowed in a request body (objects and arrays); deeper is a 400
-
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
                dict: "an object", type(None): "null"}
@@ -57,25 +55,6 @@ def _number(body: Json, name: str, lo: float, hi: float | None, integer: bool = 
         kind = "integer" if integer else "decimal"
         raise InvalidRequest(f"Invalid '{name}': {kind} above maximum value. Expected a value <= {hi:g}, but got {v} instead.",
                              param=name, code=f"{kind}_above_max_value")
-
-
-def check_depth(data: Any, raw: bytes) -> None:
-    """Reject JSON nested deeper than `MAX_DEPTH` with a 400, before anything recurses over it.
-
-    Translators, the JSON encoder (254 levels) and the schema walkers recurse, so depth is bounded
-    at the door. Counting brackets in the raw bytes (C speed) settles almost every body; only a
-    body with more brackets than the limit is walked, with an explicit stack (no recursion).
-    """
-    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
-        return
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise InvalidRequest(f"The request body is nested too deeply: at most {MAX_DEPTH} levels of "
-                                 "objects and arrays are allowed.", code="nesting_too_deep")
-        children = v.values() if isinstance(v, dict) else v
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
 
 
 def _object(part: Json, name: str, p: str) -> None:
