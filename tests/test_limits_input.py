@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from proxy.config import parse
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.web.responses import MAX_DEPTH
 from tests.conftest import ServerThread
 from tests.emulators.anthropic import build_app as build_anthropic

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from proxy.backends.base import redact
 from proxy.config import parse
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from tests.conftest import ServerThread, collect, post, sdk
 
 KEY = "sk-operator-SECRET-0123456789abcdef"
