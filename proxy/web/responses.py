@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge
+from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge, UpstreamError
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 MAX_DEPTH = 64  # JSON nesting allowed in a request body (objects and arrays); deeper is a 400
@@ -32,8 +32,22 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
 
 
+def should_retry(e: ProxyError) -> str | None:
+    """`x-should-retry` for an error answer (both official SDKs obey it before their own status
+    rules): "false" when another try cannot help — Turnout already walked the whole chain (its
+    502 / 503 / 504) or the request itself is wrong (4xx) — so clients do not multiply the load on
+    failing upstreams; "true" for a 429 that says when to come back; else no opinion."""
+    if e.status == 429:
+        return "true" if "retry-after" in e.headers else None
+    if isinstance(e, UpstreamError) and e.status in (502, 503, 504) or 400 <= e.status < 500 and e.status not in (408, 409):
+        return "false"
+    return None
+
+
 def error_response(e: ProxyError, headers: dict[str, str] | None = None) -> Response:
-    return Response(e.json(), status_code=e.status, headers={**(headers or {}), **e.headers},
+    hint = should_retry(e)
+    extra = {"x-should-retry": hint} if hint else {}
+    return Response(e.json(), status_code=e.status, headers={**(headers or {}), **e.headers, **extra},
                     media_type="application/json")
 
 
