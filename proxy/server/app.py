@@ -59,7 +59,7 @@ class OpenAIAPI:
             if isinstance(result, Completion):
                 out = orjson.dumps(result.data)
                 if call.usage is None:
-                    call.sent = [out]  # no usage from upstream: the ledger estimates from the answer
+                    call.record_sent(out)  # no usage from upstream: the ledger estimates from the answer
                 pipeline.finish(call, 200)
                 return Response(out, media_type="application/json", headers=call.headers())
             return StreamingResponse(self.sse(pipeline.payloads(call, result)), media_type="text/event-stream",

@@ -112,9 +112,9 @@ class Pipeline:
         rest = stream.rest
         try:
             yield stream.first
-            call.sent = sent = [stream.first]  # kept for the ledger's token estimate if the stream is cut short
+            call.record_sent(stream.first)  # counted (a bounded sample kept) for the ledger's estimate
             async for payload in rest:
-                sent.append(payload)
+                call.record_sent(payload)
                 yield payload
             if call.include_usage and call.usage is not None:
                 model = call.upstream_model or self.cfg.models[call.target].model
