@@ -52,6 +52,11 @@ class Call:
     features: Any = None  # proxy.routing.features.Features, once the body is read and checked
     finished: float | None = None  # perf_counter when the answer or error went out
     sent: list[bytes] | None = None  # stream payloads sent, or a body without usage (for the ledger's estimate)
+    # the client's own Messages body and anthropic-beta header (Anthropic's front door): Claude targets
+    # get it as it came (native pass-through), every other target the OpenAI body translated from it
+    anthropic_body: dict[str, Any] | None = None
+    anthropic_beta: str | None = None
+    anthropic_answer: tuple[str, dict[str, Any]] | None = None  # (target, its Message) from a pass-through
 
     @property
     def chunks(self) -> int:
