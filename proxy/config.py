@@ -202,6 +202,7 @@ class Config:
     routing: Routing = field(default_factory=Routing)
     path: str | None = None
     usage: UsageConfig = field(default_factory=lambda: UsageConfig())
+    aliases: dict[str, str] = field(default_factory=dict)  # other names for routes / targets (claude-… → auto)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
     data = _interpolate(raw, env, "", missing)
     if not isinstance(data, dict):
         raise ConfigError("config: expected a mapping at the top level")
-    _only(data, "config", {"server", "backends", "models", "routes", "keys", "routing", "usage"})
+    _only(data, "config", {"server", "backends", "models", "routes", "keys", "routing", "usage", "aliases"})
 
     server = _server(_mapping(data.get("server") or {}, "server"))
     backends = {
@@ -260,8 +261,21 @@ def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
 
     prices.apply(models, backends)  # unpriced cloud targets take the built-in table's price
     usage = _usage(_mapping(data.get("usage") or {}, "usage"), models)
+    aliases = _aliases(_mapping(data.get("aliases") or {}, "aliases"), models, routes)
     return Config(server=server, backends=backends, models=models, routes=routes, keys=keys, routing=routing,
-                  usage=usage)
+                  usage=usage, aliases=aliases)
+
+
+def _aliases(raw: dict[str, Any], models: dict[str, Target], routes: dict[str, Route]) -> dict[str, str]:
+    """Other names clients send (Claude Code's claude-… model names) for routes or targets."""
+    out: dict[str, str] = {}
+    for name, to in raw.items():
+        if not isinstance(to, str) or (to not in models and to not in routes):
+            raise ConfigError(f"aliases.{name}: {to!r} is not a route or model target")
+        if name in models or name in routes:
+            raise ConfigError(f"aliases.{name}: a route or model target has the same name")
+        out[str(name)] = to
+    return out
 
 
 def _interpolate(node: Any, env: dict[str, str], path: str, missing: dict[str, list[str]]) -> Any:
