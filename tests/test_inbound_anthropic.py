@@ -87,6 +87,7 @@ def shared() -> Iterator[Env]:
     claude, gemini = build_claude(api_key=CLAUDE_KEY), build_gemini_emulator(GEMINI_KEY)
     ollama = build_ollama_emulator(models=["llama3.2:3b"], loaded=["llama3.2:3b"])
     servers = [ServerThread(a).start() for a in (claude, gemini, ollama)]
+    claude.state.url = servers[0].url
     proxy = ServerThread(build_app(parse(config(*(s.url for s in servers)), {}))).start()
     yield Env(proxy.url, claude, gemini, ollama)
     for s in [proxy, *servers]:
@@ -323,3 +324,55 @@ def test_a_stream_failing_after_its_start_ends_with_an_error_event(env):
                        "messages": [{"role": "user", "content": "hi [mock:drop=3]"}]})
     frames = [f for f in r.text.split("\n\n") if f]
     assert frames[0].startswith("event: message_start") and frames[-1].startswith("event: error")
+
+
+# --- the same pipeline: fallback past Claude, rate limits, the ledger ---------------------------
+
+
+def test_a_failing_claude_falls_back_to_a_translated_answer(env, turnout):
+    raw = config(env.claude.state.url, "http://127.0.0.1:9", "http://127.0.0.1:9")
+    raw["routes"]["claude-first"] = ["sonnet", "mocky"]
+    base = turnout(raw)
+    client = anthropic.Anthropic(base_url=base, api_key=TOKEN, max_retries=0)
+    env.claude.state.script.append(Reply(status=529))
+    r = client.messages.with_raw_response.create(model="claude-first", max_tokens=100, messages=HI)
+    assert r.headers["x-turnout-model"] == "mocky" and r.headers["x-turnout-fallbacks"].startswith("sonnet: 502")
+    assert "You said: hello there" in r.parse().content[0].text
+    env.claude.state.script.append(Reply(stream_error=(1, "overloaded_error", "Overloaded")))
+    with client.messages.stream(model="claude-first", max_tokens=100, messages=HI) as s:
+        final = s.get_final_message()
+    assert "You said: hello there" in final.content[0].text  # Claude's early error event: the mock answered
+
+
+def test_claude_failing_mid_stream_ends_with_an_error_event(env):
+    env.claude.state.script.append(Reply(text="one two three four five six", stream_error=(5, "overloaded_error",
+                                                                                          "Overloaded")))
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with env.client.messages.stream(model="sonnet", max_tokens=100, messages=HI) as s:
+            for _ in s:
+                pass
+    assert e.value.body["error"]["type"] == "overloaded_error"
+
+
+def test_rate_limits_and_the_ledger_apply(turnout, tmp_path):
+    raw = config("http://127.0.0.1:9", "http://127.0.0.1:9", "http://127.0.0.1:9")
+    raw["keys"] = [{"key": TOKEN, "name": "team", "rate_limit": {"requests_per_minute": 2}}]
+    raw["usage"] = {"ledger": str(tmp_path / "u.db"), "flush_interval": 0.05}
+    base = turnout(raw)
+    client = anthropic.Anthropic(base_url=base, api_key=TOKEN, max_retries=0)
+    client.messages.create(model="mocky", max_tokens=50, messages=HI)
+    with client.messages.stream(model="mocky", max_tokens=50, messages=HI) as s:
+        s.until_done()
+    with pytest.raises(anthropic.RateLimitError) as e:
+        client.messages.create(model="mocky", max_tokens=50, messages=HI)
+    assert e.value.body["error"]["type"] == "rate_limit_error" and int(e.value.response.headers["retry-after"]) > 0
+    rows: list = []
+    for _ in range(50):  # the ledger flushes every 50 ms
+        r = httpx.get(base + "/turnout/usage/export", headers={"authorization": f"Bearer {TOKEN}"})
+        rows = [json.loads(line) for line in r.text.splitlines() if line]
+        if len(rows) >= 3:
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    assert [(row["target"], row["status"], row["stream"]) for row in rows] == [
+        ("mocky", 200, 0), ("mocky", 200, 1), (None, 429, 0)]
+    assert rows[0]["completion_tokens"] > 0 and rows[1]["completion_tokens"] > 0
