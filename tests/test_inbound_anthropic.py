@@ -376,3 +376,14 @@ def test_rate_limits_and_the_ledger_apply(turnout, tmp_path):
     assert [(row["target"], row["status"], row["stream"]) for row in rows] == [
         ("mocky", 200, 0), ("mocky", 200, 1), (None, 429, 0)]
     assert rows[0]["completion_tokens"] > 0 and rows[1]["completion_tokens"] > 0
+
+
+def test_ollama_thinking_streams_as_thinking_deltas(env):
+    env.ollama.state.scripts.append({"thinking": "Rome is in Italy.", "text": "It is warm."})
+    with env.client.messages.stream(model="llama", max_tokens=3000, messages=HI,
+                                    thinking={"type": "enabled", "budget_tokens": 2000}) as s:
+        events = list(s)
+        final = s.get_final_message()
+    assert env.ollama.state.requests[-1]["think"] is True
+    assert {e.delta.type for e in events if e.type == "content_block_delta"} == {"thinking_delta", "text_delta"}
+    assert final.content[0].thinking == "Rome is in Italy." and final.content[1].text == "It is warm."
