@@ -294,7 +294,7 @@ def test_auth_errors(env):
     (b"{not json", 400, "invalid_request_error", "We could not parse the JSON body"),
     ({"model": "mocky", "messages": HI}, 400, "invalid_request_error", "max_tokens: Field required"),
     ({"model": "claude-nope", "max_tokens": 5, "messages": HI}, 404, "not_found_error", "model: claude-nope"),
-    ({"model": "mocky", "max_tokens": 5, "messages": HI, "tools": [{"type": "web_search_20250305", "name": "ws"}]},
+    ({"model": "auto", "max_tokens": 5, "messages": HI, "tools": [{"type": "web_search_20250305", "name": "ws"}]},
      400, "invalid_request_error", "tools.0: the server tool"),
 ])
 def test_bad_requests(env, body, status, etype, message):
@@ -387,3 +387,14 @@ def test_ollama_thinking_streams_as_thinking_deltas(env):
     assert env.ollama.state.requests[-1]["think"] is True
     assert {e.delta.type for e in events if e.type == "content_block_delta"} == {"thinking_delta", "text_delta"}
     assert final.content[0].thinking == "Rome is in Italy." and final.content[1].text == "It is warm."
+
+
+def test_server_tools_go_only_to_claude_targets(env, turnout):
+    raw = config(env.claude.state.url, "http://127.0.0.1:9", "http://127.0.0.1:9")
+    raw["routes"]["mixed"] = ["mocky", "sonnet"]
+    client = anthropic.Anthropic(base_url=turnout(raw), api_key=TOKEN, max_retries=0)
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    r = client.messages.with_raw_response.create(model="mixed", max_tokens=100, messages=HI, tools=[search, WEATHER])
+    assert r.headers["x-turnout-model"] == "sonnet"
+    assert r.headers["x-turnout-fallbacks"] == "mocky: skipped: the request uses what only Claude takes"
+    assert env.claude.state.requests[-1]["tools"] == [search, WEATHER]

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy.call import Call
+from proxy.call import Attempt, Call
 from proxy.errors import AuthenticationError, InvalidRequest, ProxyError, UpstreamError
 from proxy.usage import pricing, tokens
 from translators.inbound import anthropic as inbound
@@ -69,20 +69,26 @@ class AnthropicAPI:
             return aliases[name]
         raise ProxyError(f"model: {name}", status=404, type="not_found_error", code="model_not_found", param="model")
 
-    async def _read(self, request: Request, call: Call, *, count_tokens: bool = False) -> tuple[dict, dict]:
-        """(the client's Messages body, the OpenAI chat body it becomes)."""
+    async def _read(self, request: Request, call: Call, *,
+                    count_tokens: bool = False) -> tuple[dict, dict, str | None]:
+        """(the client's Messages body, the OpenAI chat body it becomes, why only Claude can take it
+        when it uses server tools or documents by URL)."""
         call.key = self.t.authenticate(request)
         raw = await self.t.read_json(request)
         try:
             raw = inbound.validate(raw, count_tokens=count_tokens)
-            call.request_model = raw["model"]
-            body = inbound.to_openai(raw)
         except inbound.AnthropicInvalid as e:
             raise InvalidRequest(e.message) from None
+        call.request_model = raw["model"]
+        claude_only = None
+        try:
+            body = inbound.to_openai(raw)
+        except inbound.AnthropicInvalid as e:  # server tools, documents by URL: Claude targets only
+            body, claude_only = inbound.to_openai(inbound.without_claude_only(raw)), e.message
         body["model"] = call.request_model = self._model(raw["model"])
         call.anthropic_body = raw
         call.anthropic_beta = request.headers.get("anthropic-beta")
-        return raw, body
+        return raw, body, claude_only
 
     def _call(self, request: Request) -> Call:
         rid = request.headers.get("x-request-id", "")
@@ -91,7 +97,7 @@ class AnthropicAPI:
             call.request_id = "req_" + call.id[9:]
         return call
 
-    async def _run(self, call: Call, body: dict[str, Any], headers: Any) -> Any:
+    async def _run(self, call: Call, body: dict[str, Any], headers: Any, claude_only: str | None) -> Any:
         """The chat pipeline: features, gates, the chain, dispatch (a completion, or a stream's first
         payload and the rest)."""
         call.include_usage = False
@@ -99,20 +105,35 @@ class AnthropicAPI:
         for gate in self.t.gates:
             gate(call)
         chain, rule = self.t.router.plan(call, features)
+        if claude_only:
+            chain = self._claude_targets(call, chain, claude_only)
         deadline = self.t.cfg.routes[call.route].timeout if call.route else None
         if not call.stream:
             return await self.t.dispatcher.complete(chain, body, call, escalate=rule.escalate if rule else 0,
                                                     deadline=deadline)
         return await self.t.dispatcher.open_stream(chain, body, call, deadline=deadline)
 
+    def _claude_targets(self, call: Call, chain: list[Any], why: str) -> list[Any]:
+        """Only the chain's Claude targets, for a request that only Claude can take; the others are
+        recorded as skipped (a 400 with the reason when none is left)."""
+        kept = []
+        for t in chain:
+            if self.t.backends[t.backend].type == "anthropic":
+                kept.append(t)
+            else:
+                call.attempts.append(Attempt(t.name, "skipped: the request uses what only Claude takes"))
+        if not kept:
+            raise InvalidRequest(why)
+        return kept
+
     async def messages(self, request: Request) -> Response:
         call = self._call(request)
         for o in self.t.observers:
             o.started(call)
         try:
-            raw, body = await self._read(request, call)
+            raw, body, claude_only = await self._read(request, call)
             call.stream = bool(raw.get("stream"))
-            result = await self._run(call, body, request.headers)
+            result = await self._run(call, body, request.headers, claude_only)
             if not call.stream:
                 return self._message(call, result)
             first, rest = result
@@ -179,7 +200,7 @@ class AnthropicAPI:
         Claude target, else Turnout's tokenizer estimate (header ``x-turnout-token-count: estimate``)."""
         call = self._call(request)
         try:
-            raw, body = await self._read(request, call, count_tokens=True)
+            raw, body, _ = await self._read(request, call, count_tokens=True)
             features = self.t.router.features(body, request.headers, call.key)
             try:
                 chain, _ = self.t.router.plan(call, features)

@@ -38,6 +38,7 @@ MODELS = ("claude-sonnet-4-6", "claude-opus-4-6", "claude-opus-4-8", "claude-son
 API_VERSIONS = ("2023-06-01", "2023-01-01", "2026-10-21")  # 2026-10-21: what anthropic SDK 2.x sends
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+_SERVER_TOOL = re.compile(r"^(web_search|web_fetch|code_execution|bash|text_editor|computer|memory)_\d{8}$")
 _TOP_LEVEL = {"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
               "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
               "container", "mcp_servers", "output_config", "cache_control"}
@@ -287,6 +288,11 @@ def validate(body: Any, version: str = "2023-06-01") -> Json:
             if t["name"] in names:
                 raise Invalid("tools: Tool names must be unique.")
             names.add(t["name"])
+            if t.get("type") not in (None, "custom"):
+                if not _SERVER_TOOL.match(str(t["type"])):
+                    raise Invalid(f"tools.{j}: Input tag '{t['type']}' found using 'type' does not match any of "
+                                  "the expected tags")
+                continue  # a server tool (web_search_20250305, …): its own fields
             schema = t.get("input_schema")
             if not isinstance(schema, dict):
                 raise Invalid(f"tools.{j}.custom.input_schema: Field required")

@@ -409,6 +409,33 @@ def reasoning_effort(thinking: Any, output_config: Any = None) -> str | None:
     return None
 
 
+def _claude_only_block(b: Json) -> bool:
+    return b.get("type") == "document" and (b.get("source") or {}).get("type") == "url"
+
+
+def without_claude_only(body: Json) -> Json:
+    """A copy without what only Claude can take (server tools, documents by URL), for routing a
+    request whose Claude-only parts `to_openai` refused: only Claude targets may then answer it."""
+    out = dict(body)
+    if body.get("tools"):
+        out["tools"] = [t for t in body["tools"] if t.get("type") in (None, "custom")]
+        names = {t["name"] for t in out["tools"]}
+        tc = body.get("tool_choice")
+        if not out["tools"]:
+            out.pop("tools")
+            out.pop("tool_choice", None)
+        elif isinstance(tc, dict) and tc.get("type") == "tool" and tc.get("name") not in names:
+            out["tool_choice"] = {"type": "auto"}
+    msgs = []
+    for m in body["messages"]:
+        c = m["content"]
+        if isinstance(c, list) and any(_claude_only_block(b) for b in c):
+            c = [b for b in c if not _claude_only_block(b)] or "(a document)"
+        msgs.append({**m, "content": c})
+    out["messages"] = msgs
+    return out
+
+
 def to_openai(body: Json) -> Json:
     """The OpenAI chat body for a validated Messages body (see the table in docs/inbound-anthropic.md)."""
     msgs = _system(body.get("system"))
