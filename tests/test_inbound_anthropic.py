@@ -18,7 +18,7 @@ import pytest
 from anthropic.types import Message
 
 from proxy.config import parse
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from tests.conftest import ServerThread
 from tests.emulators.anthropic import Reply
 from tests.emulators.anthropic import build_app as build_claude

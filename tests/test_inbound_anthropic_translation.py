@@ -120,7 +120,7 @@ def test_plain_request_maps_every_sampling_field():
     assert out == {"model": "claude-sonnet-4-5", "messages": [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
         "max_completion_tokens": 1024, "temperature": 0.3, "top_p": 0.9, "stop": ["END", "\n\n"],
-        "user": "user-42", "stream": True, "stream_options": {"include_usage": True}}
+        "user": "user-42", "stream": True}
 
 
 def test_system_blocks_with_cache_control_join_into_one_system_message():

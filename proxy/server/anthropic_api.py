@@ -12,27 +12,26 @@ paths is Anthropic's ``{"type":"error","error":{"type","message"}}`` with its st
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from proxy.backends.base import Backend
 from proxy.call import Attempt, Call
+from proxy.config import Config, Target
 from proxy.errors import AuthenticationError, InvalidRequest, ProxyError, UpstreamError
-from proxy.usage import pricing, tokens
+from proxy.server.pipeline import Completion, Pipeline, internal_error
+from proxy.usage import tokens
+from proxy.web.auth import Authenticator
+from proxy.web.responses import read_json, request_id
 from translators.inbound import anthropic as inbound
 from translators.inbound.anthropic_reply import MessageStream, error_body, error_status, message_id, to_message
 
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
-
 log = logging.getLogger("turnout.anthropic_api")
-_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -50,10 +49,13 @@ def anthropic_error(e: ProxyError, headers: dict[str, str] | None = None, reques
 
 
 class AnthropicAPI:
-    """The endpoints, on top of the running `Turnout` (its keys, body reader, pipeline, observers)."""
+    """The endpoints over the shared pipeline."""
 
-    def __init__(self, turnout: "Turnout") -> None:
-        self.t = turnout
+    def __init__(self, cfg: Config, pipeline: Pipeline, auth: Authenticator, backends: dict[str, Backend]) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.auth = auth
+        self.backends = backends
 
     def routes(self) -> list[Route]:
         return [Route("/v1/messages", self.messages, methods=["POST"]),
@@ -61,20 +63,18 @@ class AnthropicAPI:
 
     def _model(self, name: str) -> str:
         """A route or target name for the client's `model`: itself, or the alias it names."""
-        cfg = self.t.cfg
-        if name in cfg.routes or name in cfg.models:
+        if name in self.cfg.routes or name in self.cfg.models:
             return name
-        aliases = getattr(cfg, "aliases", None) or {}
-        if name in aliases:
-            return aliases[name]
+        if name in self.cfg.aliases:
+            return self.cfg.aliases[name]
         raise ProxyError(f"model: {name}", status=404, type="not_found_error", code="model_not_found", param="model")
 
     async def _read(self, request: Request, call: Call, *,
                     count_tokens: bool = False) -> tuple[dict, dict, str | None]:
         """(the client's Messages body, the OpenAI chat body it becomes, why only Claude can take it
         when it uses server tools or documents by URL)."""
-        call.key = self.t.authenticate(request)
-        raw = await self.t.read_json(request)
+        call.key = self.auth.authenticate(request.headers)
+        raw = await read_json(request, self.cfg.server.max_body_bytes)
         try:
             raw = inbound.validate(raw, count_tokens=count_tokens)
         except inbound.AnthropicInvalid as e:
@@ -90,124 +90,96 @@ class AnthropicAPI:
         call.anthropic_beta = request.headers.get("anthropic-beta")
         return raw, body, claude_only
 
-    def _call(self, request: Request) -> Call:
-        rid = request.headers.get("x-request-id", "")
-        call = Call(request_model="", request_id=rid if _SAFE_ID.fullmatch(rid) else "")
-        if not call.request_id:
-            call.request_id = "req_" + call.id[9:]
-        return call
+    def _claude_targets(self, why: str) -> Any:
+        """A chain restriction for a request only Claude can take: the others are recorded as
+        skipped (a 400 with the reason when none is left)."""
 
-    async def _run(self, call: Call, body: dict[str, Any], headers: Any, claude_only: str | None) -> Any:
-        """The chat pipeline: features, gates, the chain, dispatch (a completion, or a stream's first
-        payload and the rest)."""
-        call.include_usage = False
-        features = call.features = self.t.router.features(body, headers, call.key)
-        for gate in self.t.gates:
-            gate(call)
-        chain, rule = self.t.router.plan(call, features)
-        if claude_only:
-            chain = self._claude_targets(call, chain, claude_only)
-        deadline = self.t.cfg.routes[call.route].timeout if call.route else None
-        if not call.stream:
-            return await self.t.dispatcher.complete(chain, body, call, escalate=rule.escalate if rule else 0,
-                                                    deadline=deadline)
-        return await self.t.dispatcher.open_stream(chain, body, call, deadline=deadline)
+        def restrict(call: Call, chain: list[Target]) -> list[Target]:
+            kept = []
+            for t in chain:
+                if self.backends[t.backend].type == "anthropic":
+                    kept.append(t)
+                else:
+                    call.attempts.append(Attempt(t.name, "skipped: the request uses what only Claude takes"))
+            if not kept:
+                raise InvalidRequest(why)
+            return kept
 
-    def _claude_targets(self, call: Call, chain: list[Any], why: str) -> list[Any]:
-        """Only the chain's Claude targets, for a request that only Claude can take; the others are
-        recorded as skipped (a 400 with the reason when none is left)."""
-        kept = []
-        for t in chain:
-            if self.t.backends[t.backend].type == "anthropic":
-                kept.append(t)
-            else:
-                call.attempts.append(Attempt(t.name, "skipped: the request uses what only Claude takes"))
-        if not kept:
-            raise InvalidRequest(why)
-        return kept
+        return restrict
 
     async def messages(self, request: Request) -> Response:
-        call = self._call(request)
-        for o in self.t.observers:
-            o.started(call)
+        pipeline = self.pipeline
+        call = pipeline.new_call(request_id(request, ""), api="anthropic")
+        headers = {}
         try:
             raw, body, claude_only = await self._read(request, call)
-            call.stream = bool(raw.get("stream"))
-            result = await self._run(call, body, request.headers, claude_only)
-            if not call.stream:
-                return self._message(call, result)
-            first, rest = result
-            return StreamingResponse(self._events(call, first, rest), media_type="text/event-stream",
-                                     headers={**_SSE_HEADERS, **call.headers(), "request-id": call.request_id})
+            result = await pipeline.run(call, body, request.headers,
+                                        restrict=self._claude_targets(claude_only) if claude_only else None)
+            headers = {**call.headers(), "request-id": call.request_id}
+            if isinstance(result, Completion):
+                msg = self._message(call, result.data)
+                pipeline.finish(call, 200)
+                return Response(orjson.dumps(msg), media_type="application/json", headers=headers)
+            return StreamingResponse(self._events(call, pipeline.payloads(call, result)),
+                                     media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
         except ProxyError as e:
-            self.t.finish(call, e.status, e)
+            pipeline.finish(call, e.status, e)
             return anthropic_error(e, call.headers(), call.request_id)
         except Exception as e:  # noqa: BLE001 - the client gets a clean 500, the log gets the type only
-            log.error("%s: internal error %s", call.request_id, type(e).__name__)
-            log.debug("internal error", exc_info=True)
-            self.t.finish(call, 500)
-            return anthropic_error(ProxyError(f"Internal error in Turnout (request {call.request_id})."),
-                                   call.headers(), call.request_id)
+            err = internal_error(call, e)
+            pipeline.finish(call, 500)
+            return anthropic_error(err, call.headers(), call.request_id)
 
-    def _message(self, call: Call, completion: dict[str, Any]) -> Response:
-        native = call.anthropic_answer
-        if native is not None and native[0] == call.target:
-            msg = native[1]  # Claude's own Message, as it came
-        else:
-            u = completion.get("usage")
-            msg = to_message(completion, id=message_id(call.id), input_estimate=0 if u else call.features.prompt_tokens)
-        call.cost_usd = pricing.cost(call.usage, self.t.cfg.models[call.target].price) + call.discarded_cost_usd
+    @staticmethod
+    def _message(call: Call, completion: dict[str, Any]) -> dict[str, Any]:
+        """Claude's own Message from a pass-through, else the completion translated."""
         if call.usage is None:
             call.sent = [orjson.dumps(completion)]  # no usage from upstream: the ledger estimates from the answer
-        self.t.finish(call, 200)
-        return Response(orjson.dumps(msg), media_type="application/json",
-                        headers={**call.headers(), "request-id": call.request_id})
+        native = call.anthropic_answer
+        if native is not None and native[0] == call.target:
+            return native[1]
+        estimate = 0 if completion.get("usage") else call.features.prompt_tokens
+        return to_message(completion, id=message_id(call.id), input_estimate=estimate)
 
-    async def _events(self, call: Call, first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Anthropic's event sequence for Turnout's stream: the upstream's own events from a Claude
-        pass-through, else the chat chunks translated; a failure after the start is an ``error`` event."""
+    @staticmethod
+    async def _events(call: Call, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Anthropic's event sequence for the pipeline's stream: the upstream's own events from a
+        Claude pass-through (``event: …`` frames), else the chat chunks translated; a failure after
+        the start is an ``error`` event."""
         out = MessageStream(id=message_id(call.id), input_estimate=call.features.prompt_tokens)
-        status, error, native = 200, None, first.startswith(b"event: ")
-        call.sent = sent = []
+        native: bool | None = None
         try:
-            sent.append(first)
-            yield first if native else out.feed(first)
-            async for p in rest:
-                sent.append(p)
-                yield p if native else out.feed(p)
+            async for p in payloads:
+                if native is None:
+                    native = p.startswith(b"event: ")
+                if native:
+                    if p.startswith(b"event: "):
+                        yield p
+                else:
+                    yield out.feed(p)
             if not native:
                 yield out.finish(call.usage)
         except ProxyError as e:
-            status, error = e.status, e
             yield out.error(error_status(e.status, e.code)[1], e.message)
-        except (GeneratorExit, asyncio.CancelledError):
-            status = 499
-            call.error = "client_disconnected"
-            raise
-        except Exception as e:  # noqa: BLE001
-            status = 500
-            log.error("%s: internal error in stream %s", call.request_id, type(e).__name__)
-            log.debug("internal error", exc_info=True)
-            yield out.error("api_error", f"Internal error in Turnout (request {call.request_id}).")
+        except Exception as e:  # noqa: BLE001 - a bug in the translation: the client gets an error event
+            yield out.error("api_error", internal_error(call, e, " in stream").message)
         finally:
-            await rest.aclose()
-            if call.usage is not None:
-                call.cost_usd = pricing.cost(call.usage, self.t.cfg.models[call.target].price)
-            self.t.finish(call, status, error)
+            await payloads.aclose()  # type: ignore[attr-defined]
 
     async def count_tokens(self, request: Request) -> Response:
-        """The input tokens of a Messages body: Claude's own count when the model resolves to a
-        Claude target, else Turnout's tokenizer estimate (header ``x-turnout-token-count: estimate``)."""
-        call = self._call(request)
+        """The input tokens of a Messages body: Claude's own count when the model's first usable
+        target is Claude, else Turnout's tokenizer estimate (``x-turnout-token-count: estimate``)."""
+        call = Call(request_model="", request_id=request_id(request, ""))
+        call.request_id = call.request_id or "req_" + call.id[9:]
         try:
             raw, body, _ = await self._read(request, call, count_tokens=True)
-            features = self.t.router.features(body, request.headers, call.key)
+            router = self.pipeline.router
             try:
-                chain, _ = self.t.router.plan(call, features)
+                chain, _ = router.plan(call, router.features(body, request.headers, call.key))
             except ProxyError:
                 chain = []  # nothing can answer now (circuits, quotas): counting needs no answer
             for target in chain[:1]:
-                backend = self.t.backends[target.backend]
+                backend = self.backends[target.backend]
                 if hasattr(backend, "count_tokens"):
                     try:
                         return _count(await backend.count_tokens(target, raw, call.anthropic_beta), "provider", call)
@@ -223,4 +195,3 @@ def _count(n: int, how: str, call: Call) -> Response:
     return Response(orjson.dumps({"input_tokens": n}), media_type="application/json",
                     headers={"x-request-id": call.request_id, "request-id": call.request_id,
                              "x-turnout-token-count": how, **({"x-turnout-model": call.chain[0]} if call.chain else {})})
-

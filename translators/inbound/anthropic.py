@@ -468,6 +468,5 @@ def to_openai(body: Json) -> Json:
     if user:
         out["user"] = str(user)
     if body.get("stream"):
-        out["stream"] = True
-        out["stream_options"] = {"include_usage": True}
+        out["stream"] = True  # usage comes on the call (every backend asks its upstream for it)
     return out
