@@ -398,3 +398,11 @@ def test_server_tools_go_only_to_claude_targets(env, turnout):
     assert r.headers["x-turnout-model"] == "sonnet"
     assert r.headers["x-turnout-fallbacks"] == "mocky: skipped: the request uses what only Claude takes"
     assert env.claude.state.requests[-1]["tools"] == [search, WEATHER]
+
+
+def test_wrong_method_and_unknown_path_under_messages_answer_in_anthropics_shape(env):
+    r = httpx.get(env.base + "/v1/messages", headers={"x-api-key": TOKEN})
+    assert r.status_code == 405 and r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(env.base + "/v1/messages/batches", headers={"x-api-key": TOKEN}, json={})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
