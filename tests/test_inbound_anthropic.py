@@ -79,7 +79,10 @@ class Env:
     def __init__(self, base: str, claude, gemini, ollama) -> None:
         self.base, self.claude, self.gemini, self.ollama = base, claude, gemini, ollama
         self.client = anthropic.Anthropic(base_url=base, api_key=TOKEN, max_retries=0)
-        self.aclient = anthropic.AsyncAnthropic(base_url=base, auth_token=TOKEN, max_retries=0)
+
+    def aclient(self) -> anthropic.AsyncAnthropic:
+        """An async client for one event loop (one per asyncio.run)."""
+        return anthropic.AsyncAnthropic(base_url=self.base, auth_token=TOKEN, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +168,9 @@ def test_streamed_tool_call_arrives_as_input_json_delta(env):
 
 def test_async_create_and_stream_with_bearer_auth(env):
     async def go():
-        m = await env.aclient.messages.create(model="mocky", max_tokens=100, messages=HI)
-        async with env.aclient.messages.stream(model="mocky", max_tokens=100, messages=HI) as s:
+        client = env.aclient()
+        m = await client.messages.create(model="mocky", max_tokens=100, messages=HI)
+        async with client.messages.stream(model="mocky", max_tokens=100, messages=HI) as s:
             final = await s.get_final_message()
         return m, final
 
@@ -406,3 +410,26 @@ def test_wrong_method_and_unknown_path_under_messages_answer_in_anthropics_shape
     assert r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.post(env.base + "/v1/messages/batches", headers={"x-api-key": TOKEN}, json={})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_async_sdk_against_claude_and_gemini_with_images_and_cached_system(env):
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    msgs = [{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}]
+    env.claude.state.script.append(Reply(text="A pixel on Claude"))
+    env.gemini.state.script.append({"text": "A pixel on Gemini"})
+
+    async def go():
+        client = env.aclient()
+        async with client.messages.stream(model="sonnet", max_tokens=100, messages=msgs,
+                                               system=CLAUDE_CODE_SYSTEM) as s:
+            claude = await s.get_final_message()
+        gemini = await client.messages.create(model="flash", max_tokens=100, messages=msgs,
+                                                   system=CLAUDE_CODE_SYSTEM)
+        return claude, gemini
+
+    claude, gemini = asyncio.run(go())
+    assert claude.content[0].text == "A pixel on Claude" and gemini.content[0].text == "A pixel on Gemini"
+    assert env.claude.state.requests[-1]["messages"] == msgs
+    assert env.claude.state.requests[-1]["system"] == CLAUDE_CODE_SYSTEM
+    parts = env.gemini.state.requests[-1]["body"]["contents"][0]["parts"]
+    assert parts[0]["inlineData"]["data"] == PNG and parts[1] == {"text": "What is it?"}
