@@ -105,6 +105,13 @@ def test_validation_refuses_in_anthropics_words(b, message):
     assert (e.value.status, e.value.type) == (400, "invalid_request_error")
 
 
+def test_beta_requests_may_carry_fields_of_their_betas_which_other_targets_never_see():
+    b = body(betas_field={"x": 1})
+    with pytest.raises(AnthropicInvalid, match="betas_field: Extra inputs are not permitted"):
+        validate(b)
+    assert "betas_field" not in to_openai(validate(b, beta=True))
+
+
 def test_count_tokens_bodies_need_no_max_tokens_and_claude_only_fields_are_accepted():
     b = body(output_config={"effort": "high"}, context_management={}, service_tier="auto")
     assert validate(b) is b

@@ -76,7 +76,7 @@ class AnthropicAPI:
         call.key = self.auth.authenticate(request.headers)
         raw = await read_json(request, self.cfg.server.max_body_bytes)
         try:
-            raw = inbound.validate(raw, count_tokens=count_tokens)
+            raw = inbound.validate(raw, count_tokens=count_tokens, beta=bool(request.headers.get("anthropic-beta")))
         except inbound.AnthropicInvalid as e:
             raise InvalidRequest(e.message) from None
         call.request_model = raw["model"]

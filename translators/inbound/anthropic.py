@@ -225,13 +225,15 @@ def _check_number(body: Json, name: str, lo: float, hi: float | None) -> None:
         raise AnthropicInvalid(f"{name}: Input should be less than or equal to {hi:g}")
 
 
-def validate(body: Any, *, count_tokens: bool = False) -> Json:
+def validate(body: Any, *, count_tokens: bool = False, beta: bool = False) -> Json:
     """The body if the Messages API would accept it, else `AnthropicInvalid` in the API's words.
-    `count_tokens`: the count_tokens endpoint's body (no max_tokens, no sampling fields)."""
+    `count_tokens`: the count_tokens endpoint's body (no max_tokens). `beta`: the client sent
+    ``anthropic-beta``, whose features add top-level fields: unknown ones are then Claude's to judge
+    (passed through to Claude targets, not sent to others)."""
     if not isinstance(body, dict):
         raise AnthropicInvalid("Input should be a valid dictionary")
     for k in body:
-        if k not in _FIELDS and k not in _CLAUDE_ONLY:
+        if k not in _FIELDS and k not in _CLAUDE_ONLY and not beta:
             raise AnthropicInvalid(f"{k}: Extra inputs are not permitted")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise AnthropicInvalid("model: Field required")
