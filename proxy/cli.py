@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from proxy import __version__
 from proxy import config as config_mod
-from proxy.config import Config, ConfigError
+from proxy.config import Config, ConfigError, ConfigUnreadable
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 DEMO_LOCAL_CONFIG = Path(__file__).with_name("demo-local.yaml")
@@ -48,6 +49,9 @@ def load_or_exit(path: str) -> Config:
         for b in cfg.backends.values():
             create(b)  # a backend's own options (e.g. llamacpp's) are checked when it is built
         return cfg
+    except ConfigUnreadable as e:  # a missing file is not an invalid one
+        print(f"turnout: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ConfigError as e:
         print(f"turnout: invalid config: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -75,7 +79,7 @@ def describe(cfg: Config) -> str:
         for rule in r.rules:
             when = ", ".join(f"{k} {v}" if k in ("complexity", "prompt_tokens") else
                              f"{k}={','.join(sorted(v)) if isinstance(v, frozenset) else v}"
-                             for k, v in vars(rule.when).items() if v is not None) or "always"
+                             for k in rule.when.__struct_fields__ if (v := getattr(rule.when, k)) is not None) or "always"
             esc = f"  (escalate up to {rule.escalate}x)" if rule.escalate else ""
             lines.append(f"    {rule.name:18s} when {when}: {' -> '.join(rule.then)}{esc}")
     from proxy.local.doctor import discovery_lines
@@ -127,6 +131,7 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="turnout", description="An OpenAI-compatible LLM gateway.")
+    parser.add_argument("--version", action="version", version=f"turnout {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve the gateway")

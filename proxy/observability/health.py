@@ -204,7 +204,9 @@ class Health:
         call = Call(request_model=target.name, request_id=f"probe-{name}")
         body = {"model": target.name, "messages": [{"role": "user", "content": PROBE_PROMPT}], "max_tokens": 1}
         async with asyncio.timeout(timeout):
-            return await backend.complete(target, body, call), call
+            answer = await backend.complete(target, body, call)
+        call.usage = answer.get("usage")
+        return answer, call
 
     async def probe(self, name: str) -> dict[str, Any]:
         """Probe one backend now and record the result."""
