@@ -102,10 +102,10 @@ class HTTPBackend(Backend):
         # a non-streamed answer's headers arrive only when it is complete: bound it by `total`
         self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
 
-    async def post(self, path: str, content: bytes) -> Response:
+    async def post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> Response:
         """POST a body for a non-streamed answer; a timeout or connection failure is an UpstreamError."""
         try:
-            return await self.client.post(path, content=content, timeout=self.complete_timeout)
+            return await self.client.post(path, content=content, headers=headers, timeout=self.complete_timeout)
         except httpx.HTTPError as e:
             raise self.transport_error(e) from None
 

@@ -6,7 +6,7 @@
 budget `alert: '80%'`, `ledger: off`, and the defaults that depend on other keys (a target's
 `model` is its name, its `vision` its backend type's; a rule's and a key's name their position).
 
-`check()` then verifies what spans sections: routes and rules name defined targets, a probe's model
+`check()` then verifies what spans sections: routes, rules and aliases name defined targets, a probe's model
 belongs to its backend, names do not collide, quotas and budgets are coherent, time zones exist,
 the savings baseline is priced. Every error is a `ConfigError` reading ``path: message``.
 """
@@ -204,6 +204,11 @@ def check(cfg: Config) -> None:
                 if getattr(rule.when, k) == frozenset():
                     raise ConfigError(f"{w}.when.{k}: expected a name or a list of names")
             r.chain += [t for t in rule.then if t not in r.chain]
+    for name, to in cfg.aliases.items():
+        if name in cfg.models or name in cfg.routes:
+            raise ConfigError(f"aliases.{name}: a route or model target has the same name")
+        if to not in cfg.models and to not in cfg.routes:
+            raise ConfigError(f"aliases.{name}: {to!r} is not a route or model target")
     for i, k in enumerate(cfg.keys):
         if k.rate_limit is not None and k.rate_limit.requests_per_minute is None \
                 and k.rate_limit.tokens_per_minute is None:

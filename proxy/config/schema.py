@@ -300,4 +300,5 @@ class Config(Section):
     keys: list[Key] = []
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)
     path: str | None = None  # the file it was read from

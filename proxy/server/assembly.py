@@ -32,6 +32,7 @@ from proxy.observability.stats import Stats
 from proxy.routing.circuit import Circuit
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
+from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
 from proxy.server.app import OpenAIAPI
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.state import MemoryState, State
@@ -91,6 +92,7 @@ def build(cfg: Config) -> Gateway:
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [])
     gateway.routes = [
         *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
+        *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
         *usage_api.routes(cfg, auth, usage),
         *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
     ]
@@ -100,8 +102,11 @@ def build(cfg: Config) -> Gateway:
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return error_response(ProxyError(f"{request.method} {request.url.path}: {exc.detail}",
-                                     status=exc.status_code, type="invalid_request_error", code=code))
+    err = ProxyError(f"{request.method} {request.url.path}: {exc.detail}", status=exc.status_code,
+                     type="invalid_request_error", code=code)
+    if request.url.path.startswith("/v1/messages"):
+        return anthropic_error(err)  # Anthropic's front door answers in Anthropic's shape
+    return error_response(err)
 
 
 async def _on_proxy_error(request: Request, exc: Exception) -> Response:

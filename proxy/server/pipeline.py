@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence
 import orjson
 
 from proxy.call import Call
-from proxy.config import Config
+from proxy.config import Config, Target
 from proxy.errors import ProxyError
 from proxy.observability.logs import request_line
 from proxy.routing.dispatch import Dispatcher
@@ -84,8 +84,10 @@ class Pipeline:
             o.started(call)
         return call
 
-    async def run(self, call: Call, body: dict[str, Any], headers: Mapping[str, str]) -> Completion | Stream:
-        """Route and dispatch a checked OpenAI chat body. Raises ProxyError; the caller then `finish`es."""
+    async def run(self, call: Call, body: dict[str, Any], headers: Mapping[str, str], *,
+                  restrict: Callable[[Call, list[Target]], list[Target]] | None = None) -> Completion | Stream:
+        """Route and dispatch a checked OpenAI chat body. Raises ProxyError; the caller then `finish`es.
+        `restrict`: a front door's own narrowing of the chain (e.g. Claude targets only), after filters."""
         call.request_model = body["model"]
         call.stream = bool(body.get("stream"))
         call.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -93,6 +95,8 @@ class Pipeline:
         for gate in self.gates:
             gate(call)
         chain, rule = self.router.plan(call, features)
+        if restrict is not None:
+            chain = restrict(call, chain)
         deadline = self.cfg.routes[call.route].timeout if call.route else None
         if call.stream:
             first, rest = await self.dispatcher.open_stream(chain, body, call, deadline=deadline)
