@@ -3,7 +3,8 @@
 A route is a plain fallback chain, or rules (first match wins; the rule's name is the reason
 reported). A model target named directly is a chain of one; an allowed override header or
 metadata field forces one target. Filters then skip, with a recorded reason, each target that
-cannot serve this request now: backend unavailable (no key), circuit open, a missing ability
+cannot serve this request now: the wrong kind (chat vs embedding, `proxy.routing.kinds`), backend
+unavailable (no key), circuit open, a missing ability
 (vision, tools, JSON schema), a context window too small, and any filter added later (quotas,
 budgets). If nothing is left, the client gets one error naming every target and why.
 """
@@ -20,6 +21,7 @@ from proxy.routing.complexity import ComplexityScorer
 from proxy.config import Conditions, Config, Key, Rule, Target
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError
 from proxy.routing.features import Features
+from proxy.routing.kinds import kind_of
 
 Filter = Callable[[Target, Features], "str | None"]
 EXPECTED_OUTPUT_TOKENS = 256  # for cost estimates when the request sets no max_tokens
@@ -57,7 +59,7 @@ class Router:
         self.backends = backends
         self.scorer = ComplexityScorer(cfg.routing.complexity)
         self.circuits = {name: Circuit(name, cfg.routing.circuit) for name in backends}
-        self.filters: list[Filter] = [self._unavailable, self._circuit, self._abilities, self._context]
+        self.filters: list[Filter] = [self._kind, self._unavailable, self._circuit, self._abilities, self._context]
 
     def features(self, body: dict[str, Any], headers: Mapping[str, str], key: Key | None) -> Features:
         return Features(body, headers, key, self.scorer, open_proxy=not self.cfg.keys)
@@ -113,7 +115,7 @@ class Router:
                 chain.append(target)
         if not chain:
             detail = "; ".join(f"{a.target} ({a.outcome})" for a in call.attempts)
-            if all(self._abilities(self.cfg.models[n], f) for n in names):
+            if all(self._kind(self.cfg.models[n], f) or self._abilities(self.cfg.models[n], f) for n in names):
                 # no target could ever serve this request: the client's to fix, not a transient outage
                 raise InvalidRequest(f"'{call.request_model}' cannot serve this request: {detail}.", param="model",
                                      code="unsupported_capability")
@@ -128,6 +130,12 @@ class Router:
             if why:
                 return why
         return None
+
+    def _kind(self, t: Target, f: Features) -> str | None:
+        kind = kind_of(t)
+        if kind == f.kind:
+            return None
+        return "an embedding model (not for chat)" if kind == "embedding" else "not an embedding model"
 
     def _unavailable(self, t: Target, f: Features) -> str | None:
         return self.backends[t.backend].unavailable
