@@ -72,10 +72,14 @@ class Backend(base.Backend):
         call.usage = mock.usage_of(body, rs)
 
     async def embed(self, target: Target, req: emb.EmbedRequest, call: Call, decode=None) -> list[list[float]]:
-        """The engine's deterministic vectors; token arrays are embedded as their ids' text."""
+        """The engine's deterministic vectors; token arrays are decoded as for any text-only provider."""
         s = self._script({"messages": [{"role": "user", "content": t} for t in req.inputs if isinstance(t, str)]})
         await self._before_first_byte(s)
-        texts = [t if isinstance(t, str) else " ".join(map(str, t)) for t in req.inputs]
+        try:
+            texts = req.texts(decode)
+        except ValueError as e:
+            raise UpstreamError(str(e), status=400, type="invalid_request_error", code="unsupported_value",
+                                param="input", fallback=True, category="client", backend=self.name) from None
         self.embed_usage(call, sum(mock.count_tokens(t) for t in texts))
         return [mock.embedding(t, req.dimensions) for t in texts]
 

@@ -37,6 +37,7 @@ from proxy.observability.metrics import Metrics
 from proxy.observability.api import ObservabilityAPI
 from proxy.observability.stats import Stats
 from proxy.usage.api import routes as usage_routes
+from proxy.server.openai_apis import OpenAIAPIs
 from translators.common import usage_chunk
 
 log = logging.getLogger("turnout")
@@ -295,6 +296,7 @@ def build_app(cfg: Config) -> Starlette:
             Route("/health", turnout.health, methods=["GET"]),
             Route("/ready", turnout.ready, methods=["GET"]),
             Route("/turnout/route", turnout.route, methods=["POST"]),
+            *OpenAIAPIs(turnout).routes(),
             *usage_routes(turnout),
             *ObservabilityAPI(turnout).routes(),
         ],
