@@ -136,11 +136,11 @@ class HTTPBackend(Backend):
             r = await self.post(path, orjson.dumps(body))
             if r.status_code >= 400:
                 raise self.embed_error(target, r)
-            got, tokens = self.embed_vectors(self.json_of(r))
+            got, n = self.embed_vectors(self.json_of(r))
             if len(got) != len(batch):
                 raise self.status_error(502, f"Backend '{self.name}' sent {len(got)} embeddings for {len(batch)} inputs.")
             vectors += got
-            counted = None if tokens is None or counted is None else counted + tokens
+            counted = None if n is None or counted is None else counted + n
         if counted is None:  # the upstream gave no count (Gemini): count the input
             counted = sum(tokens.count(t) if isinstance(t, str) else len(t) for t in inputs)
         self.embed_usage(call, counted)
