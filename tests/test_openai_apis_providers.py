@@ -9,7 +9,7 @@ import pytest
 
 from proxy.config import parse
 from proxy.mock.server import build_mock_upstream
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from tests.conftest import ServerThread, sdk
 from tests.emulators.anthropic import Reply
 from tests.emulators.anthropic import build_app as build_anthropic

@@ -10,10 +10,7 @@ front door shares (auth, routing, dispatch, the end of a request) is the chat pi
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import re
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
 import orjson
 from starlette.requests import Request
@@ -21,20 +18,20 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from proxy.call import Call
-from proxy.server import validate
+from proxy.config import Config
 from proxy.errors import InvalidRequest, ProxyError
-from proxy.usage import pricing, tokens
+from proxy.server import validate
+from proxy.server.pipeline import Completion, Pipeline, Stream, internal_error
+from proxy.usage import tokens
+from proxy.usage.ledger import Ledger
 from proxy.usage.stored import ResponseStore
+from proxy.web.auth import Authenticator
+from proxy.web.responses import error_response, read_json, request_id
 from translators import embeddings as emb
 from translators.common import Json, TranslationError
 from translators.inbound import completions as cp
 from translators.inbound import responses as rs
 
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
-
-log = logging.getLogger("turnout")
-_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -54,57 +51,14 @@ def _require_model(body: Any) -> Json:
     return body
 
 
-class Pipeline:
-    """The chat pipeline as the front doors use it: a chat body in, a completion or a stream of
-    chat-chunk payloads out, through routing, dispatch and the observers."""
-
-    def __init__(self, turnout: Turnout) -> None:
-        self.t = turnout
-        self.cfg, self.router, self.dispatcher, self.gates = turnout.cfg, turnout.router, turnout.dispatcher, turnout.gates
-        self.read_json, self.authenticate, self.finish = turnout.read_json, turnout.authenticate, turnout.finish
-
-    def begin(self, request: Request) -> Call:
-        rid = request.headers.get("x-request-id", "")
-        call = Call(request_model="", request_id=rid if _SAFE_ID.fullmatch(rid) else "")
-        call.request_id = call.request_id or "req_" + call.id[9:]
-        for o in self.t.observers:
-            o.started(call)
-        return call
-
-    def _plan(self, call: Call, chat: Json, headers: Any) -> tuple[list[Any], Any, float | None]:
-        chat = validate.chat_request(chat)
-        call.request_model = chat["model"]
-        call.stream = bool(chat.get("stream"))
-        features = call.features = self.router.features(chat, headers, call.key)
-        for gate in self.gates:
-            gate(call)
-        chain, rule = self.router.plan(call, features)
-        return chain, rule, self.cfg.routes[call.route].timeout if call.route else None
-
-    async def complete(self, call: Call, chat: Json, headers: Any) -> Json:
-        chain, rule, deadline = self._plan(call, chat, headers)
-        data = await self.dispatcher.complete(chain, chat, call, escalate=rule.escalate if rule else 0,
-                                              deadline=deadline)
-        call.cost_usd = (call.cost_usd or 0.0) + pricing.cost(call.usage, self.cfg.models[call.target].price) \
-            + call.discarded_cost_usd
-        return data
-
-    async def stream(self, call: Call, chat: Json, headers: Any) -> tuple[bytes, AsyncIterator[bytes]]:
-        chain, _, deadline = self._plan(call, chat, headers)
-        return await self.dispatcher.open_stream(chain, chat, call, deadline=deadline)
-
-    def end_stream(self, call: Call, status: int, error: ProxyError | None) -> None:
-        if call.usage is not None and call.target:
-            call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price)
-        self.finish(call, status, error)
-
-
 class OpenAIAPIs:
-    """The three front doors; `store` is None when the ledger (and so storage) is off."""
+    """The three front doors over the shared pipeline; `store` is None when the ledger (and so
+    storage) is off."""
 
-    def __init__(self, turnout: Turnout) -> None:
-        self.t = Pipeline(turnout)
-        ledger = turnout.usage.ledger
+    def __init__(self, cfg: Config, pipeline: Pipeline, auth: Authenticator, ledger: Ledger | None) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.auth = auth
         self.store = ResponseStore(ledger) if ledger is not None else None
 
     def routes(self) -> list[Route]:
@@ -120,21 +74,31 @@ class OpenAIAPIs:
 
     async def _run(self, request: Request, handle: Any) -> Response:
         """Begin a call, run `handle(call)`, and turn any failure into OpenAI's error shape."""
-        call = self.t.begin(request)
+        call = self.pipeline.new_call(request_id(request, ""))
         try:
-            call.key = self.t.authenticate(request)
+            call.key = self.auth.authenticate(request.headers)
             return await handle(call)
         except TranslationError as e:
             err: ProxyError = _invalid(e)
         except ProxyError as e:
             err = e
         except Exception as e:  # noqa: BLE001 - the client gets a clean 500, the log the type only
-            log.error("%s: internal error %s", call.request_id, type(e).__name__)
-            log.debug("internal error", exc_info=True)
-            err = ProxyError(f"Internal error in Turnout (request {call.request_id}).")
-        self.t.finish(call, err.status, err)
-        return Response(err.json(), status_code=err.status, media_type="application/json",
-                        headers={**call.headers(), **err.headers})
+            err = internal_error(call, e)
+        self.pipeline.finish(call, err.status, err)
+        return error_response(err, call.headers())
+
+    async def _body(self, request: Request) -> Json:
+        return _require_model(await read_json(request, self.cfg.server.max_body_bytes))
+
+    async def _complete(self, call: Call, chat: Json, request: Request) -> Json:
+        result = await self.pipeline.run(call, validate.chat_request(chat), request.headers)
+        assert isinstance(result, Completion)
+        return result.data
+
+    async def _stream(self, call: Call, chat: Json, request: Request) -> AsyncIterator[bytes]:
+        result = await self.pipeline.run(call, validate.chat_request(chat), request.headers)
+        assert isinstance(result, Stream)
+        return self.pipeline.payloads(call, result)
 
     def _owner(self, call: Call) -> str:
         return call.key.name if call.key is not None else ""
@@ -150,7 +114,7 @@ class OpenAIAPIs:
 
     async def responses(self, request: Request) -> Response:
         async def handle(call: Call) -> Response:
-            body = _require_model(await self.t.read_json(request))
+            body = await self._body(request)
             history: list[Json] = []
             prev = body.get("previous_response_id")
             if prev:
@@ -166,29 +130,23 @@ class OpenAIAPIs:
             req = {**body, "store": store}
             instructions = 1 if body.get("instructions") else 0
             if not body.get("stream"):
-                completion = await self.t.complete(call, chat, request.headers)
-                out = rs.from_chat(completion, req, rid, call.created)
+                out = rs.from_chat(await self._complete(call, chat, request), req, rid, call.created)
                 if store:
                     await self.store.put(rid, self._owner(call), out,  # type: ignore[union-attr]
                                          chat["messages"][instructions:] + rs.output_messages(out["output"]))
-                self.t.finish(call, 200)
+                self.pipeline.finish(call, 200)
                 return _json(out, call)
-            first, rest = await self.t.stream(call, chat, request.headers)
-            translator = rs.StreamTranslator(req, rid, call.created, self.t.cfg.models[call.target].model)
+            payloads = await self._stream(call, chat, request)
+            translator = rs.StreamTranslator(req, rid, call.created, self.cfg.models[call.target].model)
 
             async def events() -> AsyncIterator[bytes]:
-                status, error = 200, None
                 try:
                     for e in translator.start():
                         yield rs.sse(e)
-                    call.sent = sent = [first]
-                    for e in translator.feed(first):
-                        yield rs.sse(e)
-                    async for payload in rest:
-                        sent.append(payload)
+                    async for payload in payloads:
                         for e in translator.feed(payload):
                             yield rs.sse(e)
-                    translator.usage = call.usage
+                    translator.usage = translator.usage or call.usage
                     for e in translator.finish():
                         yield rs.sse(e)
                     if store:
@@ -196,15 +154,10 @@ class OpenAIAPIs:
                         await self.store.put(rid, self._owner(call), r,  # type: ignore[union-attr]
                                              chat["messages"][instructions:] + rs.output_messages(r["output"]))
                 except ProxyError as e:
-                    status, error = e.status, e
                     for ev in translator.fail(e.message):
                         yield rs.sse(ev)
-                except (GeneratorExit, asyncio.CancelledError):
-                    status, call.error = 499, "client_disconnected"
-                    raise
                 finally:
-                    await rest.aclose()
-                    self.t.end_stream(call, status, error)
+                    await payloads.aclose()  # type: ignore[attr-defined]
 
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={**_SSE_HEADERS, **call.headers()})
@@ -218,7 +171,7 @@ class OpenAIAPIs:
             if found is None:
                 raise InvalidRequest(f"No response found with id '{rid}'.", param="response_id", status=404,
                                      code="not_found")
-            self.t.finish(call, 200)
+            self.pipeline.finish(call, 200)
             return _json(found[0], call)
 
         return await self._run(request, handle)
@@ -229,7 +182,7 @@ class OpenAIAPIs:
             if not await self._storage("DELETE /v1/responses/{id}").delete(rid, self._owner(call)):
                 raise InvalidRequest(f"No response found with id '{rid}'.", param="response_id", status=404,
                                      code="not_found")
-            self.t.finish(call, 200)
+            self.pipeline.finish(call, 200)
             return _json({"id": rid, "object": "response", "deleted": True}, call)
 
         return await self._run(request, handle)
@@ -238,48 +191,40 @@ class OpenAIAPIs:
 
     async def completions(self, request: Request) -> Response:
         async def handle(call: Call) -> Response:
-            body = _require_model(await self.t.read_json(request))
+            body = await self._body(request)
             chats = cp.to_chats(body)
             cid = "cmpl-" + call.id[9:]
             if not body.get("stream"):
-                done, total = [], None
-                for chat in chats:
-                    done.append(await self.t.complete(call, chat, request.headers))
-                    total = cp._add_usage(total, call.usage)
-                call.usage = total
+                done, total, cost = [], None, 0.0
+                for chat in chats:  # one pipeline run per prompt, one ledger row for the request
+                    done.append(await self._complete(call, chat, request))
+                    total, cost = cp.add_usage(total, call.usage), cost + (call.cost_usd or 0.0)
+                call.usage, call.cost_usd = total, cost
                 out = cp.from_chats(done, cid, call.created)
-                self.t.finish(call, 200)
+                self.pipeline.finish(call, 200)
                 return _json(out, call)
             if len(chats) > 1:
                 raise InvalidRequest("Streaming several prompts at once is not supported by Turnout: send one prompt "
                                      "per request.", param="prompt", code="unsupported_value")
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            first, rest = await self.t.stream(call, chats[0], request.headers)
-            model = call.upstream_model or self.t.cfg.models[call.target].model
+            payloads = await self._stream(call, chats[0], request)
+            model = call.upstream_model or self.cfg.models[call.target].model
 
             async def events() -> AsyncIterator[bytes]:
-                status, error = 200, None
                 try:
-                    call.sent = sent = []
-                    async for payload in _chain(first, rest):
-                        sent.append(payload)
-                        out, _ = cp.chunk_to_text(payload, cid, call.created, model=model)
+                    async for payload in payloads:
+                        out, usage = cp.chunk_to_text(payload, cid, call.created, model=model)
                         if out is not None:
                             if include_usage:
-                                out["usage"] = None
+                                out["usage"] = None  # as OpenAI: null on every chunk but the last
                             yield b"data: " + orjson.dumps(out) + b"\n\n"
-                    if include_usage and call.usage is not None:
-                        yield b"data: " + orjson.dumps(cp.usage_chunk(cid, call.created, model, call.usage)) + b"\n\n"
+                        elif usage and include_usage:
+                            yield b"data: " + orjson.dumps(cp.usage_chunk(cid, call.created, model, usage)) + b"\n\n"
                     yield b"data: [DONE]\n\n"
                 except ProxyError as e:
-                    status, error = e.status, e
                     yield b"data: " + e.json() + b"\n\n"
-                except (GeneratorExit, asyncio.CancelledError):
-                    status, call.error = 499, "client_disconnected"
-                    raise
                 finally:
-                    await rest.aclose()
-                    self.t.end_stream(call, status, error)
+                    await payloads.aclose()  # type: ignore[attr-defined]
 
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={**_SSE_HEADERS, **call.headers()})
@@ -290,29 +235,13 @@ class OpenAIAPIs:
 
     async def embeddings(self, request: Request) -> Response:
         async def handle(call: Call) -> Response:
-            body = _require_model(await self.t.read_json(request))
+            body = await self._body(request)
             req = emb.parse(body)
-            call.request_model = body["model"]
-            text = " ".join(req.inputs) if not req.tokens else ""  # type: ignore[arg-type]
-            probe = {"model": body["model"], "messages": [{"role": "user", "content": text}],
-                     "metadata": body.get("metadata") or {}}
-            features = call.features = self.t.router.features(probe, request.headers, call.key)
-            features.kind = "embedding"
-            for gate in self.t.gates:
-                gate(call)
-            chain, _ = self.t.router.plan(call, features)
-            vectors = await self.t.dispatcher.embed(chain, req, call, decode=tokens.decode)
-            target = self.t.cfg.models[call.target]  # type: ignore[index]
-            call.cost_usd = pricing.cost(call.usage, target.price)
+            vectors = await self.pipeline.embed(call, req, body, request.headers, decode=tokens.decode)
+            target = self.cfg.models[call.target]  # type: ignore[index]
             out = emb.response(vectors, target.model, (call.usage or {}).get("prompt_tokens", 0), req)
-            self.t.finish(call, 200)
+            self.pipeline.finish(call, 200)
             return _json(out, call)
 
         return await self._run(request, handle)
-
-
-async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for p in rest:
-        yield p
 

@@ -78,7 +78,7 @@ def _finish(reason: str | None) -> str | None:
     return reason if reason in ("length", "content_filter") else "stop"
 
 
-def _add_usage(total: Json | None, u: Json | None) -> Json | None:
+def add_usage(total: Json | None, u: Json | None) -> Json | None:
     if not u:
         return total
     if total is None:
@@ -96,7 +96,7 @@ def from_chats(completions: list[Json], id: str, created: int, model: str | None
             msg = ch.get("message") or {}
             choices.append({"text": msg.get("content") or "", "index": p * n + ch.get("index", 0),
                             "logprobs": None, "finish_reason": _finish(ch.get("finish_reason")) or "stop"})
-        total = _add_usage(total, c.get("usage"))
+        total = add_usage(total, c.get("usage"))
     out: Json = {"id": id, "object": "text_completion", "created": created,
                  "model": model or (completions[0].get("model") if completions else ""), "choices": choices,
                  "usage": total or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
