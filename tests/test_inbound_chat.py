@@ -54,5 +54,9 @@ def test_allowed_tools_orphan_tool_and_text_parts():
     with pytest.raises(TranslationError) as e:
         chat.check_tool_messages([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c1", "content": "y"}])
     assert e.value.param == "messages.[1].role" and "preceeding message with 'tool_calls'" in e.value.message
+    with pytest.raises(TranslationError) as e:
+        chat.check_tool_messages([{"role": "assistant", "tool_calls": [{"id": "c1"}]},
+                                  {"role": "tool", "tool_call_id": "c2", "content": "y"}])
+    assert e.value.param == "messages.[1].tool_call_id"
     assert content_text([{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]) == "hi\nthere"
     assert content_text([{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]) == "hello there"

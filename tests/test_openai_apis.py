@@ -4,11 +4,12 @@ against Turnout on the mock backend (routing, fallback, ledger, headers, errors)
 from __future__ import annotations
 
 import base64
-import sqlite3
 import struct
+import time
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from proxy.mock.engine import embedding
@@ -139,3 +140,47 @@ def test_responses_errors_and_storage_off(turnout):
     with pytest.raises(openai.APIStatusError) as e:
         client.responses.create(model="broken", input="x")
     assert e.value.status_code == 502 and e.value.response.headers["x-request-id"]
+
+
+def test_chat_gaps_found_with_real_clients(turnout):
+    url = turnout({**config(), "keys": [{"key": "sk-good", "name": "k"}]})
+    client = sdk(url, api_key="sk-good")
+    fn = {"name": "get_weather", "description": "w", "parameters": WEATHER["parameters"]}
+    # legacy functions: the tool call comes back as function_call, as OpenAI answers that dialect
+    r = client.chat.completions.create(model="chat", functions=[fn], function_call={"name": "get_weather"},
+                                       messages=[{"role": "user", "content": "weather in Oslo?"}])
+    assert r.choices[0].finish_reason == "function_call" and r.choices[0].message.function_call.name == "get_weather"
+    chunks = list(client.chat.completions.create(model="chat", functions=[fn], stream=True,
+                                                 messages=[{"role": "user", "content": "weather?"}]))
+    assert chunks[0].choices[0].delta.function_call is None and any(c.choices[0].delta.function_call for c in chunks)
+    r = client.chat.completions.create(model="chat", functions=[fn], messages=[
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}},
+        {"role": "function", "name": "get_weather", "content": "3C"}])
+    assert r.choices[0].message.content == "The tool returned: 3C"
+    # allowed_tools narrows the tools; an orphan tool message is OpenAI's 400
+    other = {"type": "function", "function": {**fn, "name": "other"}}
+    r = client.chat.completions.create(model="chat", tools=[{"type": "function", "function": fn}, other],
+                                       tool_choice={"type": "allowed_tools", "allowed_tools": {
+                                           "mode": "required", "tools": [{"type": "function", "function": {"name": "other"}}]}},
+                                       messages=[{"role": "user", "content": "x"}])
+    assert [c.function.name for c in r.choices[0].message.tool_calls] == ["other"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"},
+                                                               {"role": "tool", "tool_call_id": "call_1", "content": "y"}])
+    assert e.value.param == "messages.[1].role"
+    # usage: null on every chunk but the last with include_usage
+    raw = httpx.post(url + "/v1/chat/completions", headers={"authorization": "Bearer sk-good"}, json={
+        "model": "chat", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}]}).text
+    data = [orjson.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
+    assert all("usage" in d and d["usage"] is None for d in data[:-1]) and data[-1]["usage"]["total_tokens"] > 0
+    # x-request-id everywhere; /v1/models `created` stable
+    for resp in (httpx.get(url + "/v1/models", headers={"authorization": "Bearer sk-good"}),
+                 httpx.get(url + "/v1/models"), httpx.get(url + "/v1/nope"),
+                 httpx.post(url + "/v1/embeddings", json={"model": "embed", "input": "x"})):
+        assert resp.headers["x-request-id"], resp.status_code
+    assert httpx.get(url + "/v1/models", headers={"x-request-id": "mine-1"}).headers["x-request-id"] == "mine-1"
+    first = client.models.list().data
+    time.sleep(1.05)
+    assert [m.created for m in client.models.list().data] == [m.created for m in first]

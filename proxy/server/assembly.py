@@ -17,6 +17,7 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -38,6 +39,7 @@ from proxy.server.pipeline import Observer, Pipeline
 from proxy.usage import api as usage_api
 from proxy.usage.ledger import Usage, build_usage
 from proxy.web.auth import Authenticator
+from proxy.web.request_ids import RequestIds
 from proxy.web.responses import error_response
 
 
@@ -123,7 +125,7 @@ def build_app(cfg: Config) -> Starlette:
         finally:
             await gateway.aclose()
 
-    app = Starlette(routes=gateway.routes, lifespan=lifespan,
+    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[Middleware(RequestIds)],
                     exception_handlers={HTTPException: _on_http_error, ProxyError: _on_proxy_error})
     app.state.turnout = gateway
     return app

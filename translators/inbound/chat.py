@@ -15,7 +15,8 @@ before routing, so every provider translator and routing rule sees one shape.
 
 A request that used ``functions`` gets its answer back in the same dialect (`legacy_answer`,
 `legacy_chunk`): ``message.function_call`` and finish_reason ``function_call``, as OpenAI does.
-A ``tool`` message that answers no earlier tool call is a 400 with OpenAI's wording.
+A ``tool`` message that answers no tool call of the assistant message before it is a 400 with
+OpenAI's wording (no tool calls there: ``messages.[i].role``; another id: ``messages.[i].tool_call_id``).
 """
 
 from __future__ import annotations
@@ -94,9 +95,12 @@ def check_tool_messages(messages: list[Json]) -> None:
         if role == "assistant":
             open_ids = {str(tc.get("id")) for tc in m.get("tool_calls") or [] if isinstance(tc, dict)}
         elif role == "tool":
-            if m.get("tool_call_id") not in open_ids:
+            if not open_ids:
                 raise TranslationError("Invalid parameter: messages with role 'tool' must be a response to a "
                                        "preceeding message with 'tool_calls'.", param=f"messages.[{i}].role")
+            if m.get("tool_call_id") not in open_ids:
+                raise TranslationError(f"Invalid parameter: 'tool_call_id' of '{m.get('tool_call_id')}' not found in "
+                                       "'tool_calls' of previous message.", param=f"messages.[{i}].tool_call_id")
         elif role in ("user", "system", "developer"):
             open_ids = set()
 
