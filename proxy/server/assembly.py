@@ -17,6 +17,7 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -34,12 +35,14 @@ from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
 from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
 from proxy.server.app import OpenAIAPI
+from proxy.server.openai_apis import OpenAIAPIs
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.state import MemoryState, State
 from proxy.usage import api as usage_api
 from proxy.usage import tokens
 from proxy.usage.ledger import Usage, build_usage
 from proxy.web.auth import Authenticator
+from proxy.web.request_ids import RequestIds
 from proxy.web.responses import error_response
 
 
@@ -93,6 +96,7 @@ def build(cfg: Config) -> Gateway:
     gateway.routes = [
         *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
+        *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),
         *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
     ]
@@ -125,7 +129,7 @@ def build_app(cfg: Config) -> Starlette:
         finally:
             await gateway.aclose()
 
-    app = Starlette(routes=gateway.routes, lifespan=lifespan,
+    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[Middleware(RequestIds)],
                     exception_handlers={HTTPException: _on_http_error, ProxyError: _on_proxy_error})
     app.state.turnout = gateway
     return app

@@ -106,6 +106,25 @@ class Pipeline:
         call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
         return Completion(data)
 
+    async def embed(self, call: Call, req: Any, body: dict[str, Any], headers: Mapping[str, str],
+                    decode: Callable[[list[int]], str] | None = None) -> list[list[float]]:
+        """Route and dispatch an embeddings request (`translators.embeddings.EmbedRequest`) to an
+        embedding target: the same gates, filters, retries and fallback as chat; the ledger and
+        metrics see it as a request with prompt tokens only. Raises ProxyError; the caller `finish`es."""
+        call.request_model = body["model"]
+        text = "" if req.tokens else " ".join(req.inputs)
+        probe = {"model": body["model"], "messages": [{"role": "user", "content": text}],
+                 "metadata": body.get("metadata") or {}}
+        features = call.features = self.router.features(probe, headers, call.key)
+        features.kind = "embedding"
+        for gate in self.gates:
+            gate(call)
+        chain, _ = self.router.plan(call, features)
+        deadline = self.cfg.routes[call.route].timeout if call.route else None
+        vectors = await self.dispatcher.embed(chain, req, call, decode=decode, deadline=deadline)
+        call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price)
+        return vectors
+
     async def payloads(self, call: Call, stream: Stream) -> AsyncIterator[bytes]:
         """The stream's chunk payloads, then the usage chunk if the client asked for it.
 

@@ -25,7 +25,11 @@ scripts, each used by one ``/api/chat`` request. Script keys:
     drop_after      after this many lines cut the connection
     status, error   answer this HTTP status with ``{"error": error}`` instead
 
-``app.state.requests`` keeps every ``/api/chat`` body received; ``app.state.paths`` every path.
+``/api/embed`` answers deterministic unit vectors (768 floats; ``dimensions`` truncates and
+normalises again, as Ollama does), ``prompt_eval_count`` counting the input's words; it checks the
+body like Ollama (known fields, ``input`` a string or strings, the model installed).
+
+``app.state.requests`` keeps every ``/api/chat`` and ``/api/embed`` body received; ``app.state.paths`` every path.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.emulators.vectors import vector
 
 Json = dict[str, Any]
 
@@ -267,6 +273,37 @@ def build_ollama_emulator(models: list[Json | str] | None = None, loaded: list[s
 
         return StreamingResponse(ndjson(), media_type="application/x-ndjson")
 
+    async def embed(request: Request) -> Response:
+        app.state.paths.append(request.url.path)
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _err(400, "invalid character in request body")
+        app.state.requests.append(body)
+        unknown = set(body) - {"model", "input", "truncate", "options", "keep_alive", "dimensions"}
+        if unknown:
+            return _err(400, f"json: unknown field \"{sorted(unknown)[0]}\"")
+        if _full(str(body.get("model", ""))) not in installed():
+            return _err(404, f"model \"{body.get('model')}\" not found, try pulling it first")
+        x = body.get("input")
+        texts = [x] if isinstance(x, str) else x
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return _err(400, "invalid input type")
+        dims = body.get("dimensions")
+        if dims is not None and (not isinstance(dims, int) or dims < 1):
+            return _err(400, "dimensions must be a positive integer")
+        vectors = []
+        for t in texts:
+            v = vector(t, 768)
+            if dims and dims < 768:
+                n = sum(a * a for a in v[:dims]) ** 0.5 or 1.0
+                v = [a / n for a in v[:dims]]
+            vectors.append(v)
+        return Response(orjson.dumps({"model": body["model"], "embeddings": vectors, "total_duration": 14_143_917,
+                                      "load_duration": 1_019_500,
+                                      "prompt_eval_count": sum(len(t.split()) for t in texts)}),
+                        media_type="application/json; charset=utf-8")
+
     async def tags(request: Request) -> Response:
         app.state.paths.append(request.url.path)
         return Response(orjson.dumps({"models": app.state.models}), media_type="application/json; charset=utf-8")
@@ -292,6 +329,7 @@ def build_ollama_emulator(models: list[Json | str] | None = None, loaded: list[s
 
     app = Starlette(routes=[
         Route("/api/chat", chat, methods=["POST"]),
+        Route("/api/embed", embed, methods=["POST"]),
         Route("/api/tags", tags, methods=["GET"]),
         Route("/api/ps", ps, methods=["GET"]),
         Route("/api/version", version_, methods=["GET"]),
