@@ -150,7 +150,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("doctor", help="check local models: Ollama version, installed and loaded models, GPU fit")
     p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
-    p.add_argument("--headroom", type=float, default=None, help="GB of GPU memory to leave for other work")
+    p.add_argument("--reserve", "--headroom", dest="headroom", type=float, default=None,
+                   help="GB of memory to keep for other work (default: 6 on a GPU of 12 GB or more, else 0; "
+                        "a quarter of the memory without a GPU)")
+    p.add_argument("--json", action="store_true", help="print GPUs, models and recommendations as JSON")
+    p.add_argument("--write", metavar="FILE", default=None, help="write a proxy.yaml for this machine")
+    p.add_argument("--force", action="store_true", help="let --write overwrite an existing file")
 
     p = sub.add_parser("route", help="explain how a prompt would be routed (no upstream call)")
     p.add_argument("prompt")
@@ -187,6 +192,10 @@ def main(argv: list[str] | None = None) -> None:
         from proxy.local.models import main as models_main
 
         raise SystemExit(models_main(args.action, args.name))
+    elif args.command == "doctor" and (args.json or args.write):
+        from proxy.local.autoconfig import main as autoconfig_main
+
+        raise SystemExit(autoconfig_main(args.config, args.headroom, args.json, args.write, args.force))
     elif args.command == "doctor":
         from proxy.local.doctor import main as doctor_main
 
