@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("doctor", help="check local models: Ollama version, installed and loaded models, GPU fit")
     p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
     p.add_argument("--reserve", "--headroom", dest="headroom", type=float, default=None,
-                   help="GB of memory to keep for other work (default: 6 on a GPU of 12 GB or more, else 0; "
-                        "a quarter of the memory without a GPU)")
+                   help="GB of memory to keep for other work (default on a GPU: what lies beyond 10 GB, up "
+                        "to 6, for image generation; without a GPU a quarter of the memory)")
     p.add_argument("--json", action="store_true", help="print GPUs, models and recommendations as JSON")
     p.add_argument("--write", metavar="FILE", default=None, help="write a proxy.yaml for this machine")
     p.add_argument("--force", action="store_true", help="let --write overwrite an existing file")

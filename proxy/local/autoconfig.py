@@ -193,8 +193,8 @@ def config_text(s: Survey, env: Mapping[str, str], ollama_url: str) -> str:
         if m:
             local[target] = (m.name, f"{role}: {why}")
         elif role != "vision":
-            c = recs["single" if role == "planning" else "pair"]
-            name = c.models[0 if role == "planning" else 1].name if c else "llama3.2:1b"
+            c = pair or recs["single"]
+            name = c.models[-1 if role == "execution" else 0].name if c else "smollm2:135m"
             local[target] = (name, f"{role}: NOT INSTALLED - run `ollama pull {name}`")
     if local["local-executor"][0] == local["local-planner"][0]:
         del local["local-executor"]  # one model does both

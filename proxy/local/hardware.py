@@ -182,7 +182,7 @@ def detect(timeout: float = TOOL_TIMEOUT, system: str | None = None) -> Hardware
     """The machine's GPUs (NVIDIA, then AMD, then Apple silicon on macOS) or CPU-only; never raises."""
     system = system or platform.system()
     notes: list[str] = []
-    total, avail = system_memory()
+    total, avail = system_memory() if system != "Darwin" else (None, None)  # macOS: sysctl hw.memsize
     probes = [("nvidia", nvidia), ("amd", amd)] + ([("apple", apple)] if system == "Darwin" else [])
     for kind, probe in probes:
         try:

@@ -3,9 +3,11 @@
 A model's memory need is its download size (4-bit weights) plus 15% for the KV cache at Ollama's
 default context and the runtime's buffers — the rule of thumb `turnout doctor` has always used
 (about 2 GB for a 3B model, 5.5 GB for an 8B one). The budget is the memory models may use
-(`Hardware.memory_mib`) minus a reserve for other work: by default 6 GB on a GPU of 12 GB or more
-(room for image generation, e.g. SDXL), nothing on a smaller GPU, and a quarter of the memory (at
-least 2 GB) for the system on a CPU-only machine.
+(`Hardware.memory_mib`) minus a reserve for other work. By default on a GPU: models get the first
+10 GB, and what lies beyond is kept, up to 6 GB, for other GPU work such as image generation (SDXL
+needs about that) — so 8 GB keeps nothing, 12 GB keeps 2, 16 GB and more keep 6, and a bigger GPU
+never gets a smaller budget. On a CPU-only machine a quarter of the memory (at least 2 GB) is kept
+for the system.
 
 The choice, for a single model, a planning + execution pair or a vision model: the largest size
 class that fits wins (for a pair: the planner's class, then the executor's, which is always a
@@ -26,8 +28,8 @@ from typing import Any, Iterable
 GB = 1024 ** 3  # what nvidia-smi users call a GB (MiB-based); Ollama's listed sizes are decimal (1e9)
 OVERHEAD = 1.15  # KV cache at the default context + runtime buffers, over the weights
 COMFORT = 1 * GB  # a choice leaving this much free is comfortable; tighter ones prefer the lightest
-GPU_RESERVE = 6 * GB  # room for image generation on a GPU of at least RESERVE_FROM
-RESERVE_FROM = 12 * GB
+GPU_RESERVE = 6 * GB  # room for image generation: what a GPU has beyond RESERVE_FROM, up to this
+RESERVE_FROM = 10 * GB
 CPU_PLANNER_MAX_CLASS = 4  # 7-8B
 EXECUTOR_MAX_CLASS = 3  # 3B
 ROLES = ("planning", "execution", "vision")
@@ -111,7 +113,7 @@ def default_reserve(kind: str, memory: int) -> int:
     """Bytes kept free for other work (see the module docstring)."""
     if kind == "cpu":
         return max(2 * GB, memory // 4)
-    return GPU_RESERVE if memory >= RESERVE_FROM else 0
+    return min(GPU_RESERVE, max(0, memory - RESERVE_FROM))
 
 
 def params_of(details: dict[str, Any]) -> float | None:
