@@ -233,3 +233,30 @@ def for_role(installed: Iterable[Model], budget: int, role: str, cpu: bool = Fal
         have = ", ".join(f"{m.name} ({gb(m.need):g} GB)" for m in ms) or "none"
         return None, f"no installed model for {role} fits {gb(budget):g} GB (installed: {have})"
     return c.models[0], f"best installed {role} model: {c.why}"
+
+
+def table(sizes_gb: Iterable[int] = (4, 8, 16)) -> str:
+    """The README's table: what Turnout recommends for NVIDIA/AMD GPUs of these sizes
+    (`python -m proxy.local.recommend 4 8 16`)."""
+    rows = ["| GPU memory | kept for other work | planner + executor (memory, left) | single model | vision model |",
+            "|---|---|---|---|---|"]
+    for size in sizes_gb:
+        memory = size * GB
+        reserve = default_reserve("nvidia", memory)
+        r = recommend(CATALOGUE, memory - reserve)
+
+        def cell(c: Choice | None, with_free: bool = False) -> str:
+            if c is None:
+                return "nothing fits"
+            names = " + ".join(f"`{m.name}`" for m in c.models)
+            return f"{names} ({gb(c.need):g} GB, {gb(c.free):g} GB left)" if with_free else names
+
+        rows.append(f"| {size} GB | {gb(reserve):g} GB | {cell(r['pair'], True)} | {cell(r['single'])} | "
+                    f"{cell(r['vision'])} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(table([int(a) for a in sys.argv[1:]] or (4, 8, 16)))
