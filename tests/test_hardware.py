@@ -301,3 +301,8 @@ def test_survey_is_bounded_when_everything_is_slow(bindir, tmp_path):
     s = survey(cfg, hw=hardware.detect(timeout=0.3), timeout=0.5)
     assert s.hw.kind == "cpu" and len(s.hw.notes) == 2 and all("did not answer" in n for n in s.hw.notes)
     assert s.installed == {} and s.to_json()["backends"][0]["reachable"] is False
+
+
+def test_readme_table_is_the_codes():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert recommend.table((4, 8, 16, 24, 80)) in readme
