@@ -62,10 +62,16 @@ def describe(cfg: Config) -> str:
         backend = create(b)
         state = "usable" if not backend.unavailable else f"UNAVAILABLE: {backend.unavailable}"
         lines.append(f"  {backend.describe():50s} {state}")
+    from proxy.local.autoconfig import resolve_auto
+
+    auto = resolve_auto(cfg)  # `model: auto` targets: the installed model chosen for each, or why none
     lines.append("models:")
     for name, t in cfg.models.items():
         lines.append(f"  {name:20s} {t.backend}/{t.model}  in ${t.price.input:g}/M out ${t.price.output:g}/M"
-                     + ("  vision" if t.vision else ""))
+                     + ("  vision" if t.vision else "") + (f"  UNAVAILABLE: {t.unavailable}" if t.unavailable else ""))
+    if auto:
+        lines.append("model: auto:")
+        lines += [f"  {line}" for line in auto]
     lines.append("routes:")
     for name, r in cfg.routes.items():
         if not r.rules:
@@ -192,14 +198,15 @@ def main(argv: list[str] | None = None) -> None:
         from proxy.local.models import main as models_main
 
         raise SystemExit(models_main(args.action, args.name))
-    elif args.command == "doctor" and (args.json or args.write):
-        from proxy.local.autoconfig import main as autoconfig_main
-
-        raise SystemExit(autoconfig_main(args.config, args.headroom, args.json, args.write, args.force))
     elif args.command == "doctor":
-        from proxy.local.doctor import main as doctor_main
+        from proxy.local import autoconfig, doctor
 
-        raise SystemExit(doctor_main(args.config, args.headroom))
+        # no config file (none given, no $TURNOUT_CONFIG, no ./proxy.yaml): the local Ollama alone
+        path = args.config or _default_config()
+        cfg = doctor.default_config() if args.config is None and not os.path.exists(path) else load_or_exit(path)
+        if args.json or args.write:
+            raise SystemExit(autoconfig.main(cfg, args.headroom, args.json, args.write, args.force))
+        raise SystemExit(doctor.main(cfg, args.headroom))
     elif args.command == "route":
         from proxy.routing.explain import route_command
 

@@ -18,6 +18,7 @@ import yaml
 BACKEND_TYPES = ("mock", "openai", "anthropic", "gemini", "ollama", "llamacpp")
 KEYLESS_TYPES = ("mock", "ollama", "llamacpp")  # types that work without an api_key
 VISION_BY_DEFAULT = ("anthropic", "gemini")
+AUTO_ROLES = ("planning", "execution", "vision")  # what a `model: auto` target is chosen for
 DEFAULT_MAX_BODY = 20 * 1024 * 1024
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -97,6 +98,9 @@ class Target:
     timeout: float | None = None  # seconds for one call to this target (to the first token for streams)
     quota: Quota | None = None  # a daily allowance of this target alone
     price_source: str | None = None  # "config", the built-in table's source and date, or None (costs 0)
+    role: str | None = None  # planning | execution | vision: what `model: auto` chooses for
+    auto: str | None = None  # `model: auto`, once resolved: why this model (proxy/local/autoconfig.py)
+    unavailable: str | None = None  # why routing skips this target (e.g. `model: auto` found nothing)
 
 
 TURNS = ("first", "followup")
@@ -438,7 +442,7 @@ def _backend(name: str, d: dict[str, Any], missing: dict[str, list[str]]) -> Bac
 def _target(name: str, d: dict[str, Any], backends: dict[str, BackendConfig]) -> Target:
     where = f"models.{name}"
     allowed = {"backend", "model", "price", "context_window", "max_output_tokens", "vision", "tools",
-               "json_schema", "options", "timeout", "quota"}
+               "json_schema", "options", "timeout", "quota", "role"}
     _only(d, where, allowed)
     if "backend" not in d:
         raise ConfigError(f"{where}.backend: required (one of: {', '.join(backends)})")
@@ -446,6 +450,15 @@ def _target(name: str, d: dict[str, Any], backends: dict[str, BackendConfig]) ->
     if backend not in backends:
         raise ConfigError(f"{where}.backend: unknown backend {backend!r} (defined: {', '.join(backends)})")
     t = Target(name=name, backend=backend, model=_str(d.get("model", name), f"{where}.model"))
+    if d.get("role") is not None:
+        if d["role"] not in AUTO_ROLES:
+            raise ConfigError(f"{where}.role: expected one of {', '.join(AUTO_ROLES)}, got {d['role']!r}")
+        t.role = d["role"]
+    if t.model == "auto":  # chosen at start among the installed models (proxy/local/autoconfig.py)
+        if t.role is None:
+            raise ConfigError(f"{where}.role: required with model: auto ({', '.join(AUTO_ROLES)})")
+        if backends[backend].type != "ollama":
+            raise ConfigError(f"{where}.model: auto needs an ollama backend ({backend} is {backends[backend].type})")
     # every current Claude and Gemini model reads images; elsewhere it varies, so it must be declared
     t.vision = backends[backend].type in VISION_BY_DEFAULT
     if "price" in d:

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import ollama
 import pytest
 import yaml
@@ -306,3 +307,89 @@ def test_survey_is_bounded_when_everything_is_slow(bindir, tmp_path):
 def test_readme_table_is_the_codes():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert recommend.table((4, 8, 16, 24, 80)) in readme
+
+
+# --- model: auto -----------------------------------------------------------------------------------
+
+
+def auto_config(url: str) -> dict:
+    return {"backends": {"local": {"type": "ollama", "base_url": url},
+                         "backup": {"type": "mock", "reply": "Backup: {prompt}"}},
+            "models": {"planner": {"backend": "local", "model": "auto", "role": "planning"},
+                       "executor": {"backend": "local", "model": "auto", "role": "execution"},
+                       "eyes": {"backend": "local", "model": "auto", "role": "vision"},
+                       "backup-model": {"backend": "backup", "model": "mock-backup"}},
+            "routes": {"plan": {"rules": [
+                {"name": "planning", "when": {"turn": "first"}, "then": ["planner", "backup-model"]},
+                {"name": "execution", "when": {"turn": "followup"}, "then": ["executor", "backup-model"]}]},
+                "look": ["eyes", "backup-model"]}}
+
+
+def test_model_auto_picks_installed_models_at_start(serve, turnout, bindir, tmp_path, capsys, caplog):
+    app = build_ollama_emulator(models=INSTALLED[:2])  # llama3.1:8b and llama3.2:3b; no vision model
+    url = serve(app)
+    tool(bindir, "nvidia-smi", f"echo '{nvidia_line(8)}'")
+    caplog.set_level("INFO", logger="turnout.local")
+    base = turnout(auto_config(url))
+    assert "planner: auto (planning) -> llama3.1:8b" in caplog.text
+    assert "eyes: auto (vision) -> SKIPPED: no installed model for vision fits" in caplog.text
+    models = {m["id"]: m for m in httpx.get(base + "/v1/models").json()["data"]}
+    assert models["planner"]["turnout"]["model"] == "llama3.1:8b" and models["planner"]["turnout"]["available"]
+    assert "llama3.1:8b + llama3.2:3b" in models["planner"]["turnout"]["auto"]
+    assert models["executor"]["turnout"]["model"] == "llama3.2:3b"
+    assert models["eyes"]["turnout"]["available"] is False and "no installed model for vision" in models["eyes"]["turnout"]["auto"]
+    client = sdk(base)
+    r = client.chat.completions.with_raw_response.create(model="plan", messages=[{"role": "user", "content": "hi"}])
+    assert r.headers["x-turnout-model"] == "planner" and app.state.requests[-1]["model"] == "llama3.1:8b"
+    r = client.chat.completions.with_raw_response.create(model="look", messages=[{"role": "user", "content": "hi"}])
+    assert r.headers["x-turnout-model"] == "backup-model" and "eyes: skipped: no installed model" in r.headers["x-turnout-fallbacks"]
+    p = tmp_path / "auto.yaml"
+    p.write_text(yaml.safe_dump(auto_config(url)))
+    capsys.readouterr()
+    cli.main(["check-config", str(p)])
+    out = capsys.readouterr().out
+    assert "planner: auto (planning) -> llama3.1:8b" in out and "eyes: auto (vision) -> SKIPPED" in out and "config OK" in out
+
+
+def test_model_auto_with_ollama_down_skips_never_crashes(turnout, bindir):
+    base = turnout(auto_config(f"http://127.0.0.1:{free_port()}"))
+    r = sdk(base).chat.completions.with_raw_response.create(model="plan", messages=[{"role": "user", "content": "hi"}])
+    assert r.headers["x-turnout-model"] == "backup-model"
+    assert "planner: skipped: backend local not reachable (ConnectError)" in r.headers["x-turnout-fallbacks"]
+
+
+def test_model_auto_config_errors():
+    from proxy.config import ConfigError, parse
+
+    raw = auto_config("http://127.0.0.1:1")
+    raw["models"]["planner"].pop("role")
+    with pytest.raises(ConfigError, match=r"models.planner.role: required with model: auto"):
+        parse(raw, {})
+    raw["models"]["planner"]["role"] = "thinking"
+    with pytest.raises(ConfigError, match=r"models.planner.role"):
+        parse(raw, {})
+    raw["models"]["planner"] = {"backend": "backup", "model": "auto", "role": "planning"}
+    with pytest.raises(ConfigError, match=r"models.planner.model: auto needs an ollama backend"):
+        parse(raw, {})
+
+
+def test_hardware_endpoint(serve, turnout, bindir):
+    app = build_ollama_emulator(models=INSTALLED[:2])
+    url = serve(app)
+    tool(bindir, "nvidia-smi", f"echo '{nvidia_line(16)}'")
+    raw = {"backends": {"local": {"type": "ollama", "base_url": url}},
+           "models": {"m": {"backend": "local", "model": "llama3.2:3b"}},
+           "keys": [{"key": "sk-admin", "name": "ops", "tier": "admin"}, {"key": "sk-app", "name": "app", "tier": "free"}]}
+    base = turnout(raw)
+    assert httpx.get(base + "/turnout/hardware").status_code == 401
+    r = httpx.get(base + "/turnout/hardware", headers={"authorization": "Bearer sk-app"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "admin_key_required"
+    r = httpx.get(base + "/turnout/hardware?reserve=lots", headers={"authorization": "Bearer sk-admin"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "reserve"
+    r = httpx.get(base + "/turnout/hardware", headers={"authorization": "Bearer sk-admin"}, timeout=20)
+    body = r.json()
+    assert r.status_code == 200 and body["hardware"]["gpus"][0]["total_mib"] == 16384
+    assert body["memory"]["reserve_gb"] == 6.0 and names(body["recommendations"]["pair"]) == ["llama3.1:8b", "llama3.2:3b"]
+    assert [m["model"] for m in body["backends"][0]["installed"]] == ["llama3.1:8b", "llama3.2:3b"]
+    r = httpx.get(base + "/turnout/hardware?reserve=0", headers={"authorization": "Bearer sk-admin"}, timeout=20)
+    assert r.json()["memory"]["budget_gb"] == 16.0 and names(r.json()["recommendations"]["pair"])[0] == "qwen2.5:14b"

@@ -11,14 +11,18 @@ unavailable with the reason (as a cloud backend without a key is), never raising
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from proxy import config as config_mod
 from proxy.config import Config
 from proxy.local import hardware, recommend
-from proxy.local.doctor import Probe, full_name, ollama_backends, probe
+from proxy.local.doctor import DEFAULT_OLLAMA, Probe, full_name, ollama_backends, probe
 from proxy.local.recommend import GB, Model, gb
 
 log = logging.getLogger("turnout.local")
@@ -140,30 +144,30 @@ def survey(cfg: Config, reserve_gb: float | None = None, hw: hardware.Hardware |
 
 
 def resolve_auto(cfg: Config, s: Survey | None = None) -> list[str]:
-    """Give each ``model: auto`` target the best installed model for its role, or mark it unavailable
-    with the reason. Returns one line per target (logged and shown by check-config)."""
-    autos = [t for t in cfg.models.values() if t.model == "auto" or getattr(t, "auto_role", None)]
-    if not autos:
-        return []
-    s = s or survey(cfg)
-    lines = []
-    for t in autos:
-        role = getattr(t, "role", None) or "planning"
-        t.auto_role = role  # remembered so a reload resolves it again
-        if cfg.backends[t.backend].type != "ollama":
-            t.unavailable = f"model: auto needs an ollama backend ({t.backend} is {cfg.backends[t.backend].type})"
-        else:
-            m, why = s.picks(t.backend)[role]
+    """Give each ``model: auto`` target the best installed model for its role (`Target.auto` says
+    why), or mark it unavailable with the reason; never raises. Targets already resolved are left
+    alone, so the banner and the app can both call it; a reload parses the config afresh and
+    chooses again. Returns one line per auto target (logged, and shown by check-config)."""
+    autos = [t for t in cfg.models.values() if t.role and (t.model == "auto" or t.auto)]
+    todo = [t for t in autos if t.auto is None]
+    if todo:
+        s = s or survey(cfg)
+        for t in todo:
+            m, why = s.picks(t.backend)[t.role]
+            t.auto = why
             if m:
-                t.model, t.unavailable = m.name, None
-                t.vision = t.vision or role == "vision"
+                t.model = m.name
+                t.vision = t.vision or t.role == "vision"
             else:
                 t.unavailable = why
-        line = (f"{t.name}: auto ({role}) -> {t.model} ({why})" if not t.unavailable
-                else f"{t.name}: auto ({role}) -> SKIPPED: {t.unavailable}")
-        (log.info if not t.unavailable else log.warning)("model auto: %s", line)
-        lines.append(line)
-    return lines
+            (log.info if m else log.warning)("model auto: %s", auto_line(t))
+    return [auto_line(t) for t in autos]
+
+
+def auto_line(t: Any) -> str:
+    if t.unavailable:
+        return f"{t.name}: auto ({t.role}) -> SKIPPED: {t.unavailable}"
+    return f"{t.name}: auto ({t.role}) -> {t.model} ({t.auto})"
 
 
 # --- doctor --write --------------------------------------------------------------------------------
@@ -247,16 +251,8 @@ def _machine_line(s: Survey) -> str:
     return f"no GPU; {gb(s.memory):g} GB of system memory (models run on the CPU)"
 
 
-def main(cfg_arg: str | None, reserve_gb: float | None, as_json: bool, write: str | None, force: bool = False) -> int:
+def main(cfg: Config, reserve_gb: float | None, as_json: bool, write: str | None, force: bool = False) -> int:
     """`turnout doctor --json` / `--write FILE`."""
-    import json
-    import os
-    import sys
-
-    from proxy import config as config_mod
-    from proxy.local.doctor import DEFAULT_OLLAMA, config_for
-
-    cfg = config_for(cfg_arg)
     s = survey(cfg, reserve_gb)
     if as_json:
         print(json.dumps(s.to_json(), indent=2))

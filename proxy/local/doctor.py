@@ -90,7 +90,7 @@ def probe(b: BackendConfig, *, timeout: float = 2.0, full: bool = False, show: b
 
 
 def _targets(cfg: Config, backend: str) -> list[tuple[str, str]]:
-    return [(name, t.model) for name, t in cfg.models.items() if t.backend == backend]
+    return [(name, t.model) for name, t in cfg.models.items() if t.backend == backend and t.model != "auto"]
 
 
 def discovery_lines(cfg: Config, timeout: float = 1.5) -> list[str]:
@@ -238,19 +238,8 @@ def default_config() -> Config:
     return cfg
 
 
-def config_for(cfg: Config | str | None) -> Config:
-    """A Config, a config path, or None for $TURNOUT_CONFIG / ./proxy.yaml (and, when neither
-    exists, the local Ollama alone)."""
-    if isinstance(cfg, Config):
-        return cfg
-    from proxy.cli import _default_config, load_or_exit
-
-    path = cfg or _default_config()
-    return default_config() if cfg is None and not os.path.exists(path) else load_or_exit(path)
-
-
-def main(cfg: Config | str | None, headroom_gb: float | None = None) -> int:
+def main(cfg: Config, headroom_gb: float | None = None) -> int:
     """`turnout doctor` (text)."""
-    text, ok = report(config_for(cfg), headroom_gb)
+    text, ok = report(cfg, headroom_gb)
     print(text)
     return 0 if ok else 1

@@ -37,6 +37,8 @@ from proxy.observability.metrics import Metrics
 from proxy.observability.api import ObservabilityAPI
 from proxy.observability.stats import Stats
 from proxy.usage.api import routes as usage_routes
+from proxy.local.api import routes as hardware_routes
+from proxy.local.autoconfig import resolve_auto
 from translators.common import usage_chunk
 
 log = logging.getLogger("turnout")
@@ -74,6 +76,7 @@ class Turnout:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        resolve_auto(cfg)  # `model: auto` targets get the best installed model for their role, or a skip reason
         self.backends: dict[str, Backend] = {name: create(b) for name, b in cfg.backends.items()}
         self.router = Router(cfg, self.backends)
         self.dispatcher = Dispatcher(self.router)
@@ -239,7 +242,8 @@ class Turnout:
                 "turnout": {"kind": "route", "chain": r.chain}} for name, r in self.cfg.routes.items()]
         out += [{"id": name, "object": "model", "created": created, "owned_by": t.backend,
                  "turnout": {"kind": "target", "backend": t.backend, "model": t.model,
-                             "available": not self.backends[t.backend].unavailable}}
+                             "available": not (self.backends[t.backend].unavailable or t.unavailable),
+                             **({"role": t.role, "auto": t.auto} if t.auto else {})}}
                 for name, t in self.cfg.models.items()]
         return out
 
@@ -296,6 +300,7 @@ def build_app(cfg: Config) -> Starlette:
             Route("/ready", turnout.ready, methods=["GET"]),
             Route("/turnout/route", turnout.route, methods=["POST"]),
             *usage_routes(turnout),
+            *hardware_routes(turnout),
             *ObservabilityAPI(turnout).routes(),
         ],
         lifespan=lifespan,
