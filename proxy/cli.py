@@ -100,7 +100,7 @@ def describe(cfg: Config) -> str:
 def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> None:
     import uvicorn
 
-    from proxy.server.app import build_app
+    from proxy.server.assembly import build_app
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
@@ -110,14 +110,14 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
     # JSON logs: uvicorn's own loggers go through ours too (its default config has its own text handler)
     log_config = None if cfg.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     if workers > 1:
-        # each worker builds its app from $TURNOUT_CONFIG (proxy.server.app.create_app); metrics are shared
+        # each worker builds its app from $TURNOUT_CONFIG (proxy.server.assembly.create_app); metrics are shared
         # through prometheus-client's multiprocess files
         os.environ["TURNOUT_CONFIG"] = os.path.abspath(cfg.path or _default_config())
         given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         metrics_dir = multiprocess_dir()
         print(f"{workers} workers; metrics shared in {metrics_dir}", file=sys.stderr, flush=True)
         try:
-            uvicorn.run("proxy.server.app:create_app", factory=True, workers=workers, host=host, port=port,
+            uvicorn.run("proxy.server.assembly:create_app", factory=True, workers=workers, host=host, port=port,
                         loop="uvloop", http="httptools", access_log=False, log_level=cfg.server.log_level,
                         lifespan="on", timeout_graceful_shutdown=5, log_config=log_config)
         finally:

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from proxy.config import Config
 from proxy.errors import InvalidRequest, ProxyError
 from proxy.local.autoconfig import survey
-
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
+from proxy.web.auth import Authenticator
+from proxy.web.responses import json_response
 
 ADMIN_TIER = "admin"
 
@@ -34,10 +32,10 @@ class HardwareForbidden(ProxyError):
     code = "admin_key_required"
 
 
-def routes(turnout: "Turnout") -> list[Route]:
+def routes(cfg: Config, auth: Authenticator) -> list[Route]:
     async def hardware(request: Request) -> Response:
-        key = turnout.authenticate(request)
-        if key is not None and any(k.tier == ADMIN_TIER for k in turnout.cfg.keys) and key.tier != ADMIN_TIER:
+        key = auth.authenticate(request.headers)
+        if key is not None and any(k.tier == ADMIN_TIER for k in cfg.keys) and key.tier != ADMIN_TIER:
             raise HardwareForbidden("GET /turnout/hardware needs a key with tier: admin.")
         reserve = request.query_params.get("reserve")
         reserve_gb = None
@@ -48,7 +46,6 @@ def routes(turnout: "Turnout") -> list[Route]:
                 reserve_gb = -1.0
             if not math.isfinite(reserve_gb) or reserve_gb < 0:
                 raise InvalidRequest(f"reserve: expected a number of GB >= 0, got {reserve!r}", param="reserve")
-        data = await asyncio.to_thread(lambda: survey(turnout.cfg, reserve_gb).to_json())
-        return Response(orjson.dumps(data), media_type="application/json")
+        return json_response(await asyncio.to_thread(lambda: survey(cfg, reserve_gb).to_json()))
 
     return [Route("/turnout/hardware", hardware, methods=["GET"])]
