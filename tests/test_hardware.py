@@ -332,17 +332,17 @@ def test_model_auto_picks_installed_models_at_start(serve, turnout, bindir, tmp_
     caplog.set_level("INFO", logger="turnout.local")
     base = turnout(auto_config(url))
     assert "planner: auto (planning) -> llama3.1:8b" in caplog.text
-    assert "eyes: auto (vision) -> SKIPPED: no installed model for vision fits" in caplog.text
+    assert "eyes: auto (vision) -> SKIPPED: no installed model does vision" in caplog.text
     models = {m["id"]: m for m in httpx.get(base + "/v1/models").json()["data"]}
     assert models["planner"]["turnout"]["model"] == "llama3.1:8b" and models["planner"]["turnout"]["available"]
     assert "llama3.1:8b + llama3.2:3b" in models["planner"]["turnout"]["auto"]
     assert models["executor"]["turnout"]["model"] == "llama3.2:3b"
-    assert models["eyes"]["turnout"]["available"] is False and "no installed model for vision" in models["eyes"]["turnout"]["auto"]
+    assert models["eyes"]["turnout"]["available"] is False and "no installed model does vision" in models["eyes"]["turnout"]["auto"]
     client = sdk(base)
     r = client.chat.completions.with_raw_response.create(model="plan", messages=[{"role": "user", "content": "hi"}])
     assert r.headers["x-turnout-model"] == "planner" and app.state.requests[-1]["model"] == "llama3.1:8b"
     r = client.chat.completions.with_raw_response.create(model="look", messages=[{"role": "user", "content": "hi"}])
-    assert r.headers["x-turnout-model"] == "backup-model" and "eyes: skipped: no installed model" in r.headers["x-turnout-fallbacks"]
+    assert r.headers["x-turnout-model"] == "backup-model" and "eyes: skipped: no installed model does vision" in r.headers["x-turnout-fallbacks"]
     p = tmp_path / "auto.yaml"
     p.write_text(yaml.safe_dump(auto_config(url)))
     capsys.readouterr()
@@ -393,3 +393,11 @@ def test_hardware_endpoint(serve, turnout, bindir):
     assert [m["model"] for m in body["backends"][0]["installed"]] == ["llama3.1:8b", "llama3.2:3b"]
     r = httpx.get(base + "/turnout/hardware?reserve=0", headers={"authorization": "Bearer sk-admin"}, timeout=20)
     assert r.json()["memory"]["budget_gb"] == 16.0 and names(r.json()["recommendations"]["pair"])[0] == "qwen2.5:14b"
+
+
+def test_for_role_says_why_nothing_was_chosen():
+    big = recommend.from_installed(INSTALLED[0])
+    m, why = recommend.for_role([big], 4 * GB, "planning")
+    assert m is None and why == "no installed planning model fits 4 GB (installed: llama3.1:8b (5.3 GB))"
+    m, why = recommend.for_role([big], 8 * GB, "execution")  # a lone planner does both
+    assert m is big and why.startswith("the largest installed planning model that fits 8 GB")

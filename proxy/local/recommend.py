@@ -190,10 +190,10 @@ def _why(kind: str, ms: list[Model], budget: int) -> str:
 
 
 def choose_single(models: Iterable[Model], budget: int, role: str = "planning",
-                  max_class: int | None = None) -> Choice | None:
+                  max_class: int | None = None, what: str = "") -> Choice | None:
     cands = [m for m in models if role in m.roles and (max_class is None or m.cls <= max_class)]
     ms = _pick([((m.cls,), [m]) for m in cands], budget)
-    return Choice(ms, budget, _why(f"{role} model", ms, budget)) if ms else None
+    return Choice(ms, budget, _why(f"{what}{role} model", ms, budget)) if ms else None
 
 
 def choose_pair(models: Iterable[Model], budget: int, max_class: int | None = None) -> Choice | None:
@@ -226,13 +226,16 @@ def for_role(installed: Iterable[Model], budget: int, role: str, cpu: bool = Fal
             m = pair.models[0 if role == "planning" else 1]
             return m, (f"{role} half of the best installed pair {pair.models[0].name} + {pair.models[1].name}: "
                        f"{gb(pair.need):g} of {gb(budget):g} GB, {gb(pair.free):g} GB left")
-    c = choose_single(ms, budget, role, cap if role == "planning" else (EXECUTOR_MAX_CLASS if role == "execution" else None))
+    c = choose_single(ms, budget, role, cap if role == "planning" else (EXECUTOR_MAX_CLASS if role == "execution" else None),
+                      "installed ")
     if role == "execution" and not c:
-        c = choose_single(ms, budget, "planning")  # a lone model does both
+        c = choose_single(ms, budget, "planning", what="installed ")  # a lone model does both
     if not c:
         have = ", ".join(f"{m.name} ({gb(m.need):g} GB)" for m in ms) or "none"
-        return None, f"no installed model for {role} fits {gb(budget):g} GB (installed: {have})"
-    return c.models[0], f"best installed {role} model: {c.why}"
+        if not any(role in m.roles for m in ms):
+            return None, f"no installed model does {role} (installed: {have})"
+        return None, f"no installed {role} model fits {gb(budget):g} GB (installed: {have})"
+    return c.models[0], c.why
 
 
 def table(sizes_gb: Iterable[int] = (4, 8, 16)) -> str:
