@@ -37,6 +37,7 @@ from proxy.routing.router import Router
 from proxy.server.app import OpenAIAPI
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.usage import api as usage_api
+from proxy.usage import tokens
 from proxy.usage.ledger import Usage, build_usage
 from proxy.web.auth import Authenticator
 from proxy.web.responses import error_response
@@ -58,12 +59,8 @@ class Gateway:
     observers: tuple[Observer, ...]
     routes: list[Route]
 
-    def ready(self) -> tuple[bool, dict[str, str]]:
-        """Whether any backend can take requests, and each backend's state."""
-        states = {n: ("usable" if not b.unavailable else b.unavailable) for n, b in self.backends.items()}
-        return any(not b.unavailable for b in self.backends.values()), states
-
     async def start(self) -> None:
+        tokens.preload()  # in a thread, off the request path: the first routing decision needs no 0.2 s load
         for b in self.backends.values():
             await b.start()
         for o in self.observers:
@@ -94,7 +91,7 @@ def build(cfg: Config) -> Gateway:
     auth = Authenticator(cfg.keys)
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [])
     gateway.routes = [
-        *OpenAIAPI(cfg, pipeline, auth, backends, gateway.ready).routes(),
+        *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
         *usage_api.routes(cfg, auth, usage),
         *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
         *hardware_api.routes(cfg, auth),

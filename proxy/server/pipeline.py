@@ -99,7 +99,7 @@ class Pipeline:
             return Stream(first, rest)
         data = await self.dispatcher.complete(chain, body, call, escalate=rule.escalate if rule else 0,
                                               deadline=deadline)
-        call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price) + call.discarded_cost_usd
+        call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
         return Completion(data)
 
     async def payloads(self, call: Call, stream: Stream) -> AsyncIterator[bytes]:
@@ -132,7 +132,7 @@ class Pipeline:
         finally:
             await rest.aclose()
             if call.usage is not None:
-                call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price)
+                call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
             self.finish(call, status, error)
 
     def finish(self, call: Call, status: int, error: ProxyError | None = None) -> None:
