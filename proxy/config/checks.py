@@ -182,6 +182,12 @@ def check(cfg: Config) -> None:
     for name, t in cfg.models.items():
         if t.quota is not None:
             _quota(t.quota, f"models.{name}.quota")
+        if t.model == "auto":  # chosen at start among the installed models (proxy/local/autoconfig.py)
+            if t.role is None:
+                raise ConfigError(f"models.{name}.role: required with model: auto (planning, execution or vision)")
+            btype = cfg.backends[t.backend].type
+            if btype != "ollama":
+                raise ConfigError(f"models.{name}.model: auto needs an ollama backend ({t.backend} is {btype})")
     for name, r in cfg.routes.items():
         where = f"routes.{name}"
         if name in cfg.models:

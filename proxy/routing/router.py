@@ -142,7 +142,7 @@ class Router:
         return "an embedding model (not for chat)" if kind == "embedding" else "not an embedding model"
 
     def _unavailable(self, t: Target, f: Features) -> str | None:
-        return self.backends[t.backend].unavailable
+        return self.backends[t.backend].unavailable or t.unavailable  # no key; `model: auto` found nothing
 
     def _circuit(self, t: Target, f: Features) -> str | None:
         return self.circuits[t.backend].blocked()

@@ -121,7 +121,8 @@ class OpenAIAPI:
                 "turnout": {"kind": "route", "chain": r.chain}} for name, r in self.cfg.routes.items()]
         out += [{"id": name, "object": "model", "created": created, "owned_by": t.backend,
                  "turnout": {"kind": "target", "serves": kind_of(t), "backend": t.backend, "model": t.model,
-                             "available": not self.backends[t.backend].unavailable}}
+                             "available": not (self.backends[t.backend].unavailable or t.unavailable),
+                             **({"role": t.role, "auto": t.auto} if t.auto else {})}}
                 for name, t in self.cfg.models.items()]
         return out
 

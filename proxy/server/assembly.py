@@ -1,6 +1,6 @@
 """The one assembly point: a config in, a running gateway out, every part wired here in the open.
 
-`build` makes, in order: one backend (and pool) per configured backend; a circuit breaker each;
+`build` makes, in order: the ``model: auto`` targets' choices (proxy/local/autoconfig.py); one backend (and pool) per configured backend; a circuit breaker each;
 the metrics (with the dashboard's stats) and the provider health, which both listen to the
 breakers; the usage accounts and ledger; the router with its filters (built-in, then health,
 quotas and budgets); the dispatcher; the gates that run before routing (rate limits, budgets);
@@ -25,6 +25,8 @@ from starlette.routing import Route
 from proxy.backends import Backend, create
 from proxy.config import Config, load
 from proxy.errors import ProxyError
+from proxy.local import api as hardware_api
+from proxy.local.autoconfig import resolve_auto
 from proxy.observability.api import ObservabilityAPI
 from proxy.observability.health import Health
 from proxy.observability.logs import setup as setup_logs
@@ -77,6 +79,7 @@ class Gateway:
 
 
 def build(cfg: Config) -> Gateway:
+    resolve_auto(cfg)  # `model: auto` targets: the best installed model for their role, or why they are skipped
     backends = {name: create(b) for name, b in cfg.backends.items()}
     state: State = MemoryState()  # counters, circuit records, key-value store: proxy/state/
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
@@ -99,6 +102,7 @@ def build(cfg: Config) -> Gateway:
         *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),
         *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
+        *hardware_api.routes(cfg, auth),
     ]
     return gateway
 
