@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.config import ClassifierCondition, Conditions, Config, IntentCondition
+from proxy.config import ClassifierCondition, Conditions, Config
 from proxy.errors import ProxyError
 from proxy.routing.features import Features
 
@@ -37,7 +37,7 @@ class SemanticUnavailable(ProxyError):
 class Semantic:
     def __init__(self, cfg: Config) -> None:
         self.routes = {name for name, r in cfg.routes.items() if any(rule.when.semantic for rule in r.rules)}
-        self.intents: dict[IntentCondition, Any] = {}
+        self.intents: dict[int, Any] = {}  # by id() of the condition: the config lives as long as the router
         self.classifiers: dict[str, Any] = {}
         self.engine: Any = None
         if self.routes and sem is not None:
@@ -47,8 +47,8 @@ class Semantic:
                     self._load(rule.when, f"routes.{name}.rules[{i}].when")
 
     def _load(self, c: Conditions, where: str) -> None:
-        if c.intent is not None and c.intent not in self.intents:
-            self.intents[c.intent] = sem.Intent(self.engine, c.intent.name, list(c.intent.examples),
+        if c.intent is not None and id(c.intent) not in self.intents:
+            self.intents[id(c.intent)] = sem.Intent(self.engine, c.intent.name, list(c.intent.examples),
                                                 c.intent.threshold)
         if c.classifier is not None and c.classifier.model not in self.classifiers:
             clf = sem.Classifier.load(sem.BUILTIN if c.classifier.model == "builtin" else c.classifier.model)
@@ -78,7 +78,7 @@ class Semantic:
         if f.embedding is None:  # not prepared (the CLI's dry run): embed here
             f.embedding = self.engine.embed_one(f.last_user_text)
         if c.intent is not None:
-            m = self.intents[c.intent].match(f.embedding)
+            m = self.intents[id(c.intent)].match(f.embedding)
             f.semantic[f"intent:{c.intent.name}"] = m.as_dict()
             if not m.holds:
                 return False
