@@ -1,4 +1,4 @@
-"""The `turnout` command: serve, demo, check-config, mock-upstream, models."""
+"""The `turnout` command: serve, demo, check-config, mock-upstream, models, route, train."""
 
 from __future__ import annotations
 
@@ -186,6 +186,11 @@ def main(argv: list[str] | None = None) -> None:
 
     add_usage_arguments(sub)  # usage, usage export, simulate
 
+    p = sub.add_parser("train", help="train a semantic router on labelled prompts (needs turnout[semantic])")
+    p.add_argument("file", help="JSON lines of {\"text\": ..., \"label\": ...} (optional \"split\": train|test)")
+    p.add_argument("-o", "--output", default="router.npz")
+    p.add_argument("--label", default=None, help="the label whose share table to print (default: the last)")
+
     p = sub.add_parser("mock-upstream", help="serve the mock as an OpenAI-compatible upstream (benchmarks, tests)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4010)
@@ -228,6 +233,14 @@ def main(argv: list[str] | None = None) -> None:
         from proxy.usage.cli import simulate_command
 
         raise SystemExit(simulate_command(load_or_exit(args.config or _default_config()), args))
+    elif args.command == "train":
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matrices: threads only contend
+        try:
+            from proxy.semantic.train import train_command
+        except ImportError as e:
+            print(f"turnout train needs the semantic extra: pip install 'turnout[semantic]' ({e})", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise SystemExit(train_command(args))
     elif args.command == "check-config":
         cfg = load_or_exit(args.file or _default_config())
         print(describe(cfg))

@@ -101,7 +101,9 @@ class OpenAIAPI:
         body = validate.chat_request(await read_json(request, self.cfg.server.max_body_bytes))
         call = Call(request_model=body["model"], key=key)
         router = self.pipeline.router
-        return json_response(router.explain(call, router.features(body, request.headers, key)))
+        features = router.features(body, request.headers, key)
+        await router.prepare(features)
+        return json_response(router.explain(call, features))
 
     async def models(self, request: Request) -> Response:
         self.auth.authenticate(request.headers)

@@ -94,6 +94,7 @@ class Pipeline:
         features = call.features = self.router.features(body, headers, call.key)
         for gate in self.gates:
             gate(call)
+        await self.router.prepare(features)  # a route that routes by meaning: embed off the event loop
         chain, rule = self.router.plan(call, features)
         if restrict is not None:
             chain = restrict(call, chain)
