@@ -184,3 +184,16 @@ def test_chat_gaps_found_with_real_clients(turnout):
     first = client.models.list().data
     time.sleep(1.05)
     assert [m.created for m in client.models.list().data] == [m.created for m in first]
+
+
+def test_declared_kind_wins_over_the_name(turnout):
+    cfg = config()
+    cfg["models"]["vec"] = {"backend": "mock", "model": "custom-vectors", "kind": "embedding"}
+    cfg["models"]["embedchat"] = {"backend": "mock", "model": "embed-looking-chat", "kind": "chat"}
+    client = sdk(turnout(cfg))
+    assert len(client.embeddings.create(model="vec", input="x").data[0].embedding) == 256
+    assert client.chat.completions.create(model="embedchat", messages=[{"role": "user", "content": "x"}]).choices
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="embedchat", input="x")
+    models = {m.id: m.model_extra["turnout"] for m in client.models.list().data}
+    assert models["vec"]["serves"] == "embedding" and models["embedchat"]["serves"] == "chat"
