@@ -26,6 +26,22 @@ from translators import embeddings as emb
 from translators.common import Fault
 
 Json = dict[str, Any]
+_FRAGMENT = 8  # an upstream quoting this many consecutive characters of a key quotes the key
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` without `secret` or any run of `_FRAGMENT`+ of its characters (upstreams quote keys
+    whole or in part, e.g. OpenAI's "sk-proj-…abcd"): the one mask every upstream message that may
+    reach a client or a log goes through, streamed or not."""
+    if not secret or not text:
+        return text
+    text = text.replace(secret, "***")
+    if len(secret) >= _FRAGMENT:
+        for i in range(len(secret) - _FRAGMENT + 1):
+            piece = secret[i:i + _FRAGMENT]
+            if piece in text:
+                text = text.replace(piece, "***")
+    return text
 
 
 class Backend:
@@ -102,10 +118,10 @@ class HTTPBackend(Backend):
         # a non-streamed answer's headers arrive only when it is complete: bound it by `total`
         self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
 
-    async def post(self, path: str, content: bytes) -> Response:
+    async def post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> Response:
         """POST a body for a non-streamed answer; a timeout or connection failure is an UpstreamError."""
         try:
-            return await self.client.post(path, content=content, timeout=self.complete_timeout)
+            return await self.client.post(path, content=content, headers=headers, timeout=self.complete_timeout)
         except httpx.HTTPError as e:
             raise self.transport_error(e) from None
 
@@ -151,9 +167,12 @@ class HTTPBackend(Backend):
     def json_of(self, r: Response) -> Json:
         """The JSON of a successful upstream answer; anything else is the upstream's fault (502)."""
         try:
-            return orjson.loads(r.content)
+            data = orjson.loads(r.content)
         except orjson.JSONDecodeError:
-            raise self.status_error(502, f"Backend '{self.name}' sent a response that is not JSON.") from None
+            data = None
+        if not isinstance(data, dict):
+            raise self.status_error(502, f"Backend '{self.name}' sent a response that is not a JSON object.")
+        return data
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -168,6 +187,10 @@ class HTTPBackend(Backend):
                              type="upstream_error", code="upstream_unreachable", retry=True,
                              category="network", backend=self.name)
 
+    def upstream_error(self, message: str, **kw: Any) -> UpstreamError:
+        """An UpstreamError carrying the upstream's own words, with Turnout's key masked (`redact`)."""
+        return UpstreamError(redact(message, self.cfg.api_key), backend=self.name, **kw)
+
     def fault_error(self, fault: Fault, headers: httpx.Headers | None = None) -> UpstreamError:
         """The UpstreamError for a fault a provider translator read from an error body."""
         e = self.status_error(fault.status, fault.message, headers, type=fault.type, code=fault.code,
@@ -179,8 +202,7 @@ class HTTPBackend(Backend):
 
     def status_error(self, status: int, message: str, headers: httpx.Headers | None = None, *,
                      type: str | None = None, code: str | None = None, param: str | None = None) -> UpstreamError:
-        if self.cfg.api_key and self.cfg.api_key in message:
-            message = message.replace(self.cfg.api_key, "***")
+        message = redact(message, self.cfg.api_key)
         e = upstream_status_error(status, message, type=type, code=code, param=param,
                                   retry_after=parse_retry_after(headers.get("retry-after") if headers else None))
         e.backend = self.name

@@ -52,7 +52,13 @@ class Backend(base.HTTPBackend):
                         raise self._stream_error(payload)
                     if first:
                         first = False
-                        head = orjson.loads(payload)
+                        try:
+                            head = orjson.loads(payload)
+                        except orjson.JSONDecodeError:
+                            head = None
+                        if not isinstance(head, dict):
+                            raise self.status_error(502, f"Backend '{self.name}' sent a stream chunk that is not "
+                                                         "a JSON object.")
                         call.id = head.get("id") or call.id
                         call.upstream_model = head.get("model")
                     usage, usage_only = tr.chunk_usage(payload)
@@ -78,8 +84,8 @@ class Backend(base.HTTPBackend):
 
     def _stream_error(self, payload: bytes) -> UpstreamError:
         fault = tr.error_from(500, payload)
-        return UpstreamError(fault.message, status=502, type=fault.type or "upstream_error", code=fault.code,
-                             retry=True, category="server", backend=self.name)
+        return self.upstream_error(fault.message, status=502, type=fault.type or "upstream_error", code=fault.code,
+                                   retry=True, category="server")
 
     async def list_models(self) -> list[str]:
         try:

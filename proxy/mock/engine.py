@@ -12,6 +12,7 @@ Replies depend only on the request, so demos, tests and benchmarks are repeatabl
 Faults are scripted per backend (``options``) or per request by a directive in the last user
 message, e.g. ``[mock:status=429]``, ``[mock:status=503 retry_after=2]``, ``[mock:drop=3]`` (a
 stream drops after 3 chunks), ``[mock:hang]``, ``[mock:latency=0.2]``, ``[mock:chunks=20]``.
+Directives come from clients, so each value is bounded (`LIMITS`); a bad one is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from proxy.errors import InvalidRequest
 from translators.common import (
     Json,
     chunk,
@@ -43,6 +45,24 @@ DEFAULT_TEMPLATE = "Hello from {model}! You said: {prompt}"
 _DIRECTIVE = re.compile(r"\[mock:([^\]]*)\]")
 _TOKEN = re.compile(r"\s*\S+")
 _COUNT = re.compile(r"\w+|[^\w\s]")
+# the values a client's directive may ask for: (low, high) per directive
+LIMITS: dict[str, tuple[float, float]] = {"status": (400, 599), "drop": (0, 100_000), "chunks": (0, 20_000),
+                                          "latency": (0, 600), "chunk_delay": (0, 60), "retry_after": (0, 3600)}
+
+
+def _directive_value(k: str, v: str) -> float:
+    """A directive's number, or a 400 naming the directive and its bounds."""
+    lo, hi = LIMITS[k]
+    try:
+        x = float(v) if k in ("latency", "chunk_delay", "retry_after") else int(v)
+    except ValueError:
+        x = math.nan
+    if not lo <= x <= hi:  # also false for nan
+        raise InvalidRequest(f"Invalid mock directive '{k}={v[:40]}': expected a number from {lo:g} to {hi:g}.",
+                             param="messages", code="invalid_mock_directive")
+    return x
+
+
 EMBEDDING_DIMENSIONS = 256
 
 
@@ -97,16 +117,12 @@ class Script:
         for m in _DIRECTIVE.finditer(text):
             for item in m.group(1).split():
                 k, _, v = item.partition("=")
-                if k == "status":
-                    s.status, s.times = int(v), None
-                elif k == "hang":
+                if k == "hang":
                     s.hang, s.times = True, None
-                elif k == "drop":
-                    s.drop, s.times = int(v), None
-                elif k in ("latency", "chunk_delay", "retry_after"):
-                    setattr(s, k, float(v))
-                elif k == "chunks":
-                    s.chunks = int(v)
+                elif k in LIMITS:
+                    setattr(s, k, _directive_value(k, v))
+                    if k in ("status", "drop"):
+                        s.times = None
                 elif k == "message":
                     s.message = v.replace("_", " ")
         return s

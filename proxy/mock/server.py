@@ -45,12 +45,12 @@ def build_mock_upstream(options: dict[str, Any] | None = None, api_key: str | No
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         try:
             body = validate.chat_request(orjson.loads(await request.body()))
+            s = base.with_directives(body)
         except orjson.JSONDecodeError:
             return _error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
         except ProxyError as e:
             return Response(e.json(), status_code=e.status, media_type="application/json")
         received.append(body)
-        s = base.with_directives(body)
         if s.hang:
             await asyncio.sleep(3600)
         if s.latency:

@@ -64,7 +64,7 @@ class OpenAIAPI:
             if isinstance(result, Completion):
                 out = orjson.dumps(dialects.legacy_answer(result.data) if legacy else result.data)
                 if call.usage is None:
-                    call.sent = [out]  # no usage from upstream: the ledger estimates from the answer
+                    call.record_sent(out)  # no usage from upstream: the ledger estimates from the answer
                 pipeline.finish(call, 200)
                 return Response(out, media_type="application/json", headers=call.headers())
             return StreamingResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
@@ -101,7 +101,9 @@ class OpenAIAPI:
         body = validate.chat_request(await read_json(request, self.cfg.server.max_body_bytes))
         call = Call(request_model=body["model"], key=key)
         router = self.pipeline.router
-        return json_response(router.explain(call, router.features(body, request.headers, key)))
+        features = router.features(body, request.headers, key)
+        await router.prepare(features)
+        return json_response(router.explain(call, features))
 
     async def models(self, request: Request) -> Response:
         self.auth.authenticate(request.headers)
@@ -121,7 +123,8 @@ class OpenAIAPI:
                 "turnout": {"kind": "route", "chain": r.chain}} for name, r in self.cfg.routes.items()]
         out += [{"id": name, "object": "model", "created": created, "owned_by": t.backend,
                  "turnout": {"kind": "target", "serves": kind_of(t), "backend": t.backend, "model": t.model,
-                             "available": not self.backends[t.backend].unavailable}}
+                             "available": not (self.backends[t.backend].unavailable or t.unavailable),
+                             **({"role": t.role, "auto": t.auto} if t.auto else {})}}
                 for name, t in self.cfg.models.items()]
         return out
 
