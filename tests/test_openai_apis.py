@@ -197,3 +197,36 @@ def test_declared_kind_wins_over_the_name(turnout):
         client.embeddings.create(model="embedchat", input="x")
     models = {m.id: m.model_extra["turnout"] for m in client.models.list().data}
     assert models["vec"]["serves"] == "embedding" and models["embedchat"]["serves"] == "chat"
+
+
+def test_parse_with_nested_pydantic_models_and_enums(turnout):
+    """`parse()` with nested models and an enum ($defs/$ref/anyOf, as pydantic writes them) on the mock,
+    and the quality check reads the same schema (an answer that breaks it is escalated past)."""
+    import enum
+
+    import pydantic
+
+    from proxy.routing.quality import schema_error
+
+    class Mood(str, enum.Enum):
+        happy = "happy"
+        sad = "sad"
+
+    class Friend(pydantic.BaseModel):
+        name: str
+        mood: Mood
+
+    class Character(pydantic.BaseModel):
+        name: str
+        friends: list[Friend]
+        mentor: Friend | None
+
+    client = sdk(turnout(config()))
+    r = client.chat.completions.parse(model="chat", response_format=Character,
+                                      messages=[{"role": "user", "content": "Create wise old dragon mentor"}])
+    c = r.choices[0].message.parsed
+    assert isinstance(c, Character) and c.friends[0].mood is Mood.happy and isinstance(c.mentor, Friend)
+    schema = Character.model_json_schema()
+    assert "$defs" in schema and schema_error({"name": "x", "friends": [{"name": "y", "mood": "angry"}],
+                                               "mentor": None}, schema) == "$.friends[0].mood is not one of ['happy', 'sad']"
+    assert schema_error({"name": "x", "friends": [], "mentor": {"name": "m", "mood": "sad"}}, schema) is None
