@@ -55,6 +55,10 @@ class Backend:
         """Models the upstream says it serves (for discovery and health probes)."""
         return []
 
+    async def count_tokens(self, target: Target, body: Json, call: Call) -> int | None:
+        """The provider's own count of a chat body's input tokens, or None where it has none."""
+        return None
+
     def describe(self) -> str:
         """One line for the start-up banner."""
         where = self.cfg.base_url or "built in"
