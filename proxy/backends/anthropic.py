@@ -119,9 +119,9 @@ class Backend(base.HTTPBackend):
     def _status_error(self, status: int, message: str, headers: httpx.Headers | None, type_: str | None,
                       code: str | None) -> UpstreamError:
         if status == 402:  # billing: the operator's account, like a bad key; another target may work
-            return UpstreamError(f"Upstream refused Turnout's account: {message}", status=502,
-                                 type="upstream_error", code="upstream_billing_error", fallback=True,
-                                 category="auth", backend=self.name)
+            return self.upstream_error(f"Upstream refused Turnout's account: {message}", status=502,
+                                       type="upstream_error", code="upstream_billing_error", fallback=True,
+                                       category="auth")
         return self.status_error(status, message, headers, type=type_, code=code)
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:

@@ -10,7 +10,7 @@ A backend is
 - **down** when its circuit breaker is open, or `probe.down_after` probes in a row failed;
 - **degraded** when its circuit is half-open, the last attempt or probe failed, or under 90 %
   of the attempts of the last 5 minutes succeeded (rate limits count as failures here);
-- **healthy** otherwise.
+- **healthy** otherwise (never with no success at all among the window's attempts, however few).
 The system is **healthy** when every usable backend is, **critical** when none is up (healthy or
 degraded), **degraded** in between.
 
@@ -253,12 +253,12 @@ class Health:
                 h.consecutive_failures = 0  # a models probe does not vouch for chat requests that failed
             h.last_ok = time.time()
             circuit = self.circuits[name]
-            if circuit.opened_at is not None and not circuit.trial:
+            if circuit.opened and not circuit.trial:
                 if chat:
                     circuit.record(True)  # it answered a real request: back in rotation
                 else:
                     # reachable again: end the cool-down now, so that one trial request decides
-                    circuit.opened_at = min(circuit.opened_at, time.monotonic() - circuit.policy.cooldown)
+                    circuit.expire()
         elif result == "failed":
             h.probe_failures += 1
             if category in COUNTED:
@@ -289,8 +289,9 @@ class Health:
         if h.probe_failures:
             return "degraded", "the last probe failed"
         rate = h.success_rate()
-        if rate is not None and len(h.window) >= MIN_SAMPLES and rate < DEGRADED_BELOW:
-            return "degraded", f"{rate:.0%} of attempts succeeded in the last 5 minutes"
+        if rate is not None and rate < DEGRADED_BELOW and (len(h.window) >= MIN_SAMPLES or rate == 0):
+            # a few samples do not make a rate, but none of them succeeding is never healthy
+            return "degraded", f"{rate:.0%} of {len(h.window)} attempts succeeded in the last 5 minutes"
         return "healthy", None
 
     def assess(self, name: str, quiet: bool = False) -> str:
@@ -323,6 +324,24 @@ class Health:
         if not bad:
             return "healthy", None
         return "degraded", ", ".join(f"{n} {states[n]}" for n in bad)
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        """Readiness (`GET /ready`): each backend "usable" or why not, and whether any is. A backend is
+        usable when it can be used as configured (a key), is not down, and did not fail its last probe
+        (a local server that refuses connections is not ready, though one probe does not make it down)."""
+        out: dict[str, str] = {}
+        for name, h in self.backends.items():
+            state = self.assess(name)
+            probe = h.last_probe or {}
+            if state == "unavailable":
+                out[name] = h.reason or "unavailable"
+            elif state == "down":
+                out[name] = f"down: {h.reason}"
+            elif probe.get("result") == "failed":
+                out[name] = f"not answering: the last probe failed ({probe.get('category')})"
+            else:
+                out[name] = "usable"
+        return any(v == "usable" for v in out.values()), out
 
     def filter(self, target: Target, features: Any) -> str | None:
         """The routing filter: skip a backend whose probes say it is down."""
