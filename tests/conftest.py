@@ -105,3 +105,12 @@ def collect(stream: Any) -> tuple[str, list[Any]]:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test (tests/pgdb.py): skipped without a server, except in CI."""
+    from tests.pgdb import database
+
+    with database() as url:
+        yield url
