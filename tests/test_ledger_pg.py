@@ -263,3 +263,22 @@ def test_a_password_never_reaches_the_banner_or_errors(tmp_path):
     with pytest.raises(SystemExit) as e:  # nothing listens on port 1
         cli_main(["usage", "--config", str(path)])
     assert "s3cret" not in str(e.value) and "***" in str(e.value)
+
+
+def test_a_dropped_connection_is_opened_again(postgres_url, turnout):
+    """The server ends the ledger's connection (a restart, a failover): the next write and the
+    next report reconnect by themselves; no row is lost and no request fails."""
+    url = turnout(config(postgres_url))
+    client = sdk(url, api_key="sk-a")
+    client.chat.completions.create(model="paid", messages=HI)
+    assert get(url, "/turnout/usage").json()["totals"]["requests"] == 1
+    with psycopg.connect(postgres_url, autocommit=True) as c:
+        killed = c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid != pg_backend_pid()").fetchall()
+    assert killed and all(k for (k,) in killed)
+    client.chat.completions.create(model="paid", messages=HI)
+    assert get(url, "/turnout/usage").json()["totals"]["requests"] == 2
+    with psycopg.connect(postgres_url, autocommit=True) as c:
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = current_database() AND pid != pg_backend_pid()")
+    assert len(get(url, "/turnout/usage/export").content.splitlines()) == 2

@@ -218,9 +218,23 @@ class PostgreSQL(Db):
             self.conn = self._connect()
         return self.conn
 
+    def _again(self, fn: Any) -> Any:
+        """`fn(connection)`, once more on a new connection if the old one turned out to be broken (a
+        server restart, a dropped network) — only where nothing can have happened twice: a statement
+        outside a transaction (reads and idempotent writes), or the BEGIN of one."""
+        idle = self.psycopg.pq.TransactionStatus.IDLE
+        if self.conn.info.transaction_status != idle:
+            return fn(self._c())
+        try:
+            return fn(self._c())
+        except self.psycopg.OperationalError:
+            if not self.conn.broken:
+                raise
+            return fn(self._c())
+
     def execute(self, sql: str, args: Iterable[Any] = ()) -> Any:
         args = tuple(args)
-        return self._c().execute(_pg(sql) if args else sql, args or None)
+        return self._again(lambda c: c.execute(_pg(sql) if args else sql, args or None))
 
     def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self._c().cursor() as cur:
@@ -232,8 +246,14 @@ class PostgreSQL(Db):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._c().transaction():
+        self.execute("BEGIN")
+        try:
             yield
+        except BaseException:
+            if not self.conn.broken:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     @contextmanager
     def schema_lock(self) -> Iterator[None]:
