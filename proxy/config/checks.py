@@ -6,7 +6,7 @@
 budget `alert: '80%'`, `ledger: off`, and the defaults that depend on other keys (a target's
 `model` is its name, its `vision` its backend type's; a rule's and a key's name their position).
 
-`check()` then verifies what spans sections: routes and rules name defined targets, a probe's model
+`check()` then verifies what spans sections: routes, rules and aliases name defined targets, a probe's model
 belongs to its backend, names do not collide, quotas and budgets are coherent, time zones exist,
 the savings baseline is priced. Every error is a `ConfigError` reading ``path: message``.
 """
@@ -183,6 +183,12 @@ def check(cfg: Config) -> None:
     for name, t in cfg.models.items():
         if t.quota is not None:
             _quota(t.quota, f"models.{name}.quota")
+        if t.model == "auto":  # chosen at start among the installed models (proxy/local/autoconfig.py)
+            if t.role is None:
+                raise ConfigError(f"models.{name}.role: required with model: auto (planning, execution or vision)")
+            btype = cfg.backends[t.backend].type
+            if btype != "ollama":
+                raise ConfigError(f"models.{name}.model: auto needs an ollama backend ({t.backend} is {btype})")
     for name, r in cfg.routes.items():
         where = f"routes.{name}"
         if name in cfg.models:
@@ -206,6 +212,11 @@ def check(cfg: Config) -> None:
                     raise ConfigError(f"{w}.when.{k}: expected a name or a list of names")
             _semantic(rule.when, f"{w}.when")
             r.chain += [t for t in rule.then if t not in r.chain]
+    for name, to in cfg.aliases.items():
+        if name in cfg.models or name in cfg.routes:
+            raise ConfigError(f"aliases.{name}: a route or model target has the same name")
+        if to not in cfg.models and to not in cfg.routes:
+            raise ConfigError(f"aliases.{name}: {to!r} is not a route or model target")
     for i, k in enumerate(cfg.keys):
         if k.rate_limit is not None and k.rate_limit.requests_per_minute is None \
                 and k.rate_limit.tokens_per_minute is None:

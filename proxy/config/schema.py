@@ -121,7 +121,7 @@ class Price(msgspec.Struct, forbid_unknown_fields=True):
 class Target(Section):
     """A model target (`models.<name>`): one backend's model with its price and abilities."""
 
-    derived: ClassVar[frozenset[str]] = frozenset({"name", "price_source"})
+    derived: ClassVar[frozenset[str]] = frozenset({"name", "price_source", "auto", "unavailable"})
     name: str
     backend: str
     model: Text  # default: the target's name
@@ -135,6 +135,9 @@ class Target(Section):
     timeout: Positive | None = None  # seconds for one call to this target (to the first token for streams)
     quota: Quota | None = None  # a daily allowance of this target alone
     price_source: str | None = None  # "config", the built-in table's source and date, or None (costs 0)
+    role: Literal["planning", "execution", "vision"] | None = None  # what `model: auto` chooses a model for
+    auto: str | None = None  # `model: auto` once resolved at start: why this model (proxy/local/autoconfig.py)
+    unavailable: str | None = None  # why routing skips this target (`model: auto` found nothing that fits)
 
 
 class Range(Section):
@@ -325,4 +328,5 @@ class Config(Section):
     keys: list[Key] = []
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)
     path: str | None = None  # the file it was read from

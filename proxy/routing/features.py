@@ -18,6 +18,8 @@ Json = dict[str, Any]
 
 
 class Features:
+    kind = "chat"  # what is asked: "chat", or "embedding" (set by the embeddings endpoint)
+
     def __init__(self, body: Json, headers: Mapping[str, str], key: Key | None, scorer: ComplexityScorer,
                  open_proxy: bool = False) -> None:
         self.body = body

@@ -3,7 +3,8 @@
 A route is a plain fallback chain, or rules (first match wins; the rule's name is the reason
 reported). A model target named directly is a chain of one; an allowed override header or
 metadata field forces one target. Filters then skip, with a recorded reason, each target that
-cannot serve this request now: backend unavailable (no key), circuit open, a missing ability
+cannot serve this request now: the wrong kind (chat vs embedding, `proxy.routing.kinds`), backend
+unavailable (no key), circuit open, a missing ability
 (vision, tools, JSON schema), a context window too small, and the filters the assembly adds (health,
 quotas, budgets). If nothing is left, the client gets one error naming every target and why.
 """
@@ -20,6 +21,7 @@ from proxy.routing.complexity import ComplexityScorer
 from proxy.config import ConfigError, Conditions, Config, Key, Rule, Target
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError
 from proxy.routing.features import Features
+from proxy.routing.kinds import kind_of
 from proxy.routing.semantic import Semantic
 
 Filter = Callable[[Target, Features], "str | None"]
@@ -62,7 +64,7 @@ class Router:
         # shared with health and metrics when serving; fresh (all closed) for a dry run
         self.circuits = circuits if circuits is not None else {n: Circuit(n, cfg.routing.circuit) for n in backends}
         # the built-in filters, then those of other concerns (health, quotas, budgets) in the given order
-        self.filters: tuple[Filter, ...] = (self._unavailable, self._circuit, self._abilities, self._context,
+        self.filters: tuple[Filter, ...] = (self._kind, self._unavailable, self._circuit, self._abilities, self._context,
                                             *filters)
         try:
             self.semantic = Semantic(cfg)
@@ -128,7 +130,7 @@ class Router:
                 chain.append(target)
         if not chain:
             detail = "; ".join(f"{a.target} ({a.outcome})" for a in call.attempts)
-            if all(self._abilities(self.cfg.models[n], f) for n in names):
+            if all(self._kind(self.cfg.models[n], f) or self._abilities(self.cfg.models[n], f) for n in names):
                 # no target could ever serve this request: the client's to fix, not a transient outage
                 raise InvalidRequest(f"'{call.request_model}' cannot serve this request: {detail}.", param="model",
                                      code="unsupported_capability")
@@ -144,8 +146,14 @@ class Router:
                 return why
         return None
 
+    def _kind(self, t: Target, f: Features) -> str | None:
+        kind = kind_of(t)
+        if kind == f.kind:
+            return None
+        return "an embedding model (not for chat)" if kind == "embedding" else "not an embedding model"
+
     def _unavailable(self, t: Target, f: Features) -> str | None:
-        return self.backends[t.backend].unavailable
+        return self.backends[t.backend].unavailable or t.unavailable  # no key; `model: auto` found nothing
 
     def _circuit(self, t: Target, f: Features) -> str | None:
         return self.circuits[t.backend].blocked()
