@@ -1,4 +1,4 @@
-"""The `turnout` command: serve, demo, check-config, mock-upstream, models."""
+"""The `turnout` command: serve, demo, check-config, mock-upstream, models, route, train."""
 
 from __future__ import annotations
 
@@ -60,16 +60,26 @@ def load_or_exit(path: str) -> Config:
 def describe(cfg: Config) -> str:
     """The banner: each backend and whether it is usable, each route's chain."""
     from proxy.backends import create
+    from proxy.local.doctor import discovery_lines, probes
 
+    found = probes(cfg)  # Ollama backends: reachable or not (one status word per backend, below and after)
     lines = [f"Turnout config {cfg.path or '(inline)'}", "backends:"]
     for name, b in cfg.backends.items():
         backend = create(b)
-        state = "usable" if not backend.unavailable else f"UNAVAILABLE: {backend.unavailable}"
+        p = found.get(name)
+        state = (f"UNAVAILABLE: {backend.unavailable}" if backend.unavailable else
+                 f"NOT REACHABLE ({p.error}): see below" if p is not None and not p.reachable else "usable")
         lines.append(f"  {backend.describe():50s} {state}")
+    from proxy.local.autoconfig import resolve_auto
+
+    auto = resolve_auto(cfg)  # `model: auto` targets: the installed model chosen for each, or why none
     lines.append("models:")
     for name, t in cfg.models.items():
         lines.append(f"  {name:20s} {t.backend}/{t.model}  in ${t.price.input:g}/M out ${t.price.output:g}/M"
-                     + ("  vision" if t.vision else ""))
+                     + ("  vision" if t.vision else "") + (f"  UNAVAILABLE: {t.unavailable}" if t.unavailable else ""))
+    if auto:
+        lines.append("model: auto:")
+        lines += [f"  {line}" for line in auto]
     lines.append("routes:")
     for name, r in cfg.routes.items():
         if not r.rules:
@@ -82,9 +92,7 @@ def describe(cfg: Config) -> str:
                              for k in rule.when.__struct_fields__ if (v := getattr(rule.when, k)) is not None) or "always"
             esc = f"  (escalate up to {rule.escalate}x)" if rule.escalate else ""
             lines.append(f"    {rule.name:18s} when {when}: {' -> '.join(rule.then)}{esc}")
-    from proxy.local.doctor import discovery_lines
-
-    lines += discovery_lines(cfg)  # which configured Ollama models are installed or missing
+    lines += discovery_lines(cfg, found=found)  # which configured Ollama models are installed or missing
     if not cfg.keys:
         lines.append("keys: none configured - the proxy is OPEN to anyone who can reach it")
     else:
@@ -98,7 +106,7 @@ def describe(cfg: Config) -> str:
 def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> None:
     import uvicorn
 
-    from proxy.server.app import build_app
+    from proxy.server.assembly import build_app
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
@@ -108,14 +116,14 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
     # JSON logs: uvicorn's own loggers go through ours too (its default config has its own text handler)
     log_config = None if cfg.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     if workers > 1:
-        # each worker builds its app from $TURNOUT_CONFIG (proxy.server.app.create_app); metrics are shared
+        # each worker builds its app from $TURNOUT_CONFIG (proxy.server.assembly.create_app); metrics are shared
         # through prometheus-client's multiprocess files
         os.environ["TURNOUT_CONFIG"] = os.path.abspath(cfg.path or _default_config())
         given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         metrics_dir = multiprocess_dir()
         print(f"{workers} workers; metrics shared in {metrics_dir}", file=sys.stderr, flush=True)
         try:
-            uvicorn.run("proxy.server.app:create_app", factory=True, workers=workers, host=host, port=port,
+            uvicorn.run("proxy.server.assembly:create_app", factory=True, workers=workers, host=host, port=port,
                         loop="uvloop", http="httptools", access_log=False, log_level=cfg.server.log_level,
                         lifespan="on", timeout_graceful_shutdown=5, log_config=log_config)
         finally:
@@ -155,7 +163,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("doctor", help="check local models: Ollama version, installed and loaded models, GPU fit")
     p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
-    p.add_argument("--headroom", type=float, default=None, help="GB of GPU memory to leave for other work")
+    p.add_argument("--reserve", "--headroom", dest="headroom", type=float, default=None,
+                   help="GB of memory to keep for other work (default on a GPU: what lies beyond 10 GB, up "
+                        "to 6, for image generation; without a GPU a quarter of the memory)")
+    p.add_argument("--json", action="store_true", help="print GPUs, models and recommendations as JSON")
+    p.add_argument("--write", metavar="FILE", default=None, help="write a proxy.yaml for this machine")
+    p.add_argument("--force", action="store_true", help="let --write overwrite an existing file")
 
     p = sub.add_parser("route", help="explain how a prompt would be routed (no upstream call)")
     p.add_argument("prompt")
@@ -172,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     from proxy.usage.cli import add_arguments as add_usage_arguments
 
     add_usage_arguments(sub)  # usage, usage export, simulate
+
+    p = sub.add_parser("train", help="train a semantic router on labelled prompts (needs turnout[semantic])")
+    p.add_argument("file", help="JSON lines of {\"text\": ..., \"label\": ...} (optional \"split\": train|test)")
+    p.add_argument("-o", "--output", default="router.npz")
+    p.add_argument("--label", default=None, help="the label whose share table to print (default: the last)")
 
     p = sub.add_parser("mock-upstream", help="serve the mock as an OpenAI-compatible upstream (benchmarks, tests)")
     p.add_argument("--host", default="127.0.0.1")
@@ -193,21 +211,36 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(models_main(args.action, args.name))
     elif args.command == "doctor":
-        from proxy.local.doctor import main as doctor_main
+        from proxy.local import autoconfig, doctor
 
-        raise SystemExit(doctor_main(args.config, args.headroom))
+        # no config file (none given, no $TURNOUT_CONFIG, no ./proxy.yaml): the local Ollama alone
+        path = args.config or _default_config()
+        cfg = doctor.default_config() if args.config is None and not os.path.exists(path) else load_or_exit(path)
+        if args.json or args.write:
+            raise SystemExit(autoconfig.main(cfg, args.headroom, args.json, args.write, args.force))
+        raise SystemExit(doctor.main(cfg, args.headroom))
     elif args.command == "route":
         from proxy.routing.explain import route_command
 
         raise SystemExit(route_command(load_or_exit(args.config or _default_config()), args))
     elif args.command == "usage":
-        from proxy.usage.cli import usage_command
+        from proxy.usage.cli import usage_command, usage_config
 
-        raise SystemExit(usage_command(None if args.url else load_or_exit(args.config or _default_config()), args))
+        cfg = None if args.url else (usage_config(args.config, _default_config(), args.ledger)
+                                     or load_or_exit(args.config or _default_config()))
+        raise SystemExit(usage_command(cfg, args))
     elif args.command == "simulate":
         from proxy.usage.cli import simulate_command
 
         raise SystemExit(simulate_command(load_or_exit(args.config or _default_config()), args))
+    elif args.command == "train":
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matrices: threads only contend
+        try:
+            from proxy.semantic.train import train_command
+        except ImportError as e:
+            print(f"turnout train needs the semantic extra: pip install 'turnout[semantic]' ({e})", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise SystemExit(train_command(args))
     elif args.command == "check-config":
         cfg = load_or_exit(args.file or _default_config())
         print(describe(cfg))

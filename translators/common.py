@@ -10,11 +10,26 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import orjson
 
 Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """An upstream's error body as every provider translator reads it (`error_from(status, body)`):
+    the status to treat it as, the upstream's message, and OpenAI's type / code / param where the
+    provider's own kind of error says which (None lets the gateway choose from the status)."""
+
+    status: int
+    message: str
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    retry_after: float | None = None
 
 
 class TranslationError(ValueError):
@@ -30,13 +45,26 @@ class TranslationError(ValueError):
 # --- reading OpenAI requests -----------------------------------------------------------------------
 
 
+TEXT_PART_SEPARATOR = "\n"
+
+
 def content_text(content: Any) -> str:
-    """The text of a message's content, whether a string or an array of parts."""
+    """The text of a message's content, whether a string or an array of parts. Several text parts
+    are joined with a newline, so "hi" and "there" do not become "hithere" where a provider needs
+    one string (Ollama's content, Gemini's system instruction and tool results); parts that already
+    end or start with whitespace are joined as they are."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    out = ""
+    for p in content:
+        if isinstance(p, dict) and p.get("type") == "text":
+            text = p.get("text", "")
+            if out and text and not out[-1].isspace() and not text[0].isspace():
+                out += TEXT_PART_SEPARATOR
+            out += text
+    return out
 
 
 def image_urls(content: Any) -> list[str]:

@@ -39,6 +39,7 @@ from proxy.config import Target
 from proxy.config.providers import SPECS
 from proxy.errors import UpstreamError
 from proxy.backends.images import ImageFetcher, ImagePolicy
+from translators import embeddings as emb
 from translators import gemini as tr
 
 
@@ -85,13 +86,18 @@ class Backend(base.HTTPBackend):
         return orjson.dumps(tr.to_request(body, target.model, images, options))
 
     def _error(self, status: int, content: bytes, headers: httpx.Headers | None = None) -> UpstreamError:
-        status, message, name, retry = tr.error_from(status, content)
-        code = name.lower() if name and 400 <= status < 500 and status not in (401, 403, 404, 429) else None
-        e = self.status_error(status, message, headers, code=code)
-        if e.retry_after is None and retry is not None and e.status == 429:
-            e.retry_after = retry
-            e.headers["retry-after"] = str(max(0, int(retry + 0.999)))
-        return e
+        return self.fault_error(tr.error_from(status, content), headers)
+
+    embed_batch = emb.BATCH["gemini"]
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list) -> tuple[str, base.Json]:
+        return self._path(target.model, "batchEmbedContents"), emb.gemini_request(req, target.model, inputs)
+
+    def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
+        return emb.gemini_vectors(data)
+
+    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+        return self._error(r.status_code, r.content, r.headers)
 
     def _blocked(self, b: tr.Blocked) -> UpstreamError:
         return UpstreamError(b.message, status=400, type="invalid_request_error", code="content_filter",
@@ -110,7 +116,6 @@ class Backend(base.HTTPBackend):
         except tr.NoCandidates as e:
             raise UpstreamError(f"Backend '{self.name}': {e}", status=502, code="upstream_empty_response",
                                 retry=True, category="server", backend=self.name) from None
-        call.usage = out["usage"]
         call.upstream_model = out["model"]
         return out
 

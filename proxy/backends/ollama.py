@@ -32,6 +32,7 @@ from proxy.config import Target
 from proxy.config.providers import SPECS
 from proxy.errors import UpstreamError, upstream_timeout
 from proxy.backends.images import ImageFetcher, ImagePolicy
+from translators import embeddings as emb
 from translators import ollama as tr
 from translators.common import TranslationError, image_urls
 
@@ -93,14 +94,25 @@ class Backend(base.HTTPBackend):
     # --- errors ----------------------------------------------------------------------------------
 
     def _error(self, target: Target, r: httpx.Response) -> UpstreamError:
-        message = tr.error_message(r.content) or f"Ollama returned HTTP {r.status_code}"
-        if tr.is_model_not_found(r.status_code, message):
-            return UpstreamError(
+        fault = tr.error_from(r.status_code, r.content)
+        if fault.code == "model_not_found":
+            return self.upstream_error(
                 f"Model '{target.model}' is not installed on Ollama backend '{self.name}'. "
-                f"Run `ollama pull {target.model}` on the Ollama host. (Ollama said: {message})",
+                f"Run `ollama pull {target.model}` on the Ollama host. (Ollama said: {fault.message})",
                 status=404, type="invalid_request_error", code="model_not_found", param="model",
-                fallback=True, category="client", backend=self.name)
-        return self.status_error(r.status_code, f"Ollama: {message}", r.headers)
+                fallback=True, category="client")
+        return self.status_error(r.status_code, f"Ollama: {fault.message}", r.headers)
+
+    embed_batch = emb.BATCH["ollama"]
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list) -> tuple[str, base.Json]:
+        return "/api/embed", emb.ollama_request(req, target.model, inputs)
+
+    def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
+        return emb.ollama_vectors(data)
+
+    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+        return self._error(target, r)
 
     def transport_error(self, e: Exception) -> UpstreamError:
         err = super().transport_error(e)
@@ -109,8 +121,8 @@ class Backend(base.HTTPBackend):
         return err
 
     def _stream_error(self, message: str) -> UpstreamError:
-        return UpstreamError(f"Ollama error on backend '{self.name}': {message}", status=502,
-                             code="upstream_stream_error", retry=True, category="server", backend=self.name)
+        return self.upstream_error(f"Ollama error on backend '{self.name}': {message}", status=502,
+                                   code="upstream_stream_error", retry=True, category="server")
 
     def _dropped(self, why: str) -> UpstreamError:
         return UpstreamError(f"Backend '{self.name}' dropped the stream ({why}).", status=502,
@@ -134,16 +146,14 @@ class Backend(base.HTTPBackend):
         if "error" in data:
             raise self._stream_error(str(data["error"]))
         call.upstream_model = target.model
-        out = tr.from_response(data, call.id, call.created, target.model)
-        call.usage = out["usage"]
-        return out
+        return tr.from_response(data, call.id, call.created, target.model)
 
     async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
         content = await self._request(target, body, stream=True)
         t = self.cfg.timeout
         deadline = asyncio.get_running_loop().time() + t.first_token
         first = True  # until the first chunk, reads are bounded by the first-token deadline
-        st = tr.StreamTranslator(call.id, call.created, target.model)
+        st = tr.StreamState(call.id, call.created, target.model)
         call.upstream_model = target.model
         opened = self.client.stream("POST", "/api/chat", content=content)
         entered = False
@@ -197,5 +207,5 @@ class Backend(base.HTTPBackend):
         except httpx.HTTPError as e:
             raise self.transport_error(e) from None
         if r.status_code >= 400:
-            raise self.status_error(r.status_code, tr.error_message(r.content) or "Ollama /api/tags failed")
+            raise self.status_error(r.status_code, f"Ollama /api/tags failed: {tr.error_from(r.status_code, r.content).message}")
         return [m.get("model") or m.get("name") for m in orjson.loads(r.content).get("models", [])]

@@ -16,6 +16,7 @@ from proxy.call import Call
 from proxy.config import Target
 from proxy.config.providers import SPECS
 from proxy.errors import UpstreamError
+from translators import embeddings as emb
 from translators import openai as tr
 
 
@@ -28,17 +29,14 @@ class Backend(base.HTTPBackend):
         return {"authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
 
     def _error(self, r: httpx.Response) -> UpstreamError:
-        message, type_, code, param = tr.error_details(r.status_code, r.content)
-        return self.status_error(r.status_code, message, r.headers, type=type_, code=code, param=param)
+        return self.fault_error(tr.error_from(r.status_code, r.content), r.headers)
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
         req = tr.to_request(body, target.model, stream=False)
         r = await self.post("/chat/completions", orjson.dumps(req))
         if r.status_code >= 400:
             raise self._error(r)
-        data = self.json_of(r)
-        call.usage = data.get("usage")
-        return data
+        return self.json_of(r)
 
     async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
         req = tr.to_request(body, target.model, stream=True)
@@ -55,7 +53,13 @@ class Backend(base.HTTPBackend):
                         raise self._stream_error(payload)
                     if first:
                         first = False
-                        head = orjson.loads(payload)
+                        try:
+                            head = orjson.loads(payload)
+                        except orjson.JSONDecodeError:
+                            head = None
+                        if not isinstance(head, dict):
+                            raise self.status_error(502, f"Backend '{self.name}' sent a stream chunk that is not "
+                                                         "a JSON object.")
                         call.id = head.get("id") or call.id
                         call.upstream_model = head.get("model")
                     usage, usage_only = tr.chunk_usage(payload)
@@ -67,10 +71,22 @@ class Backend(base.HTTPBackend):
         except httpx.HTTPError as e:
             raise self.transport_error(e) from None
 
+    embed_batch = emb.BATCH["openai"]
+    embed_takes_tokens = True
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list) -> tuple[str, base.Json]:
+        return "/embeddings", emb.openai_request(req, target.model, inputs)
+
+    def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
+        return emb.openai_vectors(data)
+
+    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+        return self._error(r)
+
     def _stream_error(self, payload: bytes) -> UpstreamError:
-        message, type_, code, _ = tr.error_details(500, payload)
-        return UpstreamError(message, status=502, type=type_ or "upstream_error", code=code,
-                             retry=True, category="server", backend=self.name)
+        fault = tr.error_from(500, payload)
+        return self.upstream_error(fault.message, status=502, type=fault.type or "upstream_error", code=fault.code,
+                                   retry=True, category="server")
 
     async def list_models(self) -> list[str]:
         try:

@@ -28,7 +28,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import orjson
 
@@ -36,10 +36,8 @@ from proxy.usage import pricing
 
 from proxy.usage import tokens
 from proxy.call import Call
+from proxy.config import Config
 from proxy.usage.quota import Accounts
-
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
 
 log = logging.getLogger("turnout.ledger")
 T = TypeVar("T")
@@ -136,6 +134,18 @@ def sent_text(payloads: Iterable[bytes]) -> str:
     return "".join(parts)
 
 
+def sent_tokens(call: Call) -> int:
+    """Tokens of what the client received, from the kept sample (`Call.record_sent`) scaled by the
+    bytes sent in all: exact for answers up to the sample's size, an estimate beyond (the row is
+    marked estimated either way; `tokens.count` itself samples very long texts)."""
+    if not call.sent:
+        return 0
+    n = tokens.count(sent_text(call.sent))
+    if call.sent_bytes > call.sent_sampled:
+        n = round(n * call.sent_bytes / call.sent_sampled)
+    return n
+
+
 def measure(call: Call, price: Any) -> tuple[int, int, int, int, int, float]:
     """prompt, completion, cached, reasoning tokens, estimated (0/1) and cost in USD of a finished call."""
     u = call.usage
@@ -148,7 +158,7 @@ def measure(call: Call, price: Any) -> tuple[int, int, int, int, int, float]:
     if call.target is None or (call.sent is None and call.status != 200):
         return 0, 0, 0, 0, 0, 0.0  # nothing answered: nothing to bill
     prompt = (u or {}).get("prompt_tokens") or (call.features.prompt_tokens if call.features is not None else 0)
-    completion = tokens.count(sent_text(call.sent or ()))
+    completion = sent_tokens(call)
     completion = max(completion, (u or {}).get("completion_tokens") or 0)
     est = {"prompt_tokens": prompt, "completion_tokens": completion}
     cost = pricing.cost(est, price) if price else 0.0
@@ -299,12 +309,11 @@ def derive(conn: sqlite3.Connection, accounts: Accounts, skip: set[str]) -> list
 class Recorder:
     """The observer: measures and counts each finished request, queues its row, writes in batches."""
 
-    def __init__(self, turnout: Turnout, accounts: Accounts, ledger: Ledger | None) -> None:
-        self.turnout = turnout
-        self.models = turnout.cfg.models
+    def __init__(self, cfg: Config, accounts: Accounts, ledger: Ledger | None) -> None:
+        self.models = cfg.models
         self.accounts = accounts
         self.ledger = ledger
-        u = turnout.cfg.usage
+        u = cfg.usage
         self.interval, self.batch_size, self.with_features = u.flush_interval, u.batch_size, u.features
         self.pending: list[tuple[Any, ...]] = []
         self.task: asyncio.Task[None] | None = None
@@ -360,7 +369,7 @@ class Recorder:
             call.route, call.reason, call.target, target.backend if target else None, call.status, call.error,
             int(call.stream), call.chunks, p, c, cached, reasoning, est, cost, round(latency * 1000, 3),
             round((call.first_token_at - call.started) * 1000, 3) if call.first_token_at else None,
-            call.chain, call.attempts, call.features))
+            call.chain, call.walked(), call.features))
         call.sent = None
         if len(self.pending) >= self.batch_size and self.wake is not None:
             self.wake.set()
@@ -450,12 +459,9 @@ class Usage:
         return await self.ledger.run(lambda: fn(self.ledger.conn, *args, **kw))  # type: ignore[union-attr]
 
 
-def install_usage(turnout: Turnout) -> Usage:
-    cfg = turnout.cfg
+def build_usage(cfg: Config) -> Usage:
+    """The counters, the ledger (if configured) and the recorder that feeds both."""
     accounts = Accounts(cfg)
-    accounts.install(turnout)
     path = cfg.usage.ledger
     ledger = Ledger(os.path.expanduser(path)) if path else None
-    recorder = Recorder(turnout, accounts, ledger)
-    turnout.observers.append(recorder)
-    return Usage(accounts, recorder, ledger)
+    return Usage(accounts, Recorder(cfg, accounts, ledger), ledger)
