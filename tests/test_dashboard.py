@@ -128,6 +128,7 @@ def test_static_files_are_served_and_need_nothing_from_outside(turnout):
         assert a.status_code == 200 and a.headers["content-type"].startswith(kind)
     assert httpx.get(base + "/turnout/dashboard/../app.py").status_code == 404
     assert httpx.get(base + "/turnout/dashboard/secret.txt").status_code == 404
+    assert {f.name for f in DASHBOARD.iterdir()} >= {"index.html", "dashboard.js", "dashboard.css"}
     for f in DASHBOARD.iterdir():  # no CDN, no external font or script
         assert not re.search(r"https?://", f.read_text()), f.name
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]

@@ -285,7 +285,9 @@ def test_promtool_accepts_the_exposition(turnout, tmp_path):
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
     # promtool's own checks pass; and every family has HELP and TYPE and the turnout_ prefix
-    for family in text_string_to_metric_families(text):
+    families = list(text_string_to_metric_families(text))
+    assert len(families) >= 10
+    for family in families:
         assert family.name.startswith("turnout_") and family.documentation, family.name
 
 

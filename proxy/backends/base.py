@@ -128,10 +128,19 @@ async def sse_data(response: Any) -> AsyncIterator[bytes]:
 
     Comments, ``event:`` and ``id:`` lines are skipped (an OpenAI-compatible stream carries
     everything in data); a payload split over several data lines is joined as the spec says.
+    Lines end in LF, CRLF or a bare CR (the spec allows all three), also when a CRLF is split
+    between two reads; a chunk without CR costs one scan for it.
     """
     buf = b""
     pending: list[bytes] = []
+    skip_lf = False  # the last read ended in CR: an LF starting the next one belongs to it
     async for raw in response.aiter_bytes():
+        if skip_lf and raw[:1] == b"\n":
+            raw = raw[1:]
+        skip_lf = False
+        if b"\r" in raw:
+            skip_lf = raw.endswith(b"\r")
+            raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = buf + raw if buf else raw
         start = 0
         while True:
@@ -140,8 +149,6 @@ async def sse_data(response: Any) -> AsyncIterator[bytes]:
                 break
             line = buf[start:nl]
             start = nl + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
             if not line:
                 if pending:
                     yield pending[0] if len(pending) == 1 else b"\n".join(pending)

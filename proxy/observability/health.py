@@ -255,7 +255,7 @@ class Health:
                     circuit.record(True)  # it answered a real request: back in rotation
                 else:
                     # reachable again: end the cool-down now, so that one trial request decides
-                    circuit.opened_at = min(circuit.opened_at, time.monotonic() - circuit.policy.cooldown)
+                    circuit.opened_at = min(circuit.opened_at, circuit.clock() - circuit.policy.cooldown)
         elif result == "failed":
             h.probe_failures += 1
             if category in COUNTED:

@@ -28,12 +28,13 @@ class Circuit:
     trial: bool = False  # a half-open trial is in flight
     # called with (circuit, "open" | "closed") when it opens or closes (metrics, health)
     listeners: list[Callable[["Circuit", str], None]] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic  # seconds; tests step a fake one instead of sleeping
 
     @property
     def state(self) -> str:
         if self.opened_at is None:
             return "closed"
-        if time.monotonic() - self.opened_at >= self.policy.cooldown:
+        if self.clock() - self.opened_at >= self.policy.cooldown:
             return "half_open"
         return "open"
 
@@ -41,7 +42,7 @@ class Circuit:
         """Why routing should skip this backend now, or None."""
         state = self.state
         if state == "open":
-            left = self.policy.cooldown - (time.monotonic() - (self.opened_at or 0))
+            left = self.policy.cooldown - (self.clock() - (self.opened_at or 0))
             return f"circuit open after {self.failures} failures (trial in {left:.0f}s)"
         if state == "half_open" and self.trial:
             return "circuit half-open, trial request in flight"
@@ -75,6 +76,6 @@ class Circuit:
         if was_trial or (self.opened_at is None and self.failures >= self.policy.failures):
             log.warning("circuit %s opened after %d consecutive failures (%s); skipping it for %gs",
                         self.name, self.failures, category, self.policy.cooldown)
-            self.opened_at = time.monotonic()
+            self.opened_at = self.clock()
             for f in self.listeners:
                 f(self, "open")
