@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.config import Quota, parse
 from proxy.usage.quota import Counter, QuotaState, day_bounds, month_bounds
 from tests.conftest import ServerThread, post, sdk

@@ -31,15 +31,13 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from proxy.backends.base import Backend
 from proxy.call import Call
 from proxy.routing.circuit import COUNTED, Circuit
 from proxy.config import ProbePolicy, Target
 from proxy.errors import UpstreamError
-
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
 
 log = logging.getLogger("turnout.health")
 WINDOW = 300.0  # seconds of passive results behind the success rate and latency
@@ -98,16 +96,15 @@ class BackendHealth:
 class Health:
     """The observer that keeps every backend's health, the probe loop, and the routing filter."""
 
-    def __init__(self, turnout: "Turnout", metrics: Any = None) -> None:
-        self.turnout = turnout
+    def __init__(self, models: dict[str, Target], backends: dict[str, Backend], circuits: dict[str, Circuit],
+                 metrics: Any = None) -> None:
+        self.models = models
+        self.clients = backends
         self.metrics = metrics
-        self.circuits: dict[str, Circuit] = turnout.router.circuits
-        self.backend_of = {name: t.backend for name, t in turnout.cfg.models.items()}
-        self.backends = {name: BackendHealth(name, b.cfg.type, b.cfg.probe) for name, b in turnout.backends.items()}
+        self.circuits = circuits
+        self.backend_of = {name: t.backend for name, t in models.items()}
+        self.backends = {name: BackendHealth(name, b.cfg.type, b.cfg.probe) for name, b in backends.items()}
         self.tasks: list[asyncio.Task[None]] = []
-        for c in self.circuits.values():
-            c.listeners.append(lambda circuit, state: self.assess(circuit.name))
-        turnout.router.filters.append(self.filter)
         for name in self.backends:
             self.assess(name, quiet=True)
         if metrics is not None:
@@ -127,9 +124,13 @@ class Health:
 
     # --- observer ----------------------------------------------------------------------------------
 
+    def circuit_changed(self, circuit: Circuit, state: str) -> None:
+        """A breaker opened, half-opened or closed: the backend's state may have changed."""
+        self.assess(circuit.name)
+
     async def start(self) -> None:
         for name, h in self.backends.items():
-            backend = self.turnout.backends[name]
+            backend = self.clients[name]
             if h.policy.interval > 0 and not backend.unavailable:
                 self.tasks.append(asyncio.create_task(self._loop(name), name=f"probe {name}"))
 
@@ -188,7 +189,7 @@ class Health:
 
     def probe_target(self, name: str, model: str | None = None) -> Target | None:
         """The target a chat probe or test uses: the one asked for, or the backend's first."""
-        models = self.turnout.cfg.models
+        models = self.models
         if model:
             t = models.get(model)
             return t if t is not None and t.backend == name else None
@@ -199,16 +200,18 @@ class Health:
 
     async def chat(self, name: str, target: Target, timeout: float) -> tuple[dict[str, Any], Call]:
         """One minimal real chat request to `target` (no routing, no observers)."""
-        backend = self.turnout.backends[name]
+        backend = self.clients[name]
         call = Call(request_model=target.name, request_id=f"probe-{name}")
         body = {"model": target.name, "messages": [{"role": "user", "content": PROBE_PROMPT}], "max_tokens": 1}
         async with asyncio.timeout(timeout):
-            return await backend.complete(target, body, call), call
+            answer = await backend.complete(target, body, call)
+        call.usage = answer.get("usage")
+        return answer, call
 
     async def probe(self, name: str) -> dict[str, Any]:
         """Probe one backend now and record the result."""
         h = self.backends[name]
-        backend = self.turnout.backends[name]
+        backend = self.clients[name]
         t0 = time.perf_counter()
         result, category, status = "ok", None, None
         try:
@@ -269,7 +272,7 @@ class Health:
 
     def _state(self, name: str) -> tuple[str, str | None]:
         h = self.backends[name]
-        unavailable = self.turnout.backends[name].unavailable
+        unavailable = self.clients[name].unavailable
         if unavailable:
             return "unavailable", unavailable
         circuit = self.circuits[name]

@@ -130,7 +130,9 @@ class Dispatcher:
         """A non-streamed answer from the first target that gives one (good enough, if escalating)."""
 
         async def attempt(backend: Backend, target: Target) -> Json:
-            return await backend.complete(target, body, call)
+            answer = await backend.complete(target, body, call)
+            call.usage = answer.get("usage")  # of the answer being weighed: kept, or priced as discarded
+            return answer
 
         def check(answer: Json) -> str | None:
             return quality.weakness(answer, body)

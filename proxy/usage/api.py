@@ -16,7 +16,7 @@ import re
 import sqlite3
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -29,9 +29,8 @@ from proxy.usage.pricing import round_money
 from proxy.config import Config, Price
 from proxy.errors import InvalidRequest, ProxyError
 from proxy.usage.quota import Accounts, day_bounds, month_bounds
-
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
+from proxy.usage.ledger import BUCKET, Usage, load_counters
+from proxy.web.auth import Authenticator
 
 DEFAULT_BASELINE = "gpt-4o"
 PAGE = 1000
@@ -163,7 +162,6 @@ def _groups(conn: sqlite3.Connection, start: float, end: float, key: str | None,
             by: str = "backend, target") -> dict[tuple[Any, ...], list[Any]]:
     """Sums per backend and target (or key) of the rows in [start, end): whole quarter hours from the
     rollup, the ragged edges from the rows (by their time index)."""
-    from proxy.usage.ledger import BUCKET
 
     out: dict[tuple[Any, ...], list[Any]] = {}
     b0, b1 = math.ceil(start / BUCKET), math.floor(min(end, 2 ** 40) / BUCKET)
@@ -241,8 +239,6 @@ def report(conn: sqlite3.Connection, cfg: Config, *, period: str | None = None, 
     name, start, end = period_bounds(cfg, period, since, until, now)
     day_start, day_end = day_bounds(now, tz, cfg.usage.reset_hour)
     if accounts is None:
-        from proxy.usage.ledger import load_counters
-
         accounts = Accounts(cfg)
         load_counters(conn, accounts)
     base_name, base, base_src = baseline(cfg, baseline_model)
@@ -355,9 +351,10 @@ def export_bounds(cfg: Config, since: str | None, until: str | None, now: float 
 # --- endpoints ---------------------------------------------------------------------------------
 
 
-def routes(turnout: Turnout) -> list[Route]:
+def routes(cfg: Config, auth: Authenticator, usage: Usage) -> list[Route]:
+    """The usage endpoints over one ledger (404 ledger_off when there is none)."""
+
     def ledger_or_404() -> Any:
-        usage = turnout.usage
         if usage.ledger is None:
             raise LedgerOff("The usage ledger is off (usage.ledger in the config); quotas and budgets are "
                             "counted in memory only.")
@@ -365,7 +362,7 @@ def routes(turnout: Turnout) -> list[Route]:
 
     def key_filter(request: Request) -> tuple[str | None, bool]:
         """The key name to filter by, and whether the caller may only see its own usage."""
-        key = turnout.authenticate(request)
+        key = auth.authenticate(request.headers)
         asked = request.query_params.get("key")
         if key is not None and key.usage == "own":
             if asked not in (None, key.name):
@@ -377,7 +374,7 @@ def routes(turnout: Turnout) -> list[Route]:
         key, own = key_filter(request)
         usage = ledger_or_404()
         q = request.query_params
-        data = await usage.query(report, turnout.cfg, period=q.get("period"), since=q.get("since"),
+        data = await usage.query(report, cfg, period=q.get("period"), since=q.get("since"),
                                  until=q.get("until"), key=key, accounts=usage.accounts,
                                  baseline_model=q.get("baseline"))
         if own:  # other keys' budgets are not this key's business
@@ -388,7 +385,7 @@ def routes(turnout: Turnout) -> list[Route]:
         key, _ = key_filter(request)
         usage = ledger_or_404()
         q = request.query_params
-        start, end = export_bounds(turnout.cfg, q.get("since"), q.get("until"))
+        start, end = export_bounds(cfg, q.get("since"), q.get("until"))
         await usage.recorder.flush()
         first = await usage.ledger.run(lambda: export_page(usage.ledger.conn, 0, start, end, key))
 

@@ -18,6 +18,11 @@ def cost(usage: dict[str, Any] | None, price: Price) -> float:
     return ((prompt - cached) * price.input + cached * cached_price + completion * price.output) / 1e6
 
 
+def of_call(call: Any, price: Price) -> float:
+    """What a finished call cost: the answer kept, plus answers paid for and escalated past."""
+    return cost(call.usage, price) + call.discarded_cost_usd
+
+
 def estimate(prompt_tokens: int, completion_tokens: int, price: Price) -> float:
     return (prompt_tokens * price.input + completion_tokens * price.output) / 1e6
 

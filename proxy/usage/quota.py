@@ -27,7 +27,7 @@ import math
 import time
 from collections import deque
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from proxy.usage import prices
@@ -291,16 +291,25 @@ class Accounts:
 
     # --- wiring ----------------------------------------------------------------------------------
 
-    def install(self, turnout: Any) -> None:
+    def gates(self) -> list[Callable[[Call], None]]:
+        """Checks before routing, only those the config needs (an unconfigured proxy pays nothing)."""
+        out: list[Callable[[Call], None]] = []
         if self.rates:
-            turnout.gates.append(self.rate_gate)
+            out.append(self.rate_gate)
         if any(b.cfg.on_exceeded == "reject" for b in self.budgets):
-            turnout.gates.append(self.budget_gate)
-        if self.target_quotas:
-            turnout.router.filters.append(self.quota_filter)
+            out.append(self.budget_gate)
         if any(b.cfg.on_exceeded == "free_only" for b in self.budgets):
-            turnout.router.filters.append(self.budget_filter)
-            turnout.gates.append(self.free_only_gate)
+            out.append(self.free_only_gate)
+        return out
+
+    def filters(self) -> list[Callable[[Target, Features], str | None]]:
+        """Routing filters: quotas at their reserve, budgets spent down to free targets only."""
+        out: list[Callable[[Target, Features], str | None]] = []
+        if self.target_quotas:
+            out.append(self.quota_filter)
+        if any(b.cfg.on_exceeded == "free_only" for b in self.budgets):
+            out.append(self.budget_filter)
+        return out
 
     # --- the request path ------------------------------------------------------------------------
 
