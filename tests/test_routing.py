@@ -14,7 +14,7 @@ import pytest
 
 from proxy.routing.complexity import ComplexityScorer
 from proxy.config import parse
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from tests.conftest import post, sdk
 
 PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
