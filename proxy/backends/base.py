@@ -10,15 +10,14 @@ payloads as SSE and emits the usage chunk, so that behaviour lives once for ever
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, ClassVar, Mapping
 
-import httpx
 import orjson
 
 from proxy.call import Call
-from proxy.http import HTTPClient, Response
+from proxy.http import HTTPClient, Response, Timeout
 from proxy.config import BackendConfig, Target
-from proxy.errors import UpstreamError, parse_retry_after, upstream_status_error, upstream_timeout
+from proxy.errors import TransportError, UpstreamError, UpstreamTimeout, parse_retry_after, upstream_status_error, upstream_timeout
 from translators.common import Fault
 
 Json = dict[str, Any]
@@ -62,8 +61,8 @@ class Backend:
 
 
 class HTTPBackend(Backend):
-    """A backend that talks HTTP through one pooled client (`proxy.http.HTTPClient`: httpx's API
-    and exceptions, aiohttp's lower CPU cost underneath)."""
+    """A backend that talks HTTP through one pooled client (`proxy.http.HTTPClient`: httpx's API,
+    Turnout's own transport exceptions, aiohttp's lower CPU cost underneath)."""
 
     default_base_url: ClassVar[str] = ""
 
@@ -84,13 +83,13 @@ class HTTPBackend(Backend):
         self.client = HTTPClient(self.base_url, headers=headers, timeout=self.cfg.timeout)
         t = self.cfg.timeout
         # a non-streamed answer's headers arrive only when it is complete: bound it by `total`
-        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
+        self.complete_timeout = Timeout(connect=t.connect, read=t.total)
 
     async def post(self, path: str, content: bytes) -> Response:
         """POST a body for a non-streamed answer; a timeout or connection failure is an UpstreamError."""
         try:
             return await self.client.post(path, content=content, timeout=self.complete_timeout)
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
 
     def json_of(self, r: Response) -> Json:
@@ -106,14 +105,14 @@ class HTTPBackend(Backend):
 
     def transport_error(self, e: Exception) -> UpstreamError:
         """A timeout or connection failure, worded without URLs or credentials."""
-        if isinstance(e, (httpx.TimeoutException, asyncio.TimeoutError)):
-            kind = "connect" if isinstance(e, httpx.ConnectTimeout) else "read"
+        if isinstance(e, (UpstreamTimeout, asyncio.TimeoutError)):
+            kind = e.phase if isinstance(e, UpstreamTimeout) else "read"
             return upstream_timeout(f"Backend '{self.name}' timed out ({kind}).", self.name)
         return UpstreamError(f"Backend '{self.name}' is unreachable ({type(e).__name__}).", status=502,
                              type="upstream_error", code="upstream_unreachable", retry=True,
                              category="network", backend=self.name)
 
-    def fault_error(self, fault: Fault, headers: httpx.Headers | None = None) -> UpstreamError:
+    def fault_error(self, fault: Fault, headers: Mapping[str, str] | None = None) -> UpstreamError:
         """The UpstreamError for a fault a provider translator read from an error body."""
         e = self.status_error(fault.status, fault.message, headers, type=fault.type, code=fault.code,
                               param=fault.param)
@@ -122,7 +121,7 @@ class HTTPBackend(Backend):
             e.headers["retry-after"] = str(max(0, int(fault.retry_after + 0.999)))
         return e
 
-    def status_error(self, status: int, message: str, headers: httpx.Headers | None = None, *,
+    def status_error(self, status: int, message: str, headers: Mapping[str, str] | None = None, *,
                      type: str | None = None, code: str | None = None, param: str | None = None) -> UpstreamError:
         if self.cfg.api_key and self.cfg.api_key in message:
             message = message.replace(self.cfg.api_key, "***")

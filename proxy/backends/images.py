@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import httpx
-
+from proxy.errors import TransportError
+from proxy.http import HTTPClient
 from translators.common import TranslationError
 
 
@@ -48,7 +48,7 @@ class ImageFetcher:
 
     def __init__(self, policy: ImagePolicy | None = None) -> None:
         self.policy = policy or ImagePolicy()
-        self.client = httpx.AsyncClient(timeout=self.policy.timeout, follow_redirects=False, trust_env=False)
+        self.client = HTTPClient(timeout=self.policy.timeout)  # absolute URLs; redirects are followed here, checked
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -91,7 +91,7 @@ class ImageFetcher:
                             raise self._too_big()
                     media_type = r.headers.get("content-type", "").split(";")[0].strip() or _sniff(bytes(data))
                     return media_type, bytes(data)
-            except httpx.HTTPError as e:
+            except TransportError as e:
                 raise TranslationError(f"Could not fetch the image ({type(e).__name__}).", param="messages",
                                        code="invalid_image_url") from None
         raise TranslationError("Too many redirects fetching the image.", param="messages", code="invalid_image_url")

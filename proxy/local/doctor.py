@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from proxy.config import BackendConfig, Config
+from proxy.errors import TransportError
+from proxy.http import HTTPClient, Timeout, run_sync
 
 DEFAULT_OLLAMA = "http://localhost:11434"
 GB = 1024 ** 3
@@ -70,25 +70,27 @@ def probe(b: BackendConfig, *, timeout: float = 2.0, full: bool = False) -> Prob
     headers = dict(b.headers)
     if b.api_key:
         headers["authorization"] = f"Bearer {b.api_key}"
-    t = httpx.Timeout(timeout, connect=min(timeout, b.timeout.connect))
+
+    async def ask(c: HTTPClient) -> None:
+        r = await c.get("/api/tags")
+        if r.status_code != 200:
+            p.error = f"/api/tags answered HTTP {r.status_code}"
+            return
+        p.installed = list(r.json().get("models") or [])
+        p.reachable = True
+        if full:
+            r = await c.get("/api/version")
+            if r.status_code == 200:
+                p.version = r.json().get("version")
+            r = await c.get("/api/ps")
+            if r.status_code == 200:
+                p.loaded = list(r.json().get("models") or [])
+
     try:
-        with httpx.Client(base_url=url, timeout=t, headers=headers, trust_env=False) as c:
-            r = c.get("/api/tags")
-            if r.status_code != 200:
-                p.error = f"/api/tags answered HTTP {r.status_code}"
-                return p
-            p.installed = list(r.json().get("models") or [])
-            p.reachable = True
-            if full:
-                r = c.get("/api/version")
-                if r.status_code == 200:
-                    p.version = r.json().get("version")
-                r = c.get("/api/ps")
-                if r.status_code == 200:
-                    p.loaded = list(r.json().get("models") or [])
-    except httpx.HTTPError as e:
+        run_sync(url, ask, headers=headers, timeout=Timeout(connect=min(timeout, b.timeout.connect), read=timeout))
+    except TransportError as e:
         p.error = type(e).__name__
-    except ValueError:
+    except (ValueError, AttributeError):
         p.error = "it answered something that is not Ollama's JSON"
     return p
 
