@@ -122,9 +122,16 @@ def config(upstream: str) -> dict[str, Any]:
 H = {"authorization": "Bearer sk-metrics-secret-1"}
 
 
-def test_every_metric_moves_when_its_cause_happens(serve, turnout):
+def test_every_metric_moves_when_its_cause_happens(serve):
+    from proxy.config import parse
+    from proxy.server.assembly import build_app
+    from tests.test_routing import FakeClock
+
     up = serve(details_upstream())
-    base = turnout(config(up))
+    app = build_app(parse(config(up), {}))
+    clock = FakeClock()  # brk's circuit: its cool-down is stepped over, not slept through
+    app.state.turnout.router.circuits["brk"].clock = clock
+    base = serve(app)
     before = scrape(base)
     assert value(before, "turnout_in_flight_requests") == 0
     assert value(before, "turnout_circuit_state", backend="brk") == 0
@@ -157,7 +164,7 @@ def test_every_metric_moves_when_its_cause_happens(serve, turnout):
     opened = scrape(base)
     assert value(opened, "turnout_circuit_state", backend="brk") == 2
     assert value(opened, "turnout_backend_health", backend="brk") == 2  # down
-    time.sleep(0.6)
+    clock.now += 0.6  # past the cool-down
     assert value(scrape(base), "turnout_circuit_state", backend="brk") == 1  # half-open
     assert post(base, {"model": "brk-t", "messages": [{"role": "user", "content": "ok"}]}, H).status_code == 200
     # in flight: a slow request seen while it runs
