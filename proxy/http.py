@@ -147,13 +147,15 @@ class HTTPClient:
     @asynccontextmanager
     async def stream(self, method: str, path: str, *, content: bytes | None = None, json: Any = None,
                      headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
-                     timeout: Any = None) -> AsyncIterator[Response]:
+                     timeout: Any = None, server_hostname: str | None = None) -> AsyncIterator[Response]:
+        """`server_hostname`: the TLS server name when the URL names an address (a pinned image fetch)."""
         if json is not None:
             content = orjson.dumps(json)
             headers = {"content-type": "application/json", **(headers or {})}
         try:
             r = await self.session.request(method, self._url(path), data=content, headers=headers, params=params,
-                                           timeout=_timeout(timeout, self.timeout), allow_redirects=False)
+                                           timeout=_timeout(timeout, self.timeout), allow_redirects=False,
+                                           **({"server_hostname": server_hostname} if server_hostname else {}))
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise _translate(e) from None
         try:

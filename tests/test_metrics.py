@@ -125,13 +125,11 @@ H = {"authorization": "Bearer sk-metrics-secret-1"}
 def test_every_metric_moves_when_its_cause_happens(serve):
     from proxy.config import parse
     from proxy.server.assembly import build_app
-    from tests.test_routing import FakeClock
+    from proxy.state import ManualClock
 
     up = serve(details_upstream())
-    app = build_app(parse(config(up), {}))
-    clock = FakeClock()  # brk's circuit: its cool-down is stepped over, not slept through
-    app.state.turnout.router.circuits["brk"].clock = clock
-    base = serve(app)
+    clock = ManualClock()  # brk's circuit: its cool-down is stepped over, not slept through
+    base = serve(build_app(parse(config(up), {}), clock=clock))
     before = scrape(base)
     assert value(before, "turnout_in_flight_requests") == 0
     assert value(before, "turnout_circuit_state", backend="brk") == 0
@@ -164,7 +162,7 @@ def test_every_metric_moves_when_its_cause_happens(serve):
     opened = scrape(base)
     assert value(opened, "turnout_circuit_state", backend="brk") == 2
     assert value(opened, "turnout_backend_health", backend="brk") == 2  # down
-    clock.now += 0.6  # past the cool-down
+    clock.advance(0.6)  # past the cool-down
     assert value(scrape(base), "turnout_circuit_state", backend="brk") == 1  # half-open
     assert post(base, {"model": "brk-t", "messages": [{"role": "user", "content": "ok"}]}, H).status_code == 200
     # in flight: a slow request seen while it runs

@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 
+from proxy.state import ManualClock
+
 from proxy.routing.complexity import ComplexityScorer
-from proxy.config import parse
-from proxy.server.assembly import build_app
 from tests.conftest import post, sdk
 
 PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
@@ -192,38 +192,23 @@ def test_filters_skip_with_reasons_and_name_every_target(turnout):
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_capability"
 
 
-class FakeClock:
-    """A monotonic clock the test steps forward (instead of sleeping through a cool-down)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_circuit_opens_and_recovers(serve):
-    app = build_app(parse({
-        "routing": {"circuit": {"failures": 2, "cooldown": 30}},
-        "backends": {"bad": {"type": "mock", "fail": {"status": 500, "times": 3}, "probe": {"interval": 0}},
-                     "good": {"type": "mock"}},
+def test_circuit_opens_and_recovers(turnout):
+    clock = ManualClock()
+    base = turnout({
+        "routing": {"circuit": {"failures": 2, "cooldown": 1.5}},
+        "backends": {"bad": {"type": "mock", "fail": {"status": 500, "times": 3}}, "good": {"type": "mock"}},
         "models": {"b": {"backend": "bad"}, "g": {"backend": "good"}},
         "routes": {"r": ["b", "g"]},
-    }))  # no probes: a successful one would end the cool-down early
-    clock = FakeClock()
-    app.state.turnout.router.circuits["bad"].clock = clock
-    base = serve(app)
+    }, clock=clock)
     msg = {"model": "r", "messages": [user("x")]}
     outcomes = [post(base, msg).headers["x-turnout-fallbacks"] for _ in range(3)]
     assert outcomes[0] == outcomes[1] == "b: 502 upstream_500"
     assert outcomes[2].startswith("b: skipped: circuit open after 2 failures")
     assert dry_run(base, msg)["chain"][0]["reason"].startswith("circuit open")
-    clock.now += 29
-    assert post(base, msg).headers["x-turnout-fallbacks"].startswith("b: skipped: circuit open")  # not yet
-    clock.now += 1  # cooldown over: one half-open trial, which fails (3rd scripted failure) and re-opens
+    clock.advance(1.6)  # cooldown over: one half-open trial, which fails (3rd scripted failure) and re-opens
     assert post(base, msg).headers["x-turnout-fallbacks"] == "b: 502 upstream_500"
     assert post(base, msg).headers["x-turnout-fallbacks"].startswith("b: skipped: circuit open")
-    clock.now += 30  # the next trial succeeds and closes the circuit
+    clock.advance(1.6)  # the next trial succeeds and closes the circuit
     r = post(base, msg)
     assert r.headers["x-turnout-model"] == "b" and "x-turnout-fallbacks" not in r.headers
     assert dry_run(base, msg)["chain"][0]["status"] == "candidate"

@@ -34,9 +34,11 @@ import orjson
 
 from proxy.backends import base
 from proxy.call import Call
+from proxy.http import Response
 from proxy.config import ConfigError, Target
 from proxy.errors import TransportError, UpstreamError
 from proxy.backends.images import ImageFetcher, ImagePolicy
+from translators import embeddings as emb
 from translators import gemini as tr
 
 # backend options; include_thoughts and thought_signature_fallback may also be set per target
@@ -98,6 +100,17 @@ class Backend(base.HTTPBackend):
     def _error(self, status: int, content: bytes, headers: Mapping[str, str] | None = None) -> UpstreamError:
         return self.fault_error(tr.error_from(status, content), headers)
 
+    embed_batch = emb.BATCH["gemini"]
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list) -> tuple[str, base.Json]:
+        return self._path(target.model, "batchEmbedContents"), emb.gemini_request(req, target.model, inputs)
+
+    def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
+        return emb.gemini_vectors(data)
+
+    def embed_error(self, target: Target, r: Response) -> UpstreamError:
+        return self._error(r.status_code, r.content, r.headers)
+
     def _blocked(self, b: tr.Blocked) -> UpstreamError:
         return UpstreamError(b.message, status=400, type="invalid_request_error", code="content_filter",
                              param="messages", category="client", backend=self.name)
@@ -153,6 +166,16 @@ class Backend(base.HTTPBackend):
     def _dropped(self, what: str) -> UpstreamError:
         return UpstreamError(f"Backend '{self.name}' {what}.", status=502, code="upstream_stream_dropped",
                              retry=True, category="network", backend=self.name)
+
+    async def count_tokens(self, target: Target, body: base.Json, call: Call) -> int:
+        """Gemini's own count (``:countTokens`` over the whole generateContent request)."""
+        req = orjson.loads(await self._request(target, body))
+        name = target.model if target.model.startswith(("models/", "tunedModels/")) else "models/" + target.model
+        r = await self.post(self._path(target.model, "countTokens"),
+                            orjson.dumps({"generateContentRequest": {"model": name, **req}}))
+        if r.status_code >= 400:
+            raise self._error(r.status_code, r.content, r.headers)
+        return int(self.json_of(r).get("totalTokens") or 0)
 
     async def list_models(self) -> list[str]:
         try:

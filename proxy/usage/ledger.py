@@ -134,6 +134,18 @@ def sent_text(payloads: Iterable[bytes]) -> str:
     return "".join(parts)
 
 
+def sent_tokens(call: Call) -> int:
+    """Tokens of what the client received, from the kept sample (`Call.record_sent`) scaled by the
+    bytes sent in all: exact for answers up to the sample's size, an estimate beyond (the row is
+    marked estimated either way; `tokens.count` itself samples very long texts)."""
+    if not call.sent:
+        return 0
+    n = tokens.count(sent_text(call.sent))
+    if call.sent_bytes > call.sent_sampled:
+        n = round(n * call.sent_bytes / call.sent_sampled)
+    return n
+
+
 def measure(call: Call, price: Any) -> tuple[int, int, int, int, int, float]:
     """prompt, completion, cached, reasoning tokens, estimated (0/1) and cost in USD of a finished call."""
     u = call.usage
@@ -146,7 +158,7 @@ def measure(call: Call, price: Any) -> tuple[int, int, int, int, int, float]:
     if call.target is None or (call.sent is None and call.status != 200):
         return 0, 0, 0, 0, 0, 0.0  # nothing answered: nothing to bill
     prompt = (u or {}).get("prompt_tokens") or (call.features.prompt_tokens if call.features is not None else 0)
-    completion = tokens.count(sent_text(call.sent or ()))
+    completion = sent_tokens(call)
     completion = max(completion, (u or {}).get("completion_tokens") or 0)
     est = {"prompt_tokens": prompt, "completion_tokens": completion}
     cost = pricing.cost(est, price) if price else 0.0
