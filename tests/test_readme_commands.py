@@ -1,6 +1,6 @@
 """Every command the README shows works on the shipped configs (issue 12).
 
-The README is parsed, not copied: each line of its ``sh`` / ``bash`` blocks, its ``python`` block
+The README is parsed, not copied: each line of its ``sh`` / ``bash`` blocks, its ``python`` blocks
 and every inline `turnout …` command (the command table's included, with ``[optional]`` parts
 dropped and placeholders filled in) is run as a subprocess, once with the shipped ``proxy.yaml``
 and once with ``proxy/demo.yaml`` as ``./proxy.yaml`` of a temporary directory (temporary ledgers;
@@ -36,10 +36,13 @@ SKIP = [
     (r"\bdocker compose\b", "needs Docker and builds images"),
     (r"^turnout models fetch\b", "downloads a model from the internet (the llama.cpp tests in tests/real use it)"),
     (r"^turnout demo --local\b", "needs llama.cpp and the fetched model (tests/real cover it)"),
+    (r"\bclaude$", "starts Claude Code, which is not installed here (the Anthropic front door has its own tests)"),
 ]
+# commands that write a file the others read (./proxy.yaml): run after them, one by one
+WRITES = re.compile(r"--write\b")
 # commands that read no ./proxy.yaml: run once (with the shipped proxy.yaml), not once per config
 CONFIG_FREE = re.compile(r"^turnout (?:models|mock-upstream|demo)\b|--config proxy/demo\.yaml")
-PLACEHOLDERS = {"CONFIG": "proxy.yaml", "FILE": "proxy.yaml", "N": "2"}
+PLACEHOLDERS = {"CONFIG": "proxy.yaml", "FILE": "written.yaml", "N": "2"}  # FILE: only `doctor --write FILE` keeps it
 OLLAMA_MODELS = ["llama3.2:3b", "llama3.1:8b", "qwen2.5vl:7b"]  # proxy.yaml's local targets
 
 
@@ -166,7 +169,7 @@ def test_the_readme_is_parsed() -> None:
     every = shell_commands() + inline_commands()
     for pattern, why in SKIP:  # the skip list does not outlive what it skips
         assert any(re.search(pattern, c) for c in every), f"SKIP entry {pattern!r} matches no README command"
-    assert _blocks(("python",)), "the README's Python example"
+    assert _blocks(("python",)), "the README's Python examples"
 
 
 @pytest.mark.parametrize("config", ["proxy.yaml", "proxy/demo.yaml"])
@@ -182,17 +185,26 @@ def test_every_readme_command_works(config: str, tmp_path: Path, ollama: str) ->
             p_port = free_port()
             probe = "/v1/models" if " mock-upstream" in cmd else "/ready"
             others.append((cmd, start(cmd, cwd, env, p_port), f"http://127.0.0.1:{p_port}{probe}"))
-        python = _blocks(("python",))[0].replace("127.0.0.1:4000", f"127.0.0.1:{port}")
         running = [(c, subprocess.Popen(["bash", "-c", runnable(c, port)], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT)) for c in cmds if not is_serving(c)]
-        running.append(("the Python example", subprocess.Popen([sys.executable, "-c", python], cwd=cwd, env=env,
-                                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+                                        stderr=subprocess.STDOUT))
+                   for c in cmds if not is_serving(c) and not WRITES.search(c)]
+        for i, block in enumerate(_blocks(("python",))):
+            code = block.replace("127.0.0.1:4000", f"127.0.0.1:{port}")
+            running.append((f"Python example {i + 1}", subprocess.Popen(
+                [sys.executable, "-c", code], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
         failures = []
-        for cmd, p in running:
+
+        def check(cmd: str, p: subprocess.Popen) -> None:
             out, _ = p.communicate(timeout=60)
             text = out.decode(errors="replace")
             if p.returncode != 0 or "Traceback" in text:
                 failures.append(f"$ {cmd}\n(exit {p.returncode})\n{text[-2000:]}")
+
+        for cmd, p in running:
+            check(cmd, p)
+        for cmd in (c for c in cmds if WRITES.search(c)):
+            check(cmd, subprocess.Popen(["bash", "-c", runnable(cmd, port)], cwd=cwd, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         for cmd, p, url in others:
             wait_up(p, url, cmd)
         assert not failures, "\n\n".join(failures)
