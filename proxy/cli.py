@@ -101,6 +101,7 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
     import uvicorn
 
     from proxy.server.assembly import build_app
+    from proxy.server.protocol import BoundedReadProtocol
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
@@ -109,6 +110,8 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
     print(f"\nServing the OpenAI API at http://{host}:{port}/v1  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     # JSON logs: uvicorn's own loggers go through ours too (its default config has its own text handler)
     log_config = None if cfg.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    BoundedReadProtocol.read_timeout = cfg.server.read_timeout  # slowloris: proxy/server/protocol.py
+    http = "proxy.server.protocol:BoundedReadProtocol"
     if workers > 1:
         # each worker builds its app from $TURNOUT_CONFIG (proxy.server.assembly.create_app); metrics are shared
         # through prometheus-client's multiprocess files
@@ -118,7 +121,7 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
         print(f"{workers} workers; metrics shared in {metrics_dir}", file=sys.stderr, flush=True)
         try:
             uvicorn.run("proxy.server.assembly:create_app", factory=True, workers=workers, host=host, port=port,
-                        loop="uvloop", http="httptools", access_log=False, log_level=cfg.server.log_level,
+                        loop="uvloop", http=http, access_log=False, log_level=cfg.server.log_level,
                         lifespan="on", timeout_graceful_shutdown=5, log_config=log_config)
         finally:
             if not given:
@@ -126,7 +129,7 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
 
                 shutil.rmtree(metrics_dir, ignore_errors=True)
         return
-    uvicorn.run(build_app(cfg), host=host, port=port, loop="uvloop", http="httptools",
+    uvicorn.run(build_app(cfg), host=host, port=port, loop="uvloop", http=http,
                 access_log=False, log_level=cfg.server.log_level, lifespan="on", timeout_graceful_shutdown=5,
                 log_config=log_config)
 

@@ -271,6 +271,7 @@ class ServerConfig(Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
     metrics_key_names: bool = False  # label request, token and cost metrics with the proxy key's name
+    read_timeout: Annotated[float, Meta(gt=0)] = 30.0  # seconds a request's headers and body may take to arrive
 
 
 class UsageConfig(Section):

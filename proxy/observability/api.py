@@ -29,7 +29,7 @@ from proxy.observability.health import Health
 from proxy.observability.metrics import CONTENT_TYPE, Metrics
 from proxy.usage import pricing
 from proxy.web.auth import Authenticator
-from proxy.web.responses import json_response, read_json
+from proxy.web.responses import json_response, parse_json, read_body
 
 DASHBOARD = Path(__file__).with_name("dashboard")
 _ASSETS = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
@@ -55,6 +55,9 @@ def redact(message: str, secrets: list[str]) -> str:
         if s:
             message = message.replace(s, "***")
     return _SECRETS.sub("***", message)
+
+
+PROBE_BODY_LIMIT = 64 * 1024  # a provider test's body names a model, nothing more
 
 
 class ObservabilityAPI:
@@ -106,10 +109,10 @@ class ObservabilityAPI:
         if name not in self.backends:
             raise ProxyError(f"No backend named '{name}' (defined: {', '.join(self.backends)}).", status=404,
                              type="invalid_request_error", code="backend_not_found")
-        body = await request.body()
+        body = await read_body(request, PROBE_BODY_LIMIT)  # the size is checked before the body is read
         model = None
         if body.strip():
-            data = await read_json(request, self.cfg.server.max_body_bytes)
+            data = parse_json(body)
             model = data.get("model") if isinstance(data, dict) else None
         target = health.probe_target(name, model)
         if target is None:

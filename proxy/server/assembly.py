@@ -33,6 +33,7 @@ from proxy.routing.circuit import Circuit
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
 from proxy.server.app import OpenAIAPI
+from proxy.server.protocol import BoundedReadProtocol
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.usage import api as usage_api
 from proxy.usage import tokens
@@ -129,4 +130,5 @@ def create_app() -> Starlette:
     $TURNOUT_CONFIG, logging as the config says."""
     cfg = load(os.environ.get("TURNOUT_CONFIG") or "proxy.yaml")
     setup_logs(cfg.server.log_level, cfg.server.log_format)
+    BoundedReadProtocol.read_timeout = cfg.server.read_timeout  # this worker's connections
     return build_app(cfg)
