@@ -62,6 +62,12 @@ class Call:
     sent_sampled: int = 0  # bytes kept in `sent`
     sent_count: int = 0  # payloads sent (stream chunks)
 
+    # the client's own Messages body and anthropic-beta header (Anthropic's front door): Claude targets
+    # get it as it came (native pass-through), every other target the OpenAI body translated from it
+    anthropic_body: dict[str, Any] | None = None
+    anthropic_beta: str | None = None
+    anthropic_answer: tuple[str, dict[str, Any]] | None = None  # (target, its Message) from a pass-through
+
     def record_sent(self, payload: bytes) -> None:
         """Count a payload that went to the client; keep it only while the sample is not full."""
         if self.sent is None:

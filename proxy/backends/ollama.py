@@ -31,6 +31,7 @@ from proxy.call import Call
 from proxy.config import Target
 from proxy.errors import UpstreamError, upstream_timeout
 from proxy.backends.images import ImageFetcher, ImagePolicy
+from translators import embeddings as emb
 from translators import ollama as tr
 from translators.common import TranslationError, image_urls
 
@@ -100,6 +101,17 @@ class Backend(base.HTTPBackend):
                 status=404, type="invalid_request_error", code="model_not_found", param="model",
                 fallback=True, category="client")
         return self.status_error(r.status_code, f"Ollama: {fault.message}", r.headers)
+
+    embed_batch = emb.BATCH["ollama"]
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list) -> tuple[str, base.Json]:
+        return "/api/embed", emb.ollama_request(req, target.model, inputs)
+
+    def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
+        return emb.ollama_vectors(data)
+
+    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+        return self._error(target, r)
 
     def transport_error(self, e: Exception) -> UpstreamError:
         err = super().transport_error(e)

@@ -15,6 +15,7 @@ from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target
 from proxy.errors import UpstreamError
+from translators import embeddings as emb
 from translators import openai as tr
 
 
@@ -68,6 +69,18 @@ class Backend(base.HTTPBackend):
                     yield payload
         except httpx.HTTPError as e:
             raise self.transport_error(e) from None
+
+    embed_batch = emb.BATCH["openai"]
+    embed_takes_tokens = True
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list) -> tuple[str, base.Json]:
+        return "/embeddings", emb.openai_request(req, target.model, inputs)
+
+    def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
+        return emb.openai_vectors(data)
+
+    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+        return self._error(r)
 
     def _stream_error(self, payload: bytes) -> UpstreamError:
         fault = tr.error_from(500, payload)

@@ -5,7 +5,9 @@ Replies depend only on the request, so demos, tests and benchmarks are repeatabl
 - with tools (and tool_choice not "none") and no tool result yet: a call to the named or first tool,
   its arguments filled from the tool's JSON schema; after a tool result: an answer quoting it;
 - response_format json_object / json_schema: a JSON document (shaped by the schema);
-- max_tokens cuts the reply (finish_reason "length"), stop sequences end it, n>1 gives n choices.
+- max_tokens cuts the reply (finish_reason "length"), stop sequences end it, n>1 gives n choices;
+- embeddings: a unit vector per text, the sum of one pseudo-random vector per word (seeded by the
+  word's hash), so equal texts get equal vectors and texts sharing words point the same way.
 
 Faults are scripted per backend (``options``) or per request by a directive in the last user
 message, e.g. ``[mock:status=429]``, ``[mock:status=503 retry_after=2]``, ``[mock:drop=3]`` (a
@@ -15,7 +17,9 @@ Directives come from clients, so each value is bounded (`LIMITS`); a bad one is 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +61,9 @@ def _directive_value(k: str, v: str) -> float:
         raise InvalidRequest(f"Invalid mock directive '{k}={v[:40]}': expected a number from {lo:g} to {hi:g}.",
                              param="messages", code="invalid_mock_directive")
     return x
+
+
+EMBEDDING_DIMENSIONS = 256
 
 
 @dataclass
@@ -267,3 +274,15 @@ def build_chunks(model: str, id: str, created: int, rs: list[Reply]) -> list[Jso
                 out.append(chunk(id, created, model, {"tool_calls": [tool_call_delta(j, arguments=args[k:k + step])]}, index=i))
         out.append(chunk(id, created, model, {}, r.finish_reason, index=i))
     return out
+
+
+def embedding(text: str, dimensions: int | None = None) -> list[float]:
+    """A deterministic unit vector for `text` (bag of words: shared words, similar vectors)."""
+    n = dimensions or EMBEDDING_DIMENSIONS
+    v = [0.0] * n
+    for word in re.findall(r"\w+", text.lower()) or [text]:
+        rng = random.Random(int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little"))
+        for i in range(n):
+            v[i] += rng.gauss(0.0, 1.0)
+    norm = math.sqrt(sum(x * x for x in v)) or 1.0
+    return [x / norm for x in v]

@@ -253,12 +253,12 @@ class Health:
                 h.consecutive_failures = 0  # a models probe does not vouch for chat requests that failed
             h.last_ok = time.time()
             circuit = self.circuits[name]
-            if circuit.opened_at is not None and not circuit.trial:
+            if circuit.opened and not circuit.trial:
                 if chat:
                     circuit.record(True)  # it answered a real request: back in rotation
                 else:
                     # reachable again: end the cool-down now, so that one trial request decides
-                    circuit.opened_at = min(circuit.opened_at, time.monotonic() - circuit.policy.cooldown)
+                    circuit.expire()
         elif result == "failed":
             h.probe_failures += 1
             if category in COUNTED:

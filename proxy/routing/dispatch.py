@@ -158,6 +158,19 @@ class Dispatcher:
         except TimeoutError:
             raise _timeout_error(f"Route '{call.route}'") from None
 
+    async def embed(self, chain: list[Target], req: Any, call: Call, *, decode: Callable[[list[int]], str] | None = None,
+                    deadline: float | None = None) -> list[list[float]]:
+        """Embedding vectors from the first target that gives them (retries and fallback as for chat)."""
+
+        async def attempt(backend: Backend, target: Target) -> list[list[float]]:
+            return await backend.embed(target, req, call, decode)
+
+        try:
+            async with asyncio.timeout(deadline) if deadline else nullcontext():
+                return await self._along(chain, call, attempt)
+        except TimeoutError:
+            raise _timeout_error(f"Route '{call.route}'") from None
+
     async def open_stream(self, chain: list[Target], body: Json, call: Call, *,
                           deadline: float | None = None) -> tuple[bytes, AsyncIterator[bytes]]:
         """The first chunk and the rest of a stream from the first target that starts one."""

@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.errors import InvalidRequest
+from translators.common import TranslationError
+from translators.inbound import chat as dialects
 
 Json = dict[str, Any]
 
@@ -284,9 +286,15 @@ def _legacy_functions(body: Json) -> None:
 
 
 def chat_request(body: Any) -> Json:
-    """Raise `InvalidRequest` for the first problem in a chat completion body; return it if sound."""
+    """Raise `InvalidRequest` for the first problem in a chat completion body; return it if sound,
+    with the legacy ``functions`` dialect and ``allowed_tools`` expressed as plain tools
+    (`translators.inbound.chat`)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    try:
+        body = dialects.normalize(body)
+    except TranslationError as e:
+        raise InvalidRequest(e.message, param=e.param, code=e.code) from None
     model = body.get("model")
     if model is None:
         raise _missing("model")
@@ -336,4 +344,8 @@ def chat_request(body: Any) -> Json:
     _legacy_functions(body)
     _tools(body)
     _response_format(body)
+    try:
+        dialects.check_tool_messages(body["messages"])
+    except TranslationError as e:
+        raise InvalidRequest(e.message, param=e.param, code=e.code) from None
     return body

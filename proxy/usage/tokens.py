@@ -58,6 +58,17 @@ def count(text: str) -> int:
     return max(1, round(sampled * len(text) / (SAMPLES * SAMPLE_CHARS)))
 
 
+def decode(ids: list[int]) -> str:
+    """The text of cl100k_base token ids (what OpenAI clients such as LangChain send to embeddings)."""
+    enc = encoding()
+    if enc is None:
+        raise ValueError("Token-array input needs a tokenizer, and none is available here: send text.")
+    try:
+        return enc.decode(ids)
+    except Exception:  # noqa: BLE001 - ids outside the vocabulary
+        raise ValueError("'input' holds token ids outside cl100k_base: send text.") from None
+
+
 def utf8_length(text: str) -> int:
     """An upper bound of `count(text)` for no tokenizer run: every token is at least one byte."""
     return len(text) if text.isascii() else len(text.encode())
