@@ -103,6 +103,19 @@ def describe(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def open_bind_refusal(cfg: Config, host: str) -> str | None:
+    """Why Turnout will not listen on `host`: no keys (anyone who reaches it may spend) and an
+    address beyond loopback, unless `server.allow_open: true` says the operator means it."""
+    if cfg.keys or cfg.server.allow_open or host in LOOPBACK_HOSTS or host.startswith("127."):
+        return None
+    return (f"Refusing to listen on {host} with no keys configured: anyone who can reach it could spend "
+            "through it. Add keys (keys: [...]) or set server.allow_open: true (e.g. behind your own "
+            "authenticating proxy).")
+
+
 def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> None:
     import uvicorn
 
@@ -111,6 +124,9 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
+    refusal = open_bind_refusal(cfg, host)
+    if refusal:
+        raise SystemExit(refusal)
     setup_logging(cfg.server.log_level, cfg.server.log_format)
     print(describe(cfg), file=sys.stderr)
     print(f"\nServing the OpenAI API at http://{host}:{port}/v1  (Ctrl+C to stop)", file=sys.stderr, flush=True)

@@ -39,6 +39,7 @@ from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
 from proxy.server.app import OpenAIAPI
 from proxy.server.openai_apis import OpenAIAPIs
 from proxy.server.protocol import BoundedReadProtocol
+from proxy.web.browser import BrowserGuard
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.state import MemoryState, State
 from proxy.usage import api as usage_api
@@ -134,7 +135,10 @@ def build_app(cfg: Config) -> Starlette:
         finally:
             await gateway.aclose()
 
-    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[Middleware(RequestIds)],
+    s = cfg.server
+    guard = Middleware(BrowserGuard, open_mode=not cfg.keys, server_host=s.host, allowed_hosts=s.allowed_hosts,
+                       cors_origins=s.cors_origins)  # CSRF, DNS rebinding, CORS: proxy/web/browser.py
+    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[guard, Middleware(RequestIds)],
                     exception_handlers={HTTPException: _on_http_error, ProxyError: _on_proxy_error})
     app.state.turnout = gateway
     return app
