@@ -280,12 +280,25 @@ class Budget(Section):
     on_exceeded: Literal["reject", "free_only"] = "reject"  # reject: 429 budget_exceeded | free_only: free targets
 
 
+class Access(Section):
+    """What a key, or every key of a tier (`tiers.<name>`), may name as `model`: routes and targets
+    (None: any). A route allowed brings its own chain; a target must be allowed to be named directly
+    or forced with the override header."""
+
+    routes: frozenset[Text] | None = None
+    targets: frozenset[Text] | None = None
+
+
 class Key(Section):
     """A proxy key (`keys[i]`): who may call, with what limits."""
 
     key: str
     name: Text  # default: key<i>
     tier: str | None = None
+    # admin: provider tests, every key's usage, the ledger export; user: its own usage only
+    role: Literal["admin", "user"] = "user"
+    routes: frozenset[Text] | None = None  # allow-lists (None: the tier's, else any): see Access
+    targets: frozenset[Text] | None = None
     allow_override: bool = False  # may force a target with the override header / metadata
     rate_limit: RateLimit | None = None  # requests / tokens per minute
     budget: Budget | None = None  # USD per day / month
@@ -330,6 +343,7 @@ class Config(Section):
     models: dict[str, Target] = {}
     routes: dict[str, Route] = {}
     keys: list[Key] = []
+    tiers: dict[str, Access] = {}  # per-tier defaults of keys' allow-lists
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
     aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)

@@ -103,7 +103,10 @@ class ObservabilityAPI:
                               "providers": [self.provider(n) for n in self.backends]})
 
     async def test(self, request: Request) -> Response:
-        self.auth.authenticate(request.headers)
+        key = self.auth.authenticate(request.headers)
+        if key is not None and key.role != "admin":  # a provider test is a real, paid upstream call
+            raise ProxyError("Only admin keys may test providers (keys[].role: admin).", status=403,
+                             type="permission_error", code="admin_only")
         health = self.health
         name = request.path_params["name"]
         if name not in self.backends:
