@@ -150,8 +150,8 @@ def _trickle(port: int, parts: list[bytes]) -> bytes:
 
 @pytest.mark.parametrize("parts", [
     [],  # connects and says nothing
-    [b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"],  # headers never finish
-    [b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    [b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"],  # headers never finish
+    [b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
      b"content-length: 500\r\n\r\n{\"model\": \"t\", "],  # body never finishes
 ])
 def test_a_request_that_trickles_in_gets_408_and_is_closed(bounded_server, parts) -> None:
@@ -169,7 +169,7 @@ def test_a_prompt_request_is_served_by_the_bounded_protocol(bounded_server) -> N
 def test_provider_test_checks_the_body_size_before_reading_it(turnout) -> None:
     base = turnout({"backends": {"m": {"type": "mock"}}, "models": {"t": {"backend": "m"}}, "routes": {}})
     port = int(base.rsplit(":", 1)[1])
-    head = (b"POST /turnout/providers/m/test HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    head = (b"POST /turnout/providers/m/test HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             b"transfer-encoding: chunked\r\n\r\n")
     chunk = b"%x\r\n" % (100 * 1024) + b" " * (100 * 1024) + b"\r\n"
     out = _trickle_until_answer(port, [head, chunk])  # the body never ends: only a size check can answer

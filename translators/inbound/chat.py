@@ -48,7 +48,8 @@ def _legacy_messages(messages: list[Json]) -> list[Json]:
 
 def normalize(body: Json) -> Json:
     """The body with legacy functions and allowed_tools expressed as tools (unchanged if neither)."""
-    msgs = body.get("messages") or []
+    msgs = body.get("messages")
+    msgs = msgs if isinstance(msgs, list) else []  # a wrong type is validate's 400, not a crash here
     legacy = "functions" in body or "function_call" in body or any(
         isinstance(m, dict) and (m.get("role") == "function" or "function_call" in m) for m in msgs)
     choice = body.get("tool_choice")
@@ -71,15 +72,22 @@ def normalize(body: Json) -> Json:
                 out["tool_choice"] = {"type": "function", "function": {"name": fc.get("name")}}
             else:
                 out["tool_choice"] = fc
-        out["messages"] = _legacy_messages([m for m in msgs if isinstance(m, dict)])
+        if isinstance(body.get("messages"), list):
+            out["messages"] = _legacy_messages([m for m in msgs if isinstance(m, dict)])
     if allowed:
         spec = choice.get("allowed_tools") or {}
-        names = {(t.get("function") or {}).get("name") for t in spec.get("tools") or [] if isinstance(t, dict)}
+        if not isinstance(spec, dict) or not isinstance(spec.get("tools") or [], list):
+            raise TranslationError("Invalid 'tool_choice.allowed_tools': expected an object with a 'tools' array.",
+                                   param="tool_choice.allowed_tools", code="invalid_type")
+        names = {str((t.get("function") or {}).get("name")) for t in spec.get("tools") or []
+                 if isinstance(t, dict) and isinstance(t.get("function") or {}, dict)}
         mode = spec.get("mode", "auto")
         if mode not in ("auto", "required"):
             raise TranslationError(f"Invalid value: '{mode}'. Supported values are: 'auto' and 'required'.",
                                    param="tool_choice.allowed_tools.mode", code="invalid_value")
-        out["tools"] = [t for t in body.get("tools") or [] if (t.get("function") or {}).get("name") in names]
+        tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+        out["tools"] = [t for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+                        and t["function"].get("name") in names]
         if not out["tools"]:
             raise TranslationError("Invalid 'tool_choice.allowed_tools.tools': none of them is among 'tools'.",
                                    param="tool_choice.allowed_tools.tools", code="invalid_value")
