@@ -134,4 +134,6 @@ class OpenAIAPI:
 
     async def ready(self, request: Request) -> Response:
         ok, backends = self.readiness()
+        if self.pipeline.drain.draining:
+            return json_response({"status": "shutting_down", "backends": backends}, 503)
         return json_response({"status": "ready" if ok else "unavailable", "backends": backends}, 200 if ok else 503)

@@ -131,6 +131,7 @@ def build_app(cfg: Config, clock: Clock | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        gateway.pipeline.drain.install()  # SIGTERM drains first (proxy/server/shutdown.py)
         try:
             yield
         finally:
