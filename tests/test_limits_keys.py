@@ -80,3 +80,12 @@ def test_allow_lists_name_real_routes_and_targets() -> None:
         parse({**CFG, "tiers": {"free": {"targets": ["nope"]}}}, {})
     with pytest.raises(ConfigError, match=r"keys\[0\].routes: 'gone' is not a route"):
         parse({**CFG, "keys": [{"key": "k", "routes": ["gone"]}]}, {})
+
+
+def test_metrics_can_require_an_admin_key(turnout) -> None:
+    base = turnout({**CFG, "server": {"metrics_require_key": True}})
+    assert httpx.get(base + "/metrics", timeout=10).status_code == 401
+    assert httpx.get(base + "/metrics", headers={"authorization": "Bearer k-pro"}, timeout=10).status_code == 403
+    r = httpx.get(base + "/metrics", headers={"authorization": "Bearer k-admin"}, timeout=10)
+    assert r.status_code == 200 and "turnout_" in r.text
+    assert httpx.get(turnout(CFG) + "/metrics", timeout=10).status_code == 200  # off by default

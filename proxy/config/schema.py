@@ -314,6 +314,7 @@ class ServerConfig(Section):
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
     metrics_key_names: bool = False  # label request, token and cost metrics with the proxy key's name
     read_timeout: Annotated[float, Meta(gt=0)] = 30.0  # seconds a request's headers and body may take to arrive
+    metrics_require_key: bool = False  # with keys: /metrics only for admin keys (Prometheus: authorization)
     drain_seconds: Annotated[float, Meta(ge=0)] = 30.0  # on SIGTERM, streams in flight get this long to finish
     allow_open: bool = False  # with no keys, listen beyond loopback anyway (anyone who reaches it may spend)
     allowed_hosts: list[Text] = []  # Host names an open Turnout answers besides loopback and `host`

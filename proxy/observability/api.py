@@ -82,6 +82,11 @@ class ObservabilityAPI:
     # --- metrics -----------------------------------------------------------------------------------
 
     async def metrics(self, request: Request) -> Response:
+        if self.cfg.server.metrics_require_key:
+            key = self.auth.authenticate(request.headers)
+            if key is not None and key.role != "admin":
+                raise ProxyError("Only admin keys may read /metrics.", status=403, type="permission_error",
+                                 code="admin_only")
         return Response(self.metrics_.exposition(), media_type=CONTENT_TYPE)
 
     # --- providers ---------------------------------------------------------------------------------
