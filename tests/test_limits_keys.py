@@ -89,3 +89,15 @@ def test_metrics_can_require_an_admin_key(turnout) -> None:
     r = httpx.get(base + "/metrics", headers={"authorization": "Bearer k-admin"}, timeout=10)
     assert r.status_code == 200 and "turnout_" in r.text
     assert httpx.get(turnout(CFG) + "/metrics", timeout=10).status_code == 200  # off by default
+
+
+def test_provider_tests_are_ledger_rows(base) -> None:
+    r = httpx.post(base + "/turnout/providers/cloud/test", headers={"authorization": "Bearer k-admin",
+                                                                     "x-request-id": "probe-1"}, timeout=30)
+    assert r.status_code == 200 and r.json()["ok"] is True
+    rows = httpx.get(base + "/turnout/usage/export", headers={"authorization": "Bearer k-admin"}, timeout=10)
+    import orjson
+
+    row, = [orjson.loads(x) for x in rows.content.splitlines() if b"probe-1" in x]
+    assert row["key"] == "ops" and row["target"] == "claude-sonnet" and row["status"] == 200
+    assert row["rule"] == "provider_test" and row["prompt_tokens"] > 0

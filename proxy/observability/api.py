@@ -15,7 +15,7 @@ import asyncio
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
@@ -23,13 +23,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends.base import Backend
+from proxy.call import Call
 from proxy.config import Config
 from proxy.errors import InvalidRequest, ProxyError, UpstreamError
 from proxy.observability.health import Health
 from proxy.observability.metrics import CONTENT_TYPE, Metrics
 from proxy.usage import pricing
 from proxy.web.auth import Authenticator
-from proxy.web.responses import json_response, parse_json, read_body
+from proxy.web.responses import json_response, parse_json, read_body, request_id
 
 DASHBOARD = Path(__file__).with_name("dashboard")
 _ASSETS = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
@@ -62,7 +63,8 @@ PROBE_BODY_LIMIT = 64 * 1024  # a provider test's body names a model, nothing mo
 
 class ObservabilityAPI:
     def __init__(self, cfg: Config, auth: Authenticator, backends: dict[str, Backend], metrics: Metrics,
-                 health: Health) -> None:
+                 health: Health, record: Callable[[Call], None] | None = None) -> None:
+        self.record = record  # the ledger's: a provider test is a real, paid call, so it is a ledger row
         self.cfg = cfg
         self.auth = auth
         self.backends = backends
@@ -145,6 +147,12 @@ class ObservabilityAPI:
         else:
             seconds = time.perf_counter() - t0
             health.record_probe(name, "ok", None, 200, seconds, chat=True)
+            if self.record is not None:
+                call.key, call.target, call.reason = key, target.name, "provider_test"
+                call.request_id = request_id(request, "req_" + call.id[9:])
+                call.status, call.finished = 200, time.perf_counter()
+                call.cost_usd = pricing.cost(call.usage, target.price)
+                self.record(call)
             choice = (answer.get("choices") or [{}])[0]
             text = ((choice.get("message") or {}).get("content") or "")[:200]
             return json_response({**out, "ok": True, "latency_ms": round(seconds * 1000, 1), "status": 200,

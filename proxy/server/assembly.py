@@ -104,7 +104,7 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
         *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),
-        *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
+        *ObservabilityAPI(cfg, auth, backends, metrics, health, record=usage.recorder.finished).routes(),
         *hardware_api.routes(cfg, auth),
     ]
     return gateway
