@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("train", help="train a semantic router on labelled prompts (needs turnout[semantic])")
     p.add_argument("file", help="JSON lines of {\"text\": ..., \"label\": ...} (optional \"split\": train|test)")
     p.add_argument("-o", "--output", default="router.npz")
-    p.add_argument("--label", default=None, help="the label whose share table to print (default: the last)")
+    p.add_argument("--label", default=None, help="the label whose share table to print (default: cloud, else the last)")
 
     p = sub.add_parser("mock-upstream", help="serve the mock as an OpenAI-compatible upstream (benchmarks, tests)")
     p.add_argument("--host", default="127.0.0.1")

@@ -46,6 +46,7 @@ import orjson
 from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target
+from proxy.config.providers import SPECS
 from proxy.errors import UpstreamError
 from translators import anthropic as tr
 
@@ -57,7 +58,7 @@ log = logging.getLogger("turnout.anthropic")
 
 class Backend(base.HTTPBackend):
     type = "anthropic"
-    default_base_url = "https://api.anthropic.com"
+    default_base_url = SPECS[type].base_url
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

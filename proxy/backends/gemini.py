@@ -35,37 +35,25 @@ import orjson
 
 from proxy.backends import base
 from proxy.call import Call
-from proxy.config import ConfigError, Target
+from proxy.config import Target
+from proxy.config.providers import SPECS
 from proxy.errors import UpstreamError
 from proxy.backends.images import ImageFetcher, ImagePolicy
 from translators import embeddings as emb
 from translators import gemini as tr
 
-# backend options; include_thoughts and thought_signature_fallback may also be set per target
-_OPTIONS = ("api_version", "images", "include_thoughts", "thought_signature_fallback")
-
 
 class Backend(base.HTTPBackend):
     type = "gemini"
-    default_base_url = "https://generativelanguage.googleapis.com"
+    default_base_url = SPECS[type].base_url
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        where = f"backends.{cfg.name}"
-        for k in cfg.options:
-            if k not in _OPTIONS:
-                raise ConfigError(f"{where}.{k}: unknown field for a gemini backend (expected one of: "
-                                  f"{', '.join(sorted(_OPTIONS))})")
+        # the options were checked against providers.GeminiOptions when the config was loaded
         version = cfg.options.get("api_version", "v1beta")
-        if not isinstance(version, str) or not version.strip("/"):
-            raise ConfigError(f"{where}.api_version: expected a string such as v1beta, got {version!r}")
         tail = self.base_url.rsplit("/", 1)[-1]
         self.prefix = "" if tail.startswith("v1") else f"/{version.strip('/')}"
-        try:
-            self.policy = ImagePolicy.from_options(cfg.options)
-        except (TypeError, ValueError, AttributeError):
-            raise ConfigError(f"{where}.images: expected a mapping of max_bytes, timeout, allow_private, "
-                              "max_redirects") from None
+        self.policy = ImagePolicy.from_options(cfg.options)
         self.images: ImageFetcher | None = None
 
     def auth_headers(self) -> dict[str, str]:

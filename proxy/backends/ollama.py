@@ -29,6 +29,7 @@ import orjson
 from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target
+from proxy.config.providers import SPECS
 from proxy.errors import UpstreamError, upstream_timeout
 from proxy.backends.images import ImageFetcher, ImagePolicy
 from translators import embeddings as emb
@@ -49,7 +50,7 @@ def _http_image_urls(messages: list[base.Json]) -> list[str]:
 
 class Backend(base.HTTPBackend):
     type = "ollama"
-    default_base_url = "http://localhost:11434"
+    default_base_url = SPECS[type].base_url
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)

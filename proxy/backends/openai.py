@@ -14,6 +14,7 @@ import orjson
 from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target
+from proxy.config.providers import SPECS
 from proxy.errors import UpstreamError
 from translators import embeddings as emb
 from translators import openai as tr
@@ -22,7 +23,7 @@ from translators import openai as tr
 
 class Backend(base.HTTPBackend):
     type = "openai"
-    default_base_url = "https://api.openai.com/v1"
+    default_base_url = SPECS[type].base_url
 
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}

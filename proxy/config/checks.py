@@ -258,7 +258,8 @@ def _semantic(c: Conditions, where: str) -> None:
                 raise ConfigError(f"{w}.file: {i.file!r} has no examples")
     m = c.classifier.model if c.classifier is not None else "builtin"
     if m != "builtin" and not Path(m).is_file():
-        raise ConfigError(f"{where}.classifier.model: no file {m!r} (train one with `turnout train routes.jsonl -o FILE`)")
+        raise ConfigError(f"{where}.classifier.model: no file {m!r} "
+                          "(train one with `turnout train routes.jsonl -o FILE`)")
 
 
 def _chain(chain: list[str], where: str, cfg: Config) -> None:

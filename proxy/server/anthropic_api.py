@@ -180,7 +180,9 @@ class AnthropicAPI:
             _, body, _ = await self._read(request, call, count_tokens=True)
             router = self.pipeline.router
             try:
-                chain, _ = router.plan(call, router.features(body, request.headers, call.key))
+                features = router.features(body, request.headers, call.key)
+                await router.prepare(features)
+                chain, _ = router.plan(call, features)
             except ProxyError:
                 chain = []  # nothing can answer now (circuits, quotas): counting needs no answer
             for target in chain[:1]:

@@ -123,6 +123,7 @@ class Pipeline:
         features.kind = "embedding"
         for gate in self.gates:
             gate(call)
+        await self.router.prepare(features)
         chain, _ = self.router.plan(call, features)
         deadline = self.cfg.routes[call.route].timeout if call.route else None
         vectors = await self.dispatcher.embed(chain, req, call, decode=decode, deadline=deadline)
