@@ -192,7 +192,7 @@ def test_deploy_files_hold_together():
     assert set(services) == {"turnout", "prometheus", "grafana"}
     assert (ROOT / services["turnout"]["build"]["context"].replace("..", ".")).exists()
     assert (DEPLOY / Path(services["turnout"]["build"]["dockerfile"]).name).exists()
-    assert "4000:4000" in services["turnout"]["ports"]
+    assert "127.0.0.1:4000:4000" in services["turnout"]["ports"]  # loopback only: proxy.yaml has no keys
     for svc in ("prometheus", "grafana"):
         for v in services[svc]["volumes"]:
             src = v.split(":")[0]

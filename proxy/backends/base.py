@@ -118,13 +118,31 @@ class HTTPBackend(Backend):
         headers = {"content-type": "application/json", **self.cfg.headers, **self.auth_headers()}
         self.client = HTTPClient(self.base_url, headers=headers, timeout=self.cfg.timeout)
         t = self.cfg.timeout
-        # a non-streamed answer's headers arrive only when it is complete: bound it by `total`
+        # per socket read; the wait for the headers (`first_token`) and the whole call (`total`) are in post()
         self.complete_timeout = Timeout(connect=t.connect, read=t.total)
 
     async def post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> Response:
-        """POST a body for a non-streamed answer; a timeout or connection failure is an UpstreamError."""
+        """POST a body for a non-streamed answer: its response headers within `timeout.first_token`
+        (as a stream's first chunk), all of it within `timeout.total`; a timeout or connection
+        failure is an UpstreamError."""
+        t = self.cfg.timeout
+        opened = self.client.stream("POST", path, content=content, headers=headers, timeout=self.complete_timeout)
         try:
-            return await self.client.post(path, content=content, headers=headers, timeout=self.complete_timeout)
+            async with asyncio.timeout(t.total):
+                try:
+                    async with asyncio.timeout(t.first_token):
+                        r = await opened.__aenter__()
+                except TimeoutError:
+                    raise upstream_timeout(f"Backend '{self.name}' sent no response headers within "
+                                           f"{t.first_token:g}s (timeout.first_token).", self.name) from None
+                try:
+                    await r.aread()
+                finally:
+                    await opened.__aexit__(None, None, None)
+                return r
+        except TimeoutError:
+            raise upstream_timeout(f"Backend '{self.name}' did not finish within {t.total:g}s (timeout.total).",
+                                   self.name) from None
         except TransportError as e:
             raise self.transport_error(e) from None
 
