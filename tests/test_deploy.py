@@ -166,7 +166,8 @@ def test_the_cluster_config_requires_keys(base):
     assert raw["state"]["redis"]["url"] == "${REDIS_URL}" and raw["usage"]["ledger"] == "${DATABASE_URL}"
     raw.pop("state")  # checked with the state section in the next test, once the schema has it
     cfg = parse(raw, CLUSTER_ENV)
-    assert [k.name for k in cfg.keys] == ["app", "admin"] and cfg.usage.ledger == CLUSTER_ENV["DATABASE_URL"]
+    assert [(k.name, k.role) for k in cfg.keys] == [("app", "user"), ("admin", "admin")]
+    assert cfg.usage.ledger == CLUSTER_ENV["DATABASE_URL"]
     assert cfg.server.host == "0.0.0.0"
     for missing in ("TURNOUT_API_KEY", "DATABASE_URL"):  # an unset key or ledger stops the pod at start
         with pytest.raises(ConfigError):

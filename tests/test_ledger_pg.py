@@ -43,7 +43,7 @@ def config(ledger: str) -> dict:
                    "big": {"backend": "cloud", "price": BASE}, "broken": {"backend": "down", "price": P}},
         "routes": {"auto": {"rules": [{"name": "translate", "when": {"task": "translate"}, "then": ["free"]},
                                       {"name": "rest", "then": ["broken", "paid", "free"]}]}},
-        "keys": [{"key": "sk-a", "name": "alice", "budget": {"daily": 1.0}}, {"key": "sk-b", "name": "bob"}],
+        "keys": [{"key": "sk-a", "name": "alice", "budget": {"daily": 1.0}, "role": "admin"}, {"key": "sk-b", "name": "bob"}],
         "usage": {"ledger": ledger, "baseline": "big"},
     }
 
