@@ -203,6 +203,7 @@ class PostgreSQL(Db):
         self.psycopg, self.number = psycopg, Number
         super().__init__(url)
         self.readonly = readonly
+        self.in_transaction = False
         self.conn = self._connect()
 
     def _connect(self) -> Any:
@@ -214,6 +215,8 @@ class PostgreSQL(Db):
 
     def _c(self) -> Any:
         if self.conn.closed or self.conn.broken:
+            if self.in_transaction:  # never carry on a transaction's statements on a new connection
+                raise self.psycopg.OperationalError("the ledger's connection was lost in a transaction")
             self.conn.close()
             self.conn = self._connect()
         return self.conn
@@ -247,13 +250,17 @@ class PostgreSQL(Db):
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.execute("BEGIN")
+        self.in_transaction = True
         try:
             yield
         except BaseException:
             if not self.conn.broken:
                 self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("COMMIT")
+        finally:
+            self.in_transaction = False
 
     @contextmanager
     def schema_lock(self) -> Iterator[None]:
