@@ -50,7 +50,7 @@ T = TypeVar("T")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id {id},
-    ts {real} NOT NULL,              -- when the request arrived, Unix seconds
+    ts {real} NOT NULL,            -- when the request arrived, Unix seconds
     request_id TEXT, key TEXT, model TEXT, route TEXT, rule TEXT,
     chain TEXT,                    -- JSON list of the targets the rule chose
     attempts TEXT,                 -- JSON list of {{target, outcome, status}}: skipped, failed, escalated, ok
@@ -237,7 +237,11 @@ class Ledger:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def open(self) -> None:
-        self.conn = connect(self.path)
+        try:
+            self.conn = connect(self.path)
+        except Exception as e:
+            log.error("ledger: cannot open %s: %s", self.label, e)  # the label: never a password
+            raise
 
     def close(self) -> None:
         if self.conn is not None:
