@@ -52,6 +52,7 @@ class Call:
     features: Any = None  # proxy.routing.features.Features, once the body is read and checked
     finished: float | None = None  # perf_counter when the answer or error went out
     sent: list[bytes] | None = None  # stream payloads sent, or a body without usage (for the ledger's estimate)
+    hold: Any = None  # proxy.state.Hold: what the request reserved of quotas, budgets and rate limits
 
     @property
     def chunks(self) -> int:

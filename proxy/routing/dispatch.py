@@ -60,6 +60,8 @@ class Dispatcher:
         self.router = router
         self.backends = router.backends
         self.circuits = router.circuits
+        # admission of one try just before it is sent (quotas): None, or why the target is skipped
+        self.admit: Callable[[Target, Call], str | None] | None = None
 
     async def _along(self, chain: list[Target], call: Call, attempt: Callable[[Backend, Target], Awaitable[T]],
                      check: Callable[[T], str | None] | None = None, escalate: int = 0) -> T:
@@ -75,6 +77,11 @@ class Dispatcher:
             for n in range(tries):
                 if not circuit.begin():
                     call.attempts.append(Attempt(target.name, f"skipped: {circuit.blocked()}"))
+                    break
+                why = self.admit(target, call) if self.admit is not None else None
+                if why is not None:
+                    circuit.release()
+                    call.attempts.append(Attempt(target.name, f"skipped: {why}"))
                     break
                 t0 = time.perf_counter()
                 try:
