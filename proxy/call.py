@@ -59,10 +59,16 @@ class Call:
         """Stream chunks sent to the client (a cut-short stream still counts them)."""
         return len(self.sent) if self.stream and self.sent is not None else 0
 
+    def walked(self) -> list[Attempt]:
+        """The attempts in the order the chain was walked (routing records its skips before dispatch
+        tries anything, so `attempts` alone is in the order of recording)."""
+        order = {name: i for i, name in reversed(list(enumerate(self.chain)))}
+        return sorted(self.attempts, key=lambda a: order.get(a.target, len(order)))  # stable: retries stay in order
+
     @property
     def fallbacks(self) -> list[Attempt]:
-        """Targets that were tried or skipped before the one that answered."""
-        return [a for a in self.attempts if a.outcome != "ok"]
+        """Targets that were tried or skipped before the one that answered, in chain order."""
+        return [a for a in self.walked() if a.outcome != "ok"]
 
     def headers(self) -> dict[str, str]:
         """How the request was routed, for the client to read."""

@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from proxy import __version__
 from proxy import config as config_mod
-from proxy.config import Config, ConfigError
+from proxy.config import Config, ConfigError, ConfigUnreadable
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 DEMO_LOCAL_CONFIG = Path(__file__).with_name("demo-local.yaml")
@@ -48,6 +49,9 @@ def load_or_exit(path: str) -> Config:
         for b in cfg.backends.values():
             create(b)  # a backend's own options (e.g. llamacpp's) are checked when it is built
         return cfg
+    except ConfigUnreadable as e:  # a missing file is not an invalid one
+        print(f"turnout: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ConfigError as e:
         print(f"turnout: invalid config: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -56,11 +60,15 @@ def load_or_exit(path: str) -> Config:
 def describe(cfg: Config) -> str:
     """The banner: each backend and whether it is usable, each route's chain."""
     from proxy.backends import create
+    from proxy.local.doctor import discovery_lines, probes
 
+    found = probes(cfg)  # Ollama backends: reachable or not (one status word per backend, below and after)
     lines = [f"Turnout config {cfg.path or '(inline)'}", "backends:"]
     for name, b in cfg.backends.items():
         backend = create(b)
-        state = "usable" if not backend.unavailable else f"UNAVAILABLE: {backend.unavailable}"
+        p = found.get(name)
+        state = (f"UNAVAILABLE: {backend.unavailable}" if backend.unavailable else
+                 f"NOT REACHABLE ({p.error}): see below" if p is not None and not p.reachable else "usable")
         lines.append(f"  {backend.describe():50s} {state}")
     lines.append("models:")
     for name, t in cfg.models.items():
@@ -75,12 +83,10 @@ def describe(cfg: Config) -> str:
         for rule in r.rules:
             when = ", ".join(f"{k} {v}" if k in ("complexity", "prompt_tokens") else
                              f"{k}={','.join(sorted(v)) if isinstance(v, frozenset) else v}"
-                             for k, v in vars(rule.when).items() if v is not None) or "always"
+                             for k in rule.when.__struct_fields__ if (v := getattr(rule.when, k)) is not None) or "always"
             esc = f"  (escalate up to {rule.escalate}x)" if rule.escalate else ""
             lines.append(f"    {rule.name:18s} when {when}: {' -> '.join(rule.then)}{esc}")
-    from proxy.local.doctor import discovery_lines
-
-    lines += discovery_lines(cfg)  # which configured Ollama models are installed or missing
+    lines += discovery_lines(cfg, found=found)  # which configured Ollama models are installed or missing
     if not cfg.keys:
         lines.append("keys: none configured - the proxy is OPEN to anyone who can reach it")
     else:
@@ -94,7 +100,7 @@ def describe(cfg: Config) -> str:
 def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> None:
     import uvicorn
 
-    from proxy.server.app import build_app
+    from proxy.server.assembly import build_app
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
@@ -104,14 +110,14 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
     # JSON logs: uvicorn's own loggers go through ours too (its default config has its own text handler)
     log_config = None if cfg.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     if workers > 1:
-        # each worker builds its app from $TURNOUT_CONFIG (proxy.server.app.create_app); metrics are shared
+        # each worker builds its app from $TURNOUT_CONFIG (proxy.server.assembly.create_app); metrics are shared
         # through prometheus-client's multiprocess files
         os.environ["TURNOUT_CONFIG"] = os.path.abspath(cfg.path or _default_config())
         given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         metrics_dir = multiprocess_dir()
         print(f"{workers} workers; metrics shared in {metrics_dir}", file=sys.stderr, flush=True)
         try:
-            uvicorn.run("proxy.server.app:create_app", factory=True, workers=workers, host=host, port=port,
+            uvicorn.run("proxy.server.assembly:create_app", factory=True, workers=workers, host=host, port=port,
                         loop="uvloop", http="httptools", access_log=False, log_level=cfg.server.log_level,
                         lifespan="on", timeout_graceful_shutdown=5, log_config=log_config)
         finally:
@@ -127,6 +133,7 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="turnout", description="An OpenAI-compatible LLM gateway.")
+    parser.add_argument("--version", action="version", version=f"turnout {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve the gateway")
@@ -196,9 +203,11 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(route_command(load_or_exit(args.config or _default_config()), args))
     elif args.command == "usage":
-        from proxy.usage.cli import usage_command
+        from proxy.usage.cli import usage_command, usage_config
 
-        raise SystemExit(usage_command(None if args.url else load_or_exit(args.config or _default_config()), args))
+        cfg = None if args.url else (usage_config(args.config, _default_config(), args.ledger)
+                                     or load_or_exit(args.config or _default_config()))
+        raise SystemExit(usage_command(cfg, args))
     elif args.command == "simulate":
         from proxy.usage.cli import simulate_command
 

@@ -18,7 +18,7 @@ import openai
 import pytest
 import uvicorn
 
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.config import parse
 
 

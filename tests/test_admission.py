@@ -10,7 +10,9 @@ import httpx
 import openai
 import pytest
 
+from proxy.config import parse
 from proxy.mock.server import build_mock_upstream
+from proxy.server.assembly import build_app
 from tests.conftest import post
 
 HI = [{"role": "user", "content": "hi there"}]
@@ -150,9 +152,6 @@ def test_two_workers_on_one_ledger_share_admissions_within_the_documented_bound(
     others saved in the ledger (at most one flush interval old): the total is at most N x the
     limit, and each process alone never passes it. Exact admission across processes is the
     shared store's job."""
-    from proxy.config import parse
-    from proxy.server.app import build_app
-
     received, url = upstream
     raw = config(url, backends__cloud={"quota": {"requests_per_day": 100}},
                  usage={"ledger": str(tmp_path / "u.db"), "flush_interval": 0.05})

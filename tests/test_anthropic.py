@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from proxy.config import parse
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from tests.conftest import ServerThread, collect, post, sdk
 from tests.emulators.anthropic import Reply
 from tests.emulators.anthropic import build_app as build_emulator

@@ -136,7 +136,7 @@ def test_static_files_are_served_and_need_nothing_from_outside(turnout):
 
 def test_dashboard_draws_real_data_in_headless_chromium(serve, tmp_path):
     need("chromium")
-    from proxy.server.app import build_app
+    from proxy.server.assembly import build_app
     from proxy.config import parse
 
     app = build_app(parse(CFG, {}))

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.config import parse
 from tests.conftest import ServerThread, collect, post, run, sdk
 from tests.emulators.gemini import build_gemini_emulator

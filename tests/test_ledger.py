@@ -12,7 +12,7 @@ import pytest
 from proxy.usage import prices
 
 from proxy.usage import tokens
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.config import ConfigError, parse
 from proxy.mock.server import build_mock_upstream
 from tests.conftest import ServerThread, collect, post, sdk

@@ -227,7 +227,7 @@ def test_key_names_are_off_by_default_and_sources_feed_gauges(turnout):
 
 
 def test_gauge_sources(serve):
-    from proxy.server.app import build_app
+    from proxy.server.assembly import build_app
     from proxy.config import parse
 
     app = build_app(parse({"backends": {"m": {"type": "mock"}}, "models": {"t": {"backend": "m"}}}))
@@ -432,7 +432,7 @@ def test_several_workers_add_up(tmp_path):
 
 
 def test_quota_and_budget_gauges_follow_the_usage_accounts(serve, tmp_path):
-    from proxy.server.app import build_app
+    from proxy.server.assembly import build_app
     from proxy.config import ConfigError, parse
 
     try:

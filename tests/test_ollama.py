@@ -571,12 +571,12 @@ def test_translator_on_recorded_responses():
     out = tr.from_response(rec["chat_nonstream"][0], "chatcmpl-1", 1, "llama3.2")
     assert out["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "Hello! How are you today?",
                                                          "refusal": None}, "logprobs": None, "finish_reason": "stop"}
-    st = tr.StreamTranslator("chatcmpl-1", 1, "llama3.2")
+    st = tr.StreamState("chatcmpl-1", 1, "llama3.2")
     chunks = [json.loads(c) for line in rec["chat_stream_text"] for c in st.feed(line)]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "The"}
     assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
     assert st.usage == {"prompt_tokens": 26, "completion_tokens": 282, "total_tokens": 308}
-    st = tr.StreamTranslator("chatcmpl-1", 1, "llama3.2")
+    st = tr.StreamState("chatcmpl-1", 1, "llama3.2")
     chunks = [json.loads(c) for line in rec["chat_stream_tools"] for c in st.feed(line)]
     delta = chunks[0]["choices"][0]["delta"]
     assert delta["role"] == "assistant" and delta["tool_calls"][0]["index"] == 0

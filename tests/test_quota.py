@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.config import Quota, parse
 from proxy.state import Amount, Ask, ManualClock, MemoryState, Window
 from proxy.usage.quota import QuotaState, day_bounds, month_bounds

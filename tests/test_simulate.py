@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from proxy.usage import simulate
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.cli import main as cli_main
 from proxy.config import ConfigError, load, parse
 from tests.conftest import ServerThread, collect, sdk

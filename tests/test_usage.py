@@ -15,7 +15,7 @@ import orjson
 import pytest
 import yaml
 
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.cli import main as cli_main
 from proxy.config import parse
 from tests.conftest import ServerThread, collect, post, sdk

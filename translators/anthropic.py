@@ -108,6 +108,7 @@ from typing import Any
 import orjson
 
 from translators.common import (
+    Fault,
     TranslationError,
     chunk,
     completion,
@@ -726,14 +727,14 @@ def error_fields(data: Any, status: int | None = None) -> tuple[int, str, str | 
     return status or 500, f"upstream returned HTTP {status or 500}", None
 
 
-def error_from(status: int, body: bytes) -> tuple[str, str | None, str | None]:
-    """(message, OpenAI type, OpenAI code) for an Anthropic error response."""
+def error_from(status: int, body: bytes) -> Fault:
+    """The fault in an Anthropic error response, with OpenAI's type and code for its kind."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         data = None
     _, msg, etype = error_fields(data, status)
-    return msg, *openai_error_kind(status, etype)
+    return Fault(status, msg, *openai_error_kind(status, etype))
 
 
 def openai_error_kind(status: int, etype: str | None) -> tuple[str | None, str | None]:

@@ -10,11 +10,26 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import orjson
 
 Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """An upstream's error body as every provider translator reads it (`error_from(status, body)`):
+    the status to treat it as, the upstream's message, and OpenAI's type / code / param where the
+    provider's own kind of error says which (None lets the gateway choose from the status)."""
+
+    status: int
+    message: str
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    retry_after: float | None = None
 
 
 class TranslationError(ValueError):

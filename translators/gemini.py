@@ -83,6 +83,7 @@ from typing import Any
 import orjson
 
 from translators.common import (
+    Fault,
     Json,
     TranslationError,
     chunk,
@@ -578,8 +579,9 @@ def _seconds(delay: Any) -> float | None:
     return None
 
 
-def error_from(status: int, body: bytes) -> tuple[int, str, str | None, float | None]:
-    """(status to treat it as, message, Gemini status name, retry delay seconds) of an error body.
+def error_from(status: int, body: bytes) -> Fault:
+    """The fault in a Gemini error body: its message, retry delay, and as code the Gemini status name
+    of a client error (FAILED_PRECONDITION, …) that OpenAI has no better code for.
 
     A 400 whose details say API_KEY_INVALID is the operator's key, so it is reported as 401.
     """
@@ -591,7 +593,7 @@ def error_from(status: int, body: bytes) -> tuple[int, str, str | None, float | 
     if isinstance(data, list) and data and isinstance(data[0], dict):  # some proxies wrap it in a list
         err = data[0].get("error")
     if not isinstance(err, dict):
-        return status, f"Gemini returned HTTP {status}.", None, None
+        return Fault(status, f"Gemini returned HTTP {status}.")
     message = str(err.get("message") or f"Gemini returned HTTP {status}.")
     name = err.get("status")
     retry = None
@@ -602,4 +604,6 @@ def error_from(status: int, body: bytes) -> tuple[int, str, str | None, float | 
             retry = _seconds(d.get("retryDelay"))
         if d.get("reason") == "API_KEY_INVALID" and status == 400:
             status = 401
-    return status, message, name, retry
+    code = name.lower() if isinstance(name, str) and 400 <= status < 500 and status not in (401, 403, 404, 429) \
+        else None
+    return Fault(status, message, code=code, retry_after=retry)

@@ -79,6 +79,7 @@ from typing import Any
 import orjson
 
 from translators.common import (
+    Fault,
     TranslationError,
     completion,
     content_text,
@@ -294,7 +295,7 @@ def from_response(data: Json, id: str, created: int, model: str) -> Json:
         data.get("done_reason"), bool(calls))}], u)
 
 
-class StreamTranslator:
+class StreamState:
     """NDJSON lines of a streamed ``/api/chat`` answer → ``chat.completion.chunk`` payloads (bytes).
 
     Each chunk is its delta framed by a prefix and suffix built once per stream, so a text line
@@ -354,16 +355,20 @@ class StreamTranslator:
         return out
 
 
-def error_message(body: bytes) -> str:
-    """Ollama's ``{"error": "…"}`` text, or a generic line for anything else."""
+def error_from(status: int, body: bytes) -> Fault:
+    """The fault in Ollama's ``{"error": "…"}`` body (a generic line for anything else); a missing
+    model is OpenAI's 404 model_not_found."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return ""
+        data = None
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
         err = err.get("message")
-    return str(err) if err else ""
+    message = str(err) if err else f"Ollama returned HTTP {status}"
+    if is_model_not_found(status, message):
+        return Fault(404, message, "invalid_request_error", "model_not_found", "model")
+    return Fault(status, message)
 
 
 def is_model_not_found(status: int, message: str) -> bool:

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from translators.common import Fault
+
 Json = dict[str, Any]
 
 _DROP = ("metadata",)
@@ -47,8 +49,8 @@ def chunk_usage(payload: bytes) -> tuple[Json | None, bool]:
     return data.get("usage"), not data.get("choices")
 
 
-def error_details(status: int, body: bytes) -> tuple[str, str | None, str | None, str | None]:
-    """(message, type, code, param) from an upstream error body, OpenAI-shaped or not."""
+def error_from(status: int, body: bytes) -> Fault:
+    """The fault in an upstream error body, OpenAI-shaped or not."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -56,8 +58,8 @@ def error_details(status: int, body: bytes) -> tuple[str, str | None, str | None
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
         code = err.get("code")
-        return (str(err.get("message") or f"upstream returned {status}"), err.get("type"),
-                None if code is None else str(code), err.get("param"))
+        return Fault(status, str(err.get("message") or f"upstream returned {status}"), err.get("type"),
+                     None if code is None else str(code), err.get("param"))
     if isinstance(err, str):  # llama.cpp and Ollama's /v1 sometimes send {"error": "..."}
-        return err, None, None, None
-    return f"upstream returned HTTP {status}", None, None, None
+        return Fault(status, err)
+    return Fault(status, f"upstream returned HTTP {status}")

@@ -85,8 +85,8 @@ class Backend(base.HTTPBackend):
         return True
 
     def _error(self, r: httpx.Response) -> UpstreamError:
-        message, type_, code = tr.error_from(r.status_code, r.content)
-        return self._status_error(r.status_code, message, r.headers, type_, code)
+        fault = tr.error_from(r.status_code, r.content)
+        return self._status_error(fault.status, fault.message, r.headers, fault.type, fault.code)
 
     def _status_error(self, status: int, message: str, headers: httpx.Headers | None, type_: str | None,
                       code: str | None) -> UpstreamError:
@@ -109,7 +109,6 @@ class Backend(base.HTTPBackend):
             status, message, etype = tr.error_fields(data)
             raise self._status_error(status, message, None, *tr.openai_error_kind(status, etype))
         out = tr.from_response(data, call.id, call.created, tr.response_tool(body), tr.local_stops(body))
-        call.usage = out["usage"]
         call.upstream_model = data.get("model")
         return out
 

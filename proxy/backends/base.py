@@ -1,7 +1,7 @@
 """What every backend provides, and the pieces they share.
 
 A backend owns one connection pool, created once in `start()`, and answers for its targets:
-`complete()` returns an OpenAI ``chat.completion`` dict; `stream()` yields the JSON payloads of
+`complete()` returns an OpenAI ``chat.completion`` dict with its usage; `stream()` yields the JSON payloads of
 OpenAI ``chat.completion.chunk``s as bytes (what follows ``data: ``), records usage on the `Call`
 instead of yielding a usage chunk, and raises `UpstreamError` for any failure. The app frames the
 payloads as SSE and emits the usage chunk, so that behaviour lives once for every provider.
@@ -19,6 +19,7 @@ from proxy.call import Call
 from proxy.http import HTTPClient, Response
 from proxy.config import BackendConfig, Target
 from proxy.errors import UpstreamError, parse_retry_after, upstream_status_error, upstream_timeout
+from translators.common import Fault
 
 Json = dict[str, Any]
 
@@ -44,6 +45,7 @@ class Backend:
         """Close pooled clients."""
 
     async def complete(self, target: Target, body: Json, call: Call) -> Json:
+        """The answer, a ``chat.completion`` carrying its own ``usage`` (the caller records it)."""
         raise NotImplementedError
 
     def stream(self, target: Target, body: Json, call: Call) -> AsyncIterator[bytes]:
@@ -110,6 +112,15 @@ class HTTPBackend(Backend):
         return UpstreamError(f"Backend '{self.name}' is unreachable ({type(e).__name__}).", status=502,
                              type="upstream_error", code="upstream_unreachable", retry=True,
                              category="network", backend=self.name)
+
+    def fault_error(self, fault: Fault, headers: httpx.Headers | None = None) -> UpstreamError:
+        """The UpstreamError for a fault a provider translator read from an error body."""
+        e = self.status_error(fault.status, fault.message, headers, type=fault.type, code=fault.code,
+                              param=fault.param)
+        if e.retry_after is None and fault.retry_after is not None and e.status == 429:
+            e.retry_after = fault.retry_after
+            e.headers["retry-after"] = str(max(0, int(fault.retry_after + 0.999)))
+        return e
 
     def status_error(self, status: int, message: str, headers: httpx.Headers | None = None, *,
                      type: str | None = None, code: str | None = None, param: str | None = None) -> UpstreamError:

@@ -97,13 +97,7 @@ class Backend(base.HTTPBackend):
         return orjson.dumps(tr.to_request(body, target.model, images, options))
 
     def _error(self, status: int, content: bytes, headers: httpx.Headers | None = None) -> UpstreamError:
-        status, message, name, retry = tr.error_from(status, content)
-        code = name.lower() if name and 400 <= status < 500 and status not in (401, 403, 404, 429) else None
-        e = self.status_error(status, message, headers, code=code)
-        if e.retry_after is None and retry is not None and e.status == 429:
-            e.retry_after = retry
-            e.headers["retry-after"] = str(max(0, int(retry + 0.999)))
-        return e
+        return self.fault_error(tr.error_from(status, content), headers)
 
     def _blocked(self, b: tr.Blocked) -> UpstreamError:
         return UpstreamError(b.message, status=400, type="invalid_request_error", code="content_filter",
@@ -122,7 +116,6 @@ class Backend(base.HTTPBackend):
         except tr.NoCandidates as e:
             raise UpstreamError(f"Backend '{self.name}': {e}", status=502, code="upstream_empty_response",
                                 retry=True, category="server", backend=self.name) from None
-        call.usage = out["usage"]
         call.upstream_model = out["model"]
         return out
 

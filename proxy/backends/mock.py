@@ -51,9 +51,7 @@ class Backend(base.Backend):
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
         s = self._script(body)
         await self._before_first_byte(s)
-        out = mock.build_completion(body, target.model, call.id, call.created, mock.replies(body, target.model, s))
-        call.usage = out["usage"]
-        return out
+        return mock.build_completion(body, target.model, call.id, call.created, mock.replies(body, target.model, s))
 
     async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
         s = self._script(body)

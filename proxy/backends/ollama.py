@@ -92,14 +92,14 @@ class Backend(base.HTTPBackend):
     # --- errors ----------------------------------------------------------------------------------
 
     def _error(self, target: Target, r: httpx.Response) -> UpstreamError:
-        message = tr.error_message(r.content) or f"Ollama returned HTTP {r.status_code}"
-        if tr.is_model_not_found(r.status_code, message):
+        fault = tr.error_from(r.status_code, r.content)
+        if fault.code == "model_not_found":
             return UpstreamError(
                 f"Model '{target.model}' is not installed on Ollama backend '{self.name}'. "
-                f"Run `ollama pull {target.model}` on the Ollama host. (Ollama said: {message})",
+                f"Run `ollama pull {target.model}` on the Ollama host. (Ollama said: {fault.message})",
                 status=404, type="invalid_request_error", code="model_not_found", param="model",
                 fallback=True, category="client", backend=self.name)
-        return self.status_error(r.status_code, f"Ollama: {message}", r.headers)
+        return self.status_error(r.status_code, f"Ollama: {fault.message}", r.headers)
 
     def transport_error(self, e: Exception) -> UpstreamError:
         err = super().transport_error(e)
@@ -133,16 +133,14 @@ class Backend(base.HTTPBackend):
         if "error" in data:
             raise self._stream_error(str(data["error"]))
         call.upstream_model = target.model
-        out = tr.from_response(data, call.id, call.created, target.model)
-        call.usage = out["usage"]
-        return out
+        return tr.from_response(data, call.id, call.created, target.model)
 
     async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
         content = await self._request(target, body, stream=True)
         t = self.cfg.timeout
         deadline = asyncio.get_running_loop().time() + t.first_token
         first = True  # until the first chunk, reads are bounded by the first-token deadline
-        st = tr.StreamTranslator(call.id, call.created, target.model)
+        st = tr.StreamState(call.id, call.created, target.model)
         call.upstream_model = target.model
         opened = self.client.stream("POST", "/api/chat", content=content)
         entered = False
@@ -196,5 +194,5 @@ class Backend(base.HTTPBackend):
         except httpx.HTTPError as e:
             raise self.transport_error(e) from None
         if r.status_code >= 400:
-            raise self.status_error(r.status_code, tr.error_message(r.content) or "Ollama /api/tags failed")
+            raise self.status_error(r.status_code, f"Ollama /api/tags failed: {tr.error_from(r.status_code, r.content).message}")
         return [m.get("model") or m.get("name") for m in orjson.loads(r.content).get("models", [])]

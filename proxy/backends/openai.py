@@ -27,17 +27,14 @@ class Backend(base.HTTPBackend):
         return {"authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
 
     def _error(self, r: httpx.Response) -> UpstreamError:
-        message, type_, code, param = tr.error_details(r.status_code, r.content)
-        return self.status_error(r.status_code, message, r.headers, type=type_, code=code, param=param)
+        return self.fault_error(tr.error_from(r.status_code, r.content), r.headers)
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
         req = tr.to_request(body, target.model, stream=False)
         r = await self.post("/chat/completions", orjson.dumps(req))
         if r.status_code >= 400:
             raise self._error(r)
-        data = self.json_of(r)
-        call.usage = data.get("usage")
-        return data
+        return self.json_of(r)
 
     async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
         req = tr.to_request(body, target.model, stream=True)
@@ -67,8 +64,8 @@ class Backend(base.HTTPBackend):
             raise self.transport_error(e) from None
 
     def _stream_error(self, payload: bytes) -> UpstreamError:
-        message, type_, code, _ = tr.error_details(500, payload)
-        return UpstreamError(message, status=502, type=type_ or "upstream_error", code=code,
+        fault = tr.error_from(500, payload)
+        return UpstreamError(fault.message, status=502, type=fault.type or "upstream_error", code=fault.code,
                              retry=True, category="server", backend=self.name)
 
     async def list_models(self) -> list[str]:

@@ -97,14 +97,21 @@ def _targets(cfg: Config, backend: str) -> list[tuple[str, str]]:
     return [(name, t.model) for name, t in cfg.models.items() if t.backend == backend]
 
 
-def discovery_lines(cfg: Config, timeout: float = 1.5) -> list[str]:
-    """Banner lines: per Ollama backend, reachable or not, and which configured models are missing."""
+def probes(cfg: Config, timeout: float = 1.5) -> dict[str, Probe]:
+    """Each Ollama backend asked what it has (never longer than `timeout` each)."""
+    return {b.name: probe(b, timeout=timeout) for b in ollama_backends(cfg)}
+
+
+def discovery_lines(cfg: Config, timeout: float = 1.5, found: dict[str, Probe] | None = None) -> list[str]:
+    """Banner lines: per Ollama backend, reachable or not, and which configured models are missing
+    (`found`: probes already made, so that the banner's lines agree with each other)."""
     backends = ollama_backends(cfg)
     if not backends:
         return []
+    found = probes(cfg, timeout) if found is None else found
     lines = ["ollama models:"]
     for b in backends:
-        p = probe(b, timeout=timeout)
+        p = found.get(b.name) or probe(b, timeout=timeout)
         targets = _targets(cfg, b.name)
         if not p.reachable:
             lines.append(f"  {b.name}: not reachable at {p.url} ({p.error}) - is `ollama serve` running? "

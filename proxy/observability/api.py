@@ -15,19 +15,21 @@ import asyncio
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.usage import pricing
+from proxy.backends.base import Backend
+from proxy.config import Config
 from proxy.errors import InvalidRequest, ProxyError, UpstreamError
-from proxy.observability.metrics import CONTENT_TYPE, register_usage_sources
-
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
+from proxy.observability.health import Health
+from proxy.observability.metrics import CONTENT_TYPE, Metrics
+from proxy.usage import pricing
+from proxy.web.auth import Authenticator
+from proxy.web.responses import json_response, read_json
 
 DASHBOARD = Path(__file__).with_name("dashboard")
 _ASSETS = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
@@ -56,10 +58,13 @@ def redact(message: str, secrets: list[str]) -> str:
 
 
 class ObservabilityAPI:
-    def __init__(self, turnout: "Turnout") -> None:
-        self.t = turnout
-        # quotas and budgets as gauges, once the usage accounting is installed (it is, by now)
-        register_usage_sources(turnout.metrics, getattr(turnout, "usage", None))
+    def __init__(self, cfg: Config, auth: Authenticator, backends: dict[str, Backend], metrics: Metrics,
+                 health: Health) -> None:
+        self.cfg = cfg
+        self.auth = auth
+        self.backends = backends
+        self.metrics_ = metrics
+        self.health = health
 
     def routes(self) -> list[Route]:
         return [
@@ -74,48 +79,43 @@ class ObservabilityAPI:
     # --- metrics -----------------------------------------------------------------------------------
 
     async def metrics(self, request: Request) -> Response:
-        return Response(self.t.metrics.exposition(), media_type=CONTENT_TYPE)
+        return Response(self.metrics_.exposition(), media_type=CONTENT_TYPE)
 
     # --- providers ---------------------------------------------------------------------------------
 
     def provider(self, name: str) -> dict[str, Any]:
-        t = self.t
-        b = t.backends[name]
+        b = self.backends[name]
         models = [{"name": m.name, "model": m.model, "price": {"input": m.price.input, "output": m.price.output},
                    "vision": m.vision, "tools": m.tools, "context_window": m.context_window,
-                   "locality": "local" if t.metrics.local.get(m.name) else "cloud"}
-                  for m in t.cfg.models.values() if m.backend == name]
+                   "locality": "local" if self.metrics_.local.get(m.name) else "cloud"}
+                  for m in self.cfg.models.values() if m.backend == name]
         return {"name": name, "type": b.cfg.type, "base_url": public_url(getattr(b, "base_url", None) or b.cfg.base_url),
                 "key_set": bool(b.cfg.api_key), "available": not b.unavailable, "unavailable_reason": b.unavailable,
-                "models": models, "health": t.provider_health.describe(name)}
+                "models": models, "health": self.health.describe(name)}
 
     async def providers(self, request: Request) -> Response:
-        from proxy.server.app import json_response
-
-        self.t.authenticate(request)
-        state, reason = self.t.provider_health.system()
+        self.auth.authenticate(request.headers)
+        state, reason = self.health.system()
         return json_response({"status": state, "reason": reason, "checked_at": time.time(),
-                              "providers": [self.provider(n) for n in self.t.backends]})
+                              "providers": [self.provider(n) for n in self.backends]})
 
     async def test(self, request: Request) -> Response:
-        from proxy.server.app import json_response
-
-        t = self.t
-        t.authenticate(request)
+        self.auth.authenticate(request.headers)
+        health = self.health
         name = request.path_params["name"]
-        if name not in t.backends:
-            raise ProxyError(f"No backend named '{name}' (defined: {', '.join(t.backends)}).", status=404,
+        if name not in self.backends:
+            raise ProxyError(f"No backend named '{name}' (defined: {', '.join(self.backends)}).", status=404,
                              type="invalid_request_error", code="backend_not_found")
         body = await request.body()
         model = None
         if body.strip():
-            data = await t.read_json(request)
+            data = await read_json(request, self.cfg.server.max_body_bytes)
             model = data.get("model") if isinstance(data, dict) else None
-        target = t.provider_health.probe_target(name, model)
+        target = health.probe_target(name, model)
         if target is None:
             raise InvalidRequest(f"'{model}' is not a model target of backend '{name}'." if model else
                                  f"No model target uses backend '{name}'.", param="model", code="model_not_found")
-        backend = t.backends[name]
+        backend = self.backends[name]
         out: dict[str, Any] = {"backend": name, "target": target.name, "model": target.model}
         if backend.unavailable:
             return json_response({**out, "ok": False, "error": {"category": "unavailable",
@@ -123,7 +123,7 @@ class ObservabilityAPI:
         t0 = time.perf_counter()
         timeout = max(backend.cfg.probe.timeout, 30.0)  # a slow local model may need a while
         try:
-            answer, call = await t.provider_health.chat(name, target, timeout)
+            answer, call = await health.chat(name, target, timeout)
         except (TimeoutError, asyncio.TimeoutError):
             err: dict[str, Any] = {"category": "timeout", "status": 504, "message": f"no answer in {timeout:g}s"}
         except UpstreamError as e:
@@ -133,38 +133,36 @@ class ObservabilityAPI:
             err = {"category": "network", "message": type(e).__name__}
         else:
             seconds = time.perf_counter() - t0
-            t.provider_health.record_probe(name, "ok", None, 200, seconds, chat=True)
+            health.record_probe(name, "ok", None, 200, seconds, chat=True)
             choice = (answer.get("choices") or [{}])[0]
             text = ((choice.get("message") or {}).get("content") or "")[:200]
             return json_response({**out, "ok": True, "latency_ms": round(seconds * 1000, 1), "status": 200,
                                   "reply": text, "finish_reason": choice.get("finish_reason"), "usage": call.usage,
                                   "cost_usd": round(pricing.cost(call.usage, target.price), 8),
-                                  "health": t.provider_health.describe(name)["state"]})
+                                  "health": health.describe(name)["state"]})
         seconds = time.perf_counter() - t0
         result = "rate_limited" if err["category"] == "rate_limit" else "failed"
-        t.provider_health.record_probe(name, result, err["category"], err.get("status"), seconds, chat=True)
+        health.record_probe(name, result, err["category"], err.get("status"), seconds, chat=True)
         return json_response({**out, "ok": False, "latency_ms": round(seconds * 1000, 1), "error": err,
-                              "health": t.provider_health.describe(name)["state"]})
+                              "health": health.describe(name)["state"]})
 
     # --- stats and the dashboard -------------------------------------------------------------------
 
     async def stats(self, request: Request) -> Response:
-        from proxy.server.app import json_response
-
-        t = self.t
-        t.authenticate(request)
+        self.auth.authenticate(request.headers)
+        health, metrics = self.health, self.metrics_
         try:
             minutes = float(request.query_params.get("minutes", "60"))
         except ValueError:
             raise InvalidRequest("minutes: expected a number", param="minutes") from None
-        snap = t.metrics.stats.snapshot(max(1.0, min(minutes, 24 * 60)))
-        snap["locality_of"] = {n: "local" if local else "cloud" for n, local in t.metrics.local.items()}
-        state, reason = t.provider_health.system()
+        snap = metrics.stats.snapshot(max(1.0, min(minutes, 24 * 60)))
+        snap["locality_of"] = {n: "local" if local else "cloud" for n, local in metrics.local.items()}
+        state, reason = health.system()
         snap["health"] = {"status": state, "reason": reason, "backends": [
-            {"name": n, "type": h.type, "state": t.provider_health.assess(n), "reason": h.reason,
+            {"name": n, "type": h.type, "state": health.assess(n), "reason": h.reason,
              "success_rate": h.success_rate(), "latency_ms": h.latency_ms(), "last_probe": h.last_probe}
-            for n, h in t.provider_health.backends.items()]}
-        snap["gauges"] = t.metrics.source_rows(SOURCE_PREFIXES)
+            for n, h in health.backends.items()]}
+        snap["gauges"] = metrics.source_rows(SOURCE_PREFIXES)
         return json_response(snap)
 
     async def dashboard(self, request: Request) -> Response:

@@ -10,7 +10,7 @@ A backend is
 - **down** when its circuit breaker is open, or `probe.down_after` probes in a row failed;
 - **degraded** when its circuit is half-open, the last attempt or probe failed, or under 90 %
   of the attempts of the last 5 minutes succeeded (rate limits count as failures here);
-- **healthy** otherwise.
+- **healthy** otherwise (never with no success at all among the window's attempts, however few).
 The system is **healthy** when every usable backend is, **critical** when none is up (healthy or
 degraded), **degraded** in between.
 
@@ -31,15 +31,13 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from proxy.backends.base import Backend
 from proxy.call import Call
 from proxy.routing.circuit import COUNTED, Circuit
 from proxy.config import ProbePolicy, Target
 from proxy.errors import UpstreamError
-
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
 
 log = logging.getLogger("turnout.health")
 WINDOW = 300.0  # seconds of passive results behind the success rate and latency
@@ -98,16 +96,15 @@ class BackendHealth:
 class Health:
     """The observer that keeps every backend's health, the probe loop, and the routing filter."""
 
-    def __init__(self, turnout: "Turnout", metrics: Any = None) -> None:
-        self.turnout = turnout
+    def __init__(self, models: dict[str, Target], backends: dict[str, Backend], circuits: dict[str, Circuit],
+                 metrics: Any = None) -> None:
+        self.models = models
+        self.clients = backends
         self.metrics = metrics
-        self.circuits: dict[str, Circuit] = turnout.router.circuits
-        self.backend_of = {name: t.backend for name, t in turnout.cfg.models.items()}
-        self.backends = {name: BackendHealth(name, b.cfg.type, b.cfg.probe) for name, b in turnout.backends.items()}
+        self.circuits = circuits
+        self.backend_of = {name: t.backend for name, t in models.items()}
+        self.backends = {name: BackendHealth(name, b.cfg.type, b.cfg.probe) for name, b in backends.items()}
         self.tasks: list[asyncio.Task[None]] = []
-        for c in self.circuits.values():
-            c.listeners.append(lambda circuit, state: self.assess(circuit.name))
-        turnout.router.filters.append(self.filter)
         for name in self.backends:
             self.assess(name, quiet=True)
         if metrics is not None:
@@ -127,9 +124,13 @@ class Health:
 
     # --- observer ----------------------------------------------------------------------------------
 
+    def circuit_changed(self, circuit: Circuit, state: str) -> None:
+        """A breaker opened, half-opened or closed: the backend's state may have changed."""
+        self.assess(circuit.name)
+
     async def start(self) -> None:
         for name, h in self.backends.items():
-            backend = self.turnout.backends[name]
+            backend = self.clients[name]
             if h.policy.interval > 0 and not backend.unavailable:
                 self.tasks.append(asyncio.create_task(self._loop(name), name=f"probe {name}"))
 
@@ -188,7 +189,7 @@ class Health:
 
     def probe_target(self, name: str, model: str | None = None) -> Target | None:
         """The target a chat probe or test uses: the one asked for, or the backend's first."""
-        models = self.turnout.cfg.models
+        models = self.models
         if model:
             t = models.get(model)
             return t if t is not None and t.backend == name else None
@@ -199,16 +200,18 @@ class Health:
 
     async def chat(self, name: str, target: Target, timeout: float) -> tuple[dict[str, Any], Call]:
         """One minimal real chat request to `target` (no routing, no observers)."""
-        backend = self.turnout.backends[name]
+        backend = self.clients[name]
         call = Call(request_model=target.name, request_id=f"probe-{name}")
         body = {"model": target.name, "messages": [{"role": "user", "content": PROBE_PROMPT}], "max_tokens": 1}
         async with asyncio.timeout(timeout):
-            return await backend.complete(target, body, call), call
+            answer = await backend.complete(target, body, call)
+        call.usage = answer.get("usage")
+        return answer, call
 
     async def probe(self, name: str) -> dict[str, Any]:
         """Probe one backend now and record the result."""
         h = self.backends[name]
-        backend = self.turnout.backends[name]
+        backend = self.clients[name]
         t0 = time.perf_counter()
         result, category, status = "ok", None, None
         try:
@@ -269,7 +272,7 @@ class Health:
 
     def _state(self, name: str) -> tuple[str, str | None]:
         h = self.backends[name]
-        unavailable = self.turnout.backends[name].unavailable
+        unavailable = self.clients[name].unavailable
         if unavailable:
             return "unavailable", unavailable
         circuit = self.circuits[name]
@@ -286,8 +289,9 @@ class Health:
         if h.probe_failures:
             return "degraded", "the last probe failed"
         rate = h.success_rate()
-        if rate is not None and len(h.window) >= MIN_SAMPLES and rate < DEGRADED_BELOW:
-            return "degraded", f"{rate:.0%} of attempts succeeded in the last 5 minutes"
+        if rate is not None and rate < DEGRADED_BELOW and (len(h.window) >= MIN_SAMPLES or rate == 0):
+            # a few samples do not make a rate, but none of them succeeding is never healthy
+            return "degraded", f"{rate:.0%} of {len(h.window)} attempts succeeded in the last 5 minutes"
         return "healthy", None
 
     def assess(self, name: str, quiet: bool = False) -> str:
@@ -320,6 +324,24 @@ class Health:
         if not bad:
             return "healthy", None
         return "degraded", ", ".join(f"{n} {states[n]}" for n in bad)
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        """Readiness (`GET /ready`): each backend "usable" or why not, and whether any is. A backend is
+        usable when it can be used as configured (a key), is not down, and did not fail its last probe
+        (a local server that refuses connections is not ready, though one probe does not make it down)."""
+        out: dict[str, str] = {}
+        for name, h in self.backends.items():
+            state = self.assess(name)
+            probe = h.last_probe or {}
+            if state == "unavailable":
+                out[name] = h.reason or "unavailable"
+            elif state == "down":
+                out[name] = f"down: {h.reason}"
+            elif probe.get("result") == "failed":
+                out[name] = f"not answering: the last probe failed ({probe.get('category')})"
+            else:
+                out[name] = "usable"
+        return any(v == "usable" for v in out.values()), out
 
     def filter(self, target: Target, features: Any) -> str | None:
         """The routing filter: skip a backend whose probes say it is down."""

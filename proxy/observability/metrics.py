@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from proxy import __version__
 from proxy.call import Attempt, Call
 from proxy.config import BackendConfig, Config, Target
+from proxy.observability.stats import Stats
 
 log = logging.getLogger("turnout.metrics")
 disable_created_metrics()  # no *_created series: they double the series count and no panel uses them
@@ -133,7 +134,7 @@ class _Sources:
 class Metrics:
     """The request observer that keeps every Prometheus metric, and the `/metrics` exposition."""
 
-    def __init__(self, cfg: Config, circuits: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: Config, circuits: dict[str, Any] | None = None, stats: Stats | None = None) -> None:
         self.cfg = cfg
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.key_names = cfg.server.metrics_key_names
@@ -181,11 +182,10 @@ class Metrics:
         info = Gauge("turnout_build_info", "Turnout's version (always 1).", ("version",), registry=r,
                      multiprocess_mode="max")
         info.labels(__version__).set(1)
-        for name, circuit in self.circuits.items():
+        for name in self.circuits:
             self.circuit_state.labels(name).set(0)
-            circuit.listeners.append(self._circuit_changed)
         self._children: dict[tuple[Any, ...], Any] = {}
-        self.stats: Any = None  # proxy.observability.stats.Stats, when the dashboard is served
+        self.stats = stats  # the dashboard's recent windows, fed by the same requests
         r.register(self._sources)  # type: ignore[arg-type]
 
     # --- the callback registry ---------------------------------------------------------------------
@@ -291,7 +291,7 @@ class Metrics:
 
     # --- circuits, probes --------------------------------------------------------------------------
 
-    def _circuit_changed(self, circuit: Any, state: str) -> None:
+    def circuit_changed(self, circuit: Any, state: str) -> None:
         self._child(self.circuit_state, circuit.name).set(CIRCUIT_CODES[state])
         self._child(self.circuit_changes, circuit.name, state).inc()
 

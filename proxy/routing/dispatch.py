@@ -56,12 +56,12 @@ def _timeout_error(what: str, backend: str | None = None) -> UpstreamError:
 
 
 class Dispatcher:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, admit: Callable[[Target, Call], str | None] | None = None) -> None:
         self.router = router
         self.backends = router.backends
         self.circuits = router.circuits
-        # admission of one try just before it is sent (quotas): None, or why the target is skipped
-        self.admit: Callable[[Target, Call], str | None] | None = None
+        # admission of one try just before it is sent (quotas, free_only budgets): None, or why it is skipped
+        self.admit = admit
 
     async def _along(self, chain: list[Target], call: Call, attempt: Callable[[Backend, Target], Awaitable[T]],
                      check: Callable[[T], str | None] | None = None, escalate: int = 0) -> T:
@@ -137,7 +137,9 @@ class Dispatcher:
         """A non-streamed answer from the first target that gives one (good enough, if escalating)."""
 
         async def attempt(backend: Backend, target: Target) -> Json:
-            return await backend.complete(target, body, call)
+            answer = await backend.complete(target, body, call)
+            call.usage = answer.get("usage")  # of the answer being weighed: kept, or priced as discarded
+            return answer
 
         def check(answer: Json) -> str | None:
             return quality.weakness(answer, body)

@@ -16,8 +16,11 @@ import orjson
 Json = dict[str, Any]
 
 REFUSAL = re.compile(
-    r"^\s*(?:i'?m sorry,? but |sorry,? )?(?:i (?:can(?:'|no)t|cannot|am unable to|'m unable to|won'?t be able to)"
-    r"|as an ai(?: language model)?,? i)", re.IGNORECASE)
+    r"^\s*(?:(?:i'?m|i am) (?:so |very |really |truly )?sorry|sorry|i apologi[sz]e|my apologies|unfortunately)?"
+    r"[,.!]?\s*(?:but,?\s+)?"
+    r"(?:i (?:can(?:'|no)?t|cannot|am (?:not able|unable) to|'m (?:not able|unable) to|won'?t(?: be able to)?"
+    r"|will not|must decline|do not feel comfortable|don'?t feel comfortable)(?!\s+wait\b)|as an ai(?: language model)?,? i)",
+    re.IGNORECASE)
 _TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
@@ -69,7 +72,7 @@ def weakness(answer: Json, body: Json) -> str | None:
         return "cut off by length"
     if not content.strip() and not calls:
         return "empty answer"
-    if not calls and len(content) < 400 and REFUSAL.match(content):
+    if not calls and len(content) < 400 and REFUSAL.match(content.replace("\u2019", "'")):  # ’ as 
         return "refused"
     fmt = (body.get("response_format") or {}).get("type")
     if fmt in ("json_object", "json_schema") and not calls:

@@ -4,19 +4,18 @@ A route is a plain fallback chain, or rules (first match wins; the rule's name i
 reported). A model target named directly is a chain of one; an allowed override header or
 metadata field forces one target. Filters then skip, with a recorded reason, each target that
 cannot serve this request now: backend unavailable (no key), circuit open, a missing ability
-(vision, tools, JSON schema), a context window too small, and any filter added later (quotas,
-budgets). If nothing is left, the client gets one error naming every target and why.
+(vision, tools, JSON schema), a context window too small, and the filters the assembly adds (health,
+quotas, budgets). If nothing is left, the client gets one error naming every target and why.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from proxy.usage import pricing
 from proxy.backends.base import Backend
 from proxy.call import Attempt, Call
 from proxy.routing.circuit import Circuit
-from proxy.state import MemoryState, State
 from proxy.routing.complexity import ComplexityScorer
 from proxy.config import Conditions, Config, Key, Rule, Target
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError
@@ -53,13 +52,16 @@ def matches(c: Conditions, f: Features) -> bool:
 
 
 class Router:
-    def __init__(self, cfg: Config, backends: dict[str, Backend], state: State | None = None) -> None:
+    def __init__(self, cfg: Config, backends: dict[str, Backend], circuits: dict[str, Circuit] | None = None,
+                 filters: Sequence[Filter] = ()) -> None:
         self.cfg = cfg
         self.backends = backends
         self.scorer = ComplexityScorer(cfg.routing.complexity)
-        state = state if state is not None else MemoryState()  # the circuit breakers' records
-        self.circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
-        self.filters: list[Filter] = [self._unavailable, self._circuit, self._abilities, self._context]
+        # shared with health and metrics when serving; fresh (all closed) for a dry run
+        self.circuits = circuits if circuits is not None else {n: Circuit(n, cfg.routing.circuit) for n in backends}
+        # the built-in filters, then those of other concerns (health, quotas, budgets) in the given order
+        self.filters: tuple[Filter, ...] = (self._unavailable, self._circuit, self._abilities, self._context,
+                                            *filters)
 
     def features(self, body: dict[str, Any], headers: Mapping[str, str], key: Key | None) -> Features:
         return Features(body, headers, key, self.scorer, open_proxy=not self.cfg.keys)

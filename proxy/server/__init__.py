@@ -1,6 +1,7 @@
-"""The HTTP surface: the Starlette app, request validation, responses, and the one assembly point.
+"""The HTTP server: the one assembly point, the shared chat pipeline, and OpenAI's front door.
 
-Owns: `assembly.build` (config → running gateway, wired explicitly), `app` (the request handlers:
-read and check a body, authenticate, route, dispatch, answer as OpenAI would), `validate` (OpenAI
-request checks with OpenAI's error wording). Exports `build_app` and `create_app`.
+Owns: `assembly` (`build`: config → running `Gateway`, every part wired in one function;
+`build_app` / `create_app`: the Starlette app), `pipeline` (`Pipeline.run`: gates → route →
+dispatch, for every front door; `finish` tells the observers), `app` (OpenAI's chat completions,
+models, health, ready, route), `validate` (OpenAI request checks with OpenAI's wording).
 """

@@ -16,7 +16,7 @@ import re
 import sqlite3
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -25,15 +25,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from proxy.usage import prices
+from proxy.usage.pricing import round_money
 from proxy.config import Config, Price
 from proxy.errors import InvalidRequest, ProxyError
 from proxy.usage.quota import Accounts, day_bounds, month_bounds
-
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
+from proxy.usage.ledger import BUCKET, Usage, load_counters
+from proxy.web.auth import Authenticator
 
 DEFAULT_BASELINE = "gpt-4o"
 PAGE = 1000
+UNKNOWN = "(unknown)"  # the backend of a failed target that is not in the config
 _REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 PERIODS = ("today", "yesterday", "week", "month", "all")
@@ -161,7 +162,6 @@ def _groups(conn: sqlite3.Connection, start: float, end: float, key: str | None,
             by: str = "backend, target") -> dict[tuple[Any, ...], list[Any]]:
     """Sums per backend and target (or key) of the rows in [start, end): whole quarter hours from the
     rollup, the ragged edges from the rows (by their time index)."""
-    from proxy.usage.ledger import BUCKET
 
     out: dict[tuple[Any, ...], list[Any]] = {}
     b0, b1 = math.ceil(start / BUCKET), math.floor(min(end, 2 ** 40) / BUCKET)
@@ -174,12 +174,33 @@ def _groups(conn: sqlite3.Connection, start: float, end: float, key: str | None,
     return out
 
 
+_FAILED = ("SELECT json_extract(a.value, '$.target'), COUNT(*) FROM requests AS r, json_each(r.attempts) AS a "
+           "WHERE r.attempts IS NOT NULL AND r.ts >= ? AND r.ts < ? AND json_extract(a.value, '$.outcome') != 'ok' "
+           "AND json_extract(a.value, '$.outcome') NOT LIKE 'skipped%' AND NOT (json_extract(a.value, '$.outcome') "
+           "LIKE 'escalated%' AND json_extract(a.value, '$.target') IS r.target)")
+
+
+def _failed(conn: sqlite3.Connection, cfg: Config, start: float, end: float, key: str | None,
+            out: dict[tuple[Any, ...], list[Any]]) -> None:
+    """Add the attempts that did not answer (failed, or escalated past) to `out` as calls of their target:
+    a target that failed twice made two calls, though the ledger's rows name the target that answered."""
+    sql, args = _FAILED, [start, end]
+    if key is not None:
+        sql += " AND r.key = ?"
+        args.append(key)
+    for target, n in conn.execute(sql + " GROUP BY 1", args):
+        m = cfg.models.get(target)
+        k = (m.backend if m is not None else None, target)
+        out[k] = _add(out.get(k), [n, 0, 0, 0, 0, 0, 0.0, 0, n])
+
+
 def _entry(row: list[Any] | None, today: list[Any] | None, total: list[Any] | None, period_calls: int,
            base: Price) -> dict[str, Any]:
-    n, ok, p, c, cached, reasoning, cost, est = row or [0, 0, 0, 0, 0, 0, 0.0, 0]
+    n, ok, p, c, cached, reasoning, cost, est, failed = _pad(row)
     b = price_tokens(base, p, c, cached)
     return {
         "calls": n, "share": round(n / period_calls, 6) if period_calls else 0.0, "ok": ok, "estimated": est,
+        "failed_attempts": failed,
         "calls_today": today[0] if today else 0, "calls_total": total[0] if total else 0,
         "prompt_tokens": p, "completion_tokens": c, "cached_tokens": cached, "reasoning_tokens": reasoning,
         "cost_usd": cost, "cost_today_usd": today[6] if today else 0.0, "cost_total_usd": total[6] if total else 0.0,
@@ -187,12 +208,18 @@ def _entry(row: list[Any] | None, today: list[Any] | None, total: list[Any] | No
     }
 
 
+def _pad(row: list[Any] | None) -> list[Any]:
+    """A row of sums with its failed-attempts count (0 for the ledger's own rows)."""
+    row = row or [0, 0, 0, 0, 0, 0, 0.0, 0]
+    return row if len(row) == 9 else [*row, 0]
+
+
 def _add(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
     if a is None:
         return b
     if b is None:
         return a
-    return [x + y for x, y in zip(a, b)]
+    return [x + y for x, y in zip(_pad(a), _pad(b))]
 
 
 def _left(q: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -212,8 +239,6 @@ def report(conn: sqlite3.Connection, cfg: Config, *, period: str | None = None, 
     name, start, end = period_bounds(cfg, period, since, until, now)
     day_start, day_end = day_bounds(now, tz, cfg.usage.reset_hour)
     if accounts is None:
-        from proxy.usage.ledger import load_counters
-
         accounts = Accounts(cfg)
         load_counters(conn, accounts)
     base_name, base, base_src = baseline(cfg, baseline_model)
@@ -221,51 +246,58 @@ def report(conn: sqlite3.Connection, cfg: Config, *, period: str | None = None, 
     per = _groups(conn, start, end, key)
     today = _groups(conn, day_start, day_end, key)
     total = _groups(conn, 0.0, now + 1e-3, key)
+    answered = sum(v[0] for (b, t), v in per.items() if t is not None)
+    rows_today, rows_total = sum(v[0] for v in today.values()), sum(v[0] for v in total.values())
+    for (s0, s1), out in (((start, end), per), ((day_start, day_end), today), ((0.0, now + 1e-3), total)):
+        _failed(conn, cfg, s0, s1, key, out)
     quotas = accounts.remaining()
     qby = {(q["scope"], q["name"]): q for q in quotas}
-    answered = sum(v[0] for (b, t), v in per.items() if t is not None)
+    calls = sum(v[0] for (b, t), v in per.items() if t is not None)
 
     backends: dict[str, dict[str, Any]] = {}
-    names = list(cfg.backends) + sorted({b for (b, t) in (*per, *total) if b and b not in cfg.backends})
+    names = list(cfg.backends) + sorted({b or UNKNOWN for (b, t) in (*per, *total) if t and b not in cfg.backends})
     for bname in names:
-        keys = [(b, t) for (b, t) in {**total, **per} if b == bname and t is not None]
+        bk = None if bname == UNKNOWN else bname  # failed attempts of a target no longer in the config
+        keys = [(b, t) for (b, t) in {**total, **per} if b == bk and t is not None]
         tnames = [t for t, m in cfg.models.items() if m.backend == bname]
         tnames += sorted({t for _, t in keys if t not in tnames})
         brow = btoday = btotal = None
         targets = []
         for t in tnames:
-            r, td, tt = per.get((bname, t)), today.get((bname, t)), total.get((bname, t))
+            r, td, tt = per.get((bk, t)), today.get((bk, t)), total.get((bk, t))
             brow, btoday, btotal = _add(brow, r), _add(btoday, td), _add(btotal, tt)
             m = cfg.models.get(t)
-            e = {"name": t, "model": m.model if m else None, **_entry(r, td, tt, answered, base),
+            e = {"name": t, "model": m.model if m else None, **_entry(r, td, tt, calls, base),
                  "remaining_today": _left(qby.get(("target", t))),
                  "price": price_dict(m.price) if m else None, "price_source": m.price_source if m else None}
             targets.append(e)
         bc = cfg.backends.get(bname)
         backends[bname] = {"name": bname, "type": bc.type if bc else None,
-                           **_entry(brow, btoday, btotal, answered, base),
+                           **_entry(brow, btoday, btotal, calls, base),
                            "remaining_today": _left(qby.get(("backend", bname))), "targets": targets}
 
     allrow = None
     for v in per.values():
         allrow = _add(allrow, v)
-    n, ok, p, c, cached, reasoning, cost, est = allrow or [0, 0, 0, 0, 0, 0, 0.0, 0]
+    n, ok, p, c, cached, reasoning, cost, est, failed = _pad(allrow)
+    n -= failed  # requests are the ledger's rows; failed attempts are calls within them
     b = price_tokens(base, p, c, cached)
     totals = {
         "requests": n, "ok": ok, "failed": n - ok, "answered": answered, "estimated": est,
+        "calls": calls, "failed_attempts": failed,
         "prompt_tokens": p, "completion_tokens": c, "cached_tokens": cached, "reasoning_tokens": reasoning,
         "cost_usd": cost, "baseline_cost_usd": b, "savings_usd": b - cost,
         "savings_share": round((b - cost) / b, 6) if b else 0.0,
         "calls_today": sum(v[0] for (_, tg), v in today.items() if tg is not None),
         "calls_total": sum(v[0] for (_, tg), v in total.items() if tg is not None),
-        "requests_today": sum(v[0] for v in today.values()), "requests_total": sum(v[0] for v in total.values()),
+        "requests_today": rows_today, "requests_total": rows_total,
         "cost_today_usd": sum(v[6] for v in today.values()), "cost_total_usd": sum(v[6] for v in total.values()),
     }
     keys_out = []
     for (k, _), v in sorted(_groups(conn, start, end, key, by="key").items(), key=lambda kv: str(kv[0][0])):
         keys_out.append({"name": k, "calls": v[0], "ok": v[1], "prompt_tokens": v[2], "completion_tokens": v[3],
                          "cost_usd": v[6]})
-    return {
+    return round_money({
         "object": "turnout.usage",
         "period": {"name": name, "since": iso(start, tz) if start else None, "until": iso(min(end, now), tz),
                    "timezone": cfg.usage.timezone},
@@ -277,7 +309,7 @@ def report(conn: sqlite3.Connection, cfg: Config, *, period: str | None = None, 
         "keys": keys_out,
         "quotas": quotas,
         "budgets": accounts.spent(),
-    }
+    })
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -319,9 +351,10 @@ def export_bounds(cfg: Config, since: str | None, until: str | None, now: float 
 # --- endpoints ---------------------------------------------------------------------------------
 
 
-def routes(turnout: Turnout) -> list[Route]:
+def routes(cfg: Config, auth: Authenticator, usage: Usage) -> list[Route]:
+    """The usage endpoints over one ledger (404 ledger_off when there is none)."""
+
     def ledger_or_404() -> Any:
-        usage = turnout.usage
         if usage.ledger is None:
             raise LedgerOff("The usage ledger is off (usage.ledger in the config); quotas and budgets are "
                             "counted in memory only.")
@@ -329,7 +362,7 @@ def routes(turnout: Turnout) -> list[Route]:
 
     def key_filter(request: Request) -> tuple[str | None, bool]:
         """The key name to filter by, and whether the caller may only see its own usage."""
-        key = turnout.authenticate(request)
+        key = auth.authenticate(request.headers)
         asked = request.query_params.get("key")
         if key is not None and key.usage == "own":
             if asked not in (None, key.name):
@@ -341,7 +374,7 @@ def routes(turnout: Turnout) -> list[Route]:
         key, own = key_filter(request)
         usage = ledger_or_404()
         q = request.query_params
-        data = await usage.query(report, turnout.cfg, period=q.get("period"), since=q.get("since"),
+        data = await usage.query(report, cfg, period=q.get("period"), since=q.get("since"),
                                  until=q.get("until"), key=key, accounts=usage.accounts,
                                  baseline_model=q.get("baseline"))
         if own:  # other keys' budgets are not this key's business
@@ -352,7 +385,7 @@ def routes(turnout: Turnout) -> list[Route]:
         key, _ = key_filter(request)
         usage = ledger_or_404()
         q = request.query_params
-        start, end = export_bounds(turnout.cfg, q.get("since"), q.get("until"))
+        start, end = export_bounds(cfg, q.get("since"), q.get("until"))
         await usage.recorder.flush()
         first = await usage.ledger.run(lambda: export_page(usage.ledger.conn, 0, start, end, key))
 

@@ -10,6 +10,7 @@ work with Turnout stopped or running (rows of the last second may not be written
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 from typing import Any, TextIO
@@ -18,6 +19,7 @@ import httpx
 import orjson
 
 from proxy.config import Config, ConfigError
+from proxy.usage.pricing import saving, usd as _usd
 
 
 def add_arguments(sub: Any) -> None:
@@ -52,6 +54,24 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def ledger_only_config(ledger: str | None) -> Config:
+    """What `turnout usage` reads a ledger with when there is no config file: no targets, no quotas,
+    the default baseline; the ledger given, else $TURNOUT_LEDGER, else the default path."""
+    from proxy.config import DEFAULT_LEDGER, ServerConfig
+
+    cfg = Config(server=ServerConfig(), backends={}, models={}, routes={}, keys=[])
+    cfg.usage.ledger = ledger or os.environ.get("TURNOUT_LEDGER") or DEFAULT_LEDGER
+    return cfg
+
+
+def usage_config(config: str | None, default: str, ledger: str | None) -> Config | None:
+    """The config `turnout usage` reads the ledger with: the one named, else the default file if it
+    exists, else none (the ledger alone: `turnout usage` after `turnout demo` in the same directory)."""
+    if config is None and not os.path.exists(default):
+        return ledger_only_config(ledger)
+    return None
+
+
 def _open(cfg: Config, ledger: str | None) -> sqlite3.Connection:
     from proxy.usage.ledger import connect
 
@@ -65,8 +85,6 @@ def _open(cfg: Config, ledger: str | None) -> sqlite3.Connection:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    import os
-
     key = args.api_key or os.environ.get("TURNOUT_API_KEY")
     return httpx.Client(base_url=args.url.rstrip("/"), timeout=60,
                         headers={"authorization": f"Bearer {key}"} if key else {})
@@ -147,10 +165,6 @@ def _write(sink: Any, out: TextIO, data: bytes) -> None:
         out.write(data.decode())
 
 
-def _usd(x: float) -> str:
-    return f"${x:,.4f}" if abs(x) >= 0.001 or x == 0 else f"${x:.3g}"
-
-
 def _left(r: dict[str, Any] | None) -> str:
     if not r:
         return "-"
@@ -184,13 +198,13 @@ def render(d: dict[str, Any]) -> str:
         for te in be["targets"]:
             lines.append(row("  " + te["name"], te))
     lines.append("-" * len(head))
-    lines.append(f"{'total':24s} {t['answered']:7d} {'':6s} {t['calls_today']:6d} {t['calls_total']:7d} {'':16s} "
+    lines.append(f"{'total':24s} {t['calls']:7d} {'':6s} {t['calls_today']:6d} {t['calls_total']:7d} {'':16s} "
                  f"{t['prompt_tokens']:9d} {t['completion_tokens']:9d} {_usd(t['cost_usd']):>10s} "
                  f"{_usd(t['cost_today_usd']):>10s} {_usd(t['cost_total_usd']):>10s} {_usd(t['savings_usd']):>10s}")
     lines.append("")
     lines.append(f"requests: {t['requests']} ({t['ok']} ok, {t['failed']} failed, {t['estimated']} with estimated "
-                 f"tokens); all on {b['model']} would have cost {_usd(t['baseline_cost_usd'])}: saved "
-                 f"{_usd(t['savings_usd'])} ({100 * t['savings_share']:.1f} %)")
+                 f"tokens); all on {b['model']} would have cost {_usd(t['baseline_cost_usd'])}: "
+                 + saving(t['savings_usd'], t['savings_share']))
     if d["keys"]:
         lines.append("keys: " + ", ".join(f"{k['name'] or '(none)'} {k['calls']} calls {_usd(k['cost_usd'])}"
                                           for k in d["keys"]))

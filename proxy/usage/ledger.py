@@ -29,7 +29,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import orjson
 
@@ -37,10 +37,9 @@ from proxy.usage import pricing
 
 from proxy.usage import tokens
 from proxy.call import Call
+from proxy.config import Config
+from proxy.state import State
 from proxy.usage.quota import Accounts
-
-if TYPE_CHECKING:
-    from proxy.server.app import Turnout
 
 log = logging.getLogger("turnout.ledger")
 T = TypeVar("T")
@@ -300,12 +299,11 @@ def derive(conn: sqlite3.Connection, accounts: Accounts, skip: set[str]) -> list
 class Recorder:
     """The observer: measures and counts each finished request, queues its row, writes in batches."""
 
-    def __init__(self, turnout: Turnout, accounts: Accounts, ledger: Ledger | None) -> None:
-        self.turnout = turnout
-        self.models = turnout.cfg.models
+    def __init__(self, cfg: Config, accounts: Accounts, ledger: Ledger | None) -> None:
+        self.models = cfg.models
         self.accounts = accounts
         self.ledger = ledger
-        u = turnout.cfg.usage
+        u = cfg.usage
         self.interval, self.batch_size, self.with_features = u.flush_interval, u.batch_size, u.features
         self.pending: list[tuple[Any, ...]] = []
         self.task: asyncio.Task[None] | None = None
@@ -362,7 +360,7 @@ class Recorder:
             call.route, call.reason, call.target, target.backend if target else None, call.status, call.error,
             int(call.stream), call.chunks, p, c, cached, reasoning, est, cost, round(latency * 1000, 3),
             round((call.first_token_at - call.started) * 1000, 3) if call.first_token_at else None,
-            call.chain, call.attempts, call.features))
+            call.chain, call.walked(), call.features))
         call.sent = None
         if len(self.pending) >= self.batch_size and self.wake is not None:
             self.wake.set()
@@ -453,12 +451,9 @@ class Usage:
         return await self.ledger.run(lambda: fn(self.ledger.conn, *args, **kw))  # type: ignore[union-attr]
 
 
-def install_usage(turnout: Turnout) -> Usage:
-    cfg = turnout.cfg
-    accounts = Accounts(cfg, turnout.state)
-    accounts.install(turnout)
+def build_usage(cfg: Config, state: State | None = None) -> Usage:
+    """The counters (in `state`), the ledger (if configured) and the recorder that feeds both."""
+    accounts = Accounts(cfg, state)
     path = cfg.usage.ledger
     ledger = Ledger(os.path.expanduser(path)) if path else None
-    recorder = Recorder(turnout, accounts, ledger)
-    turnout.observers.append(recorder)
-    return Usage(accounts, recorder, ledger)
+    return Usage(accounts, Recorder(cfg, accounts, ledger), ledger)

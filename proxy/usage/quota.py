@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from zoneinfo import ZoneInfo
 
 from proxy.call import Call
@@ -223,17 +223,31 @@ class Accounts:
 
     # --- wiring ----------------------------------------------------------------------------------
 
-    def install(self, turnout: Any) -> None:
+    def gates(self) -> list[Callable[[Call], None]]:
+        """Checks before routing, only those the config needs (an unconfigured proxy pays nothing):
+        the admission of the key's rate limit and `reject` budgets, then a spent `free_only` budget
+        on a model with no free target."""
+        out: list[Callable[[Call], None]] = []
         if self.rates or any(b.cfg.on_exceeded == "reject" for b in self.budgets):
-            turnout.gates.append(self.admit)
-        free_only = any(b.cfg.on_exceeded == "free_only" for b in self.budgets)
+            out.append(self.admit)
+        if any(b.cfg.on_exceeded == "free_only" for b in self.budgets):
+            out.append(self.free_only_gate)
+        return out
+
+    def filters(self) -> list[Callable[[Target, Features], str | None]]:
+        """Routing filters: quotas at their reserve, budgets spent down to free targets only."""
+        out: list[Callable[[Target, Features], str | None]] = []
         if self.target_quotas:
-            turnout.router.filters.append(self.quota_filter)
-        if self.target_quotas or free_only:
-            turnout.dispatcher.admit = self.admit_attempt
-        if free_only:
-            turnout.router.filters.append(self.budget_filter)
-            turnout.gates.append(self.free_only_gate)
+            out.append(self.quota_filter)
+        if any(b.cfg.on_exceeded == "free_only" for b in self.budgets):
+            out.append(self.budget_filter)
+        return out
+
+    def try_gate(self) -> Callable[[Target, Call], str | None] | None:
+        """The dispatcher's admission of each try (quotas, `free_only` budgets), if the config has any."""
+        if self.target_quotas or any(b.cfg.on_exceeded == "free_only" for b in self.budgets):
+            return self.admit_attempt
+        return None
 
     # --- estimates -------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from proxy.state import ManualClock, MemoryState
 from proxy.usage.quota import Accounts, day_bounds
 from proxy.routing.router import Router
 from proxy.usage.api import baseline, export_bounds, price_tokens
+from proxy.usage.pricing import round_money, saving, usd
 
 
 class Features:
@@ -54,6 +55,7 @@ class Features:
         self.has_tools = bool(d.get("has_tools"))
         self.turn = d.get("turn") or "first"
         self.prompt_tokens = int(d.get("prompt_tokens") or 0)
+        self.prompt_tokens_at_most = self.prompt_tokens  # the router's free bound: here the count is known
         self.complexity = Score(float(d.get("complexity") if d.get("complexity") is not None else 0.25), ())
         self.task, self.tier, self.requirement = d.get("task"), d.get("tier"), d.get("requirement")
         self.max_tokens = d.get("max_tokens")
@@ -102,25 +104,26 @@ class Result:
     backends: dict[str, str] = field(default_factory=dict)
     tasks: dict[str, dict[str, int]] = field(default_factory=dict)
     unserved: dict[str, int] = field(default_factory=dict)  # why → count
+    skipped: dict[str, str] = field(default_factory=dict)  # backend → why routing skips it (e.g. no API key)
     recorded_cost: float | None = None
     total: Line = field(default_factory=Line)
 
     def as_dict(self) -> dict[str, Any]:
         t = self.total
-        return {
+        return round_money({
             "config": self.config, "source": self.source, "days": self.days,
             "baseline": {"model": self.baseline_model, "source": self.baseline_source, "cost_usd": t.baseline},
             "targets": [{"name": n, "backend": self.backends.get(n), "calls": ln.calls,
                          "share": ln.calls / t.calls if t.calls else 0.0, "prompt_tokens": ln.prompt,
                          "completion_tokens": ln.completion, "cost_usd": ln.cost, "baseline_cost_usd": ln.baseline}
                         for n, ln in sorted(self.targets.items(), key=lambda kv: -kv[1].calls)],
-            "tasks": self.tasks, "unserved": self.unserved,
+            "tasks": self.tasks, "unserved": self.unserved, "skipped_backends": self.skipped,
             "totals": {"calls": t.calls, "prompt_tokens": t.prompt, "completion_tokens": t.completion,
                        "cost_usd": t.cost, "baseline_cost_usd": t.baseline, "savings_usd": t.baseline - t.cost,
                        "savings_share": (t.baseline - t.cost) / t.baseline if t.baseline else 0.0,
                        "per_day_usd": t.cost / self.days if self.days else None},
             "recorded_cost_usd": self.recorded_cost,
-        }
+        })
 
 
 def simulate(cfg: Config, requests: Iterable[Request], *, source: str, days: float,
@@ -147,6 +150,10 @@ def simulate(cfg: Config, requests: Iterable[Request], *, source: str, days: flo
         chosen = None
         for name in names:
             t = cfg.models[name]
+            unavailable = cfg.backends[t.backend].unavailable
+            if unavailable:  # Turnout skips it (no API key): nothing is priced there
+                res.skipped[t.backend] = unavailable
+                continue
             if router._abilities(t, r.features) or router._context(t, r.features):  # type: ignore[arg-type]
                 continue
             clock.now = r.ts
@@ -274,11 +281,6 @@ def run_mix(cfg: Config, mix_path: str, days: int | None = None, baseline_model:
 # --- printing ----------------------------------------------------------------------------------
 
 
-def usd(x: float) -> str:
-    """Dollars to 4 decimals, or 3 significant digits when smaller than that."""
-    return f"${x:,.4f}" if abs(x) >= 0.001 or x == 0 else f"${x:.3g}"
-
-
 def render(res: Result) -> str:
     d = res.as_dict()
     t = d["totals"]
@@ -295,12 +297,14 @@ def render(res: Result) -> str:
     if t["per_day_usd"] is not None:
         lines.append(f"cost per day:            {usd(t['per_day_usd'])}")
     lines.append(f"all on {res.baseline_model} (baseline):  {usd(t['baseline_cost_usd'])}   [{res.baseline_source}]")
-    lines.append(f"saving:                  {usd(t['savings_usd'])} ({100 * t['savings_share']:.1f} %)")
+    lines.append(f"against the baseline:    {saving(t['savings_usd'], t['savings_share'])}")
     if res.recorded_cost is not None:
         diff = res.recorded_cost - t["cost_usd"]
         verdict = "the same" if abs(diff) < 5e-9 else \
             f"this config saves {usd(diff)}" if diff > 0 else f"this config costs {usd(-diff)} more"
         lines.append(f"recorded cost (ledger):  {usd(res.recorded_cost)}   ({verdict})")
+    for b, why in res.skipped.items():
+        lines.append(f"skipped backend {b}: {why}")
     if res.unserved:
         lines.append("not served: " + ", ".join(f"{n} ({why})" for why, n in res.unserved.items()))
     if res.tasks and res.source.startswith("mix"):

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import pytest
 
 from proxy.local import models
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.config import parse
 from proxy.local.llamacpp_server import Child
 from tests.conftest import ServerThread

@@ -167,7 +167,7 @@ def test_an_uncached_model_name_says_how_to_fetch_it(tmp_path, monkeypatch):
 @pytest.mark.parametrize("options, message", [
     ({"model_path": None}, "backends.local.model_path: required"),
     ({"n_ctx": "big"}, "backends.local.n_ctx: expected an integer"),
-    ({"threads": 0}, "backends.local.threads: expected an integer of at least 1"),
+    ({"threads": 0}, "backends.local.threads: must be at least 1, got 0"),
     ({"restart": "yes"}, "backends.local.restart: expected true or false"),
     ({"modelpath": "x"}, "backends.local.modelpath: unknown field"),
     ({"base_url": "http://127.0.0.1:8080"}, "backends.local.base_url: a llamacpp backend runs its own server"),

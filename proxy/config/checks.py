@@ -1,0 +1,255 @@
+"""What a schema cannot say: input shorthands before conversion, cross-references after.
+
+`expand()` turns the short forms people write into the schema's one shape, at the same paths:
+`timeout: 30` (every timeout), `probe: false` (no probing), `routes.x: [a, b]` (a chain),
+`escalate: true` (1), `turn: follow-up`, `complexity: 0.6` (gte), `task: code` (a list of one),
+budget `alert: '80%'`, `ledger: off`, and the defaults that depend on other keys (a target's
+`model` is its name, its `vision` its backend type's; a rule's and a key's name their position).
+
+`check()` then verifies what spans sections: routes and rules name defined targets, a probe's model
+belongs to its backend, names do not collide, quotas and budgets are coherent, time zones exist,
+the savings baseline is priced. Every error is a `ConfigError` reading ``path: message``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from proxy.config import prices
+from proxy.config.providers import SPECS
+from proxy.config.schema import Budget, Config, ConfigError, Quota, Range, Timeouts
+
+Raw = dict[str, Any]
+
+
+def _mapping(v: Any, where: str) -> Raw:
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(v).__name__}")
+    return v
+
+
+# --- before conversion: shorthands and dependent defaults ----------------------------------------
+
+
+def expand(data: Any) -> Raw:
+    """A copy of the interpolated YAML with every shorthand written out (paths unchanged)."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    data = {str(k): v for k, v in data.items() if v is not None}  # `server:` with nothing under it
+    backends = {str(k): dict(_mapping(v, f"backends.{k}"))
+                for k, v in _mapping(data.get("backends", {}), "backends").items()}
+    for name, b in backends.items():
+        _backend(name, b)
+    data["backends"] = backends
+    if "models" in data:
+        data["models"] = {str(k): _target(str(k), dict(_mapping(v, f"models.{k}")), backends)
+                          for k, v in _mapping(data["models"], "models").items()}
+    if "routes" in data:
+        data["routes"] = {str(k): _route(f"routes.{k}", v) for k, v in _mapping(data["routes"], "routes").items()}
+    if "keys" in data:
+        data["keys"] = _keys(data["keys"])
+    if isinstance(data.get("server"), dict) and isinstance(data["server"].get("log_level"), str):
+        data["server"] = {**data["server"], "log_level": data["server"]["log_level"].lower()}
+    routing = data.get("routing")
+    if isinstance(routing, dict) and isinstance(routing.get("overrides"), dict):
+        o = routing["overrides"]
+        if isinstance(o.get("header"), str):
+            data["routing"] = {**routing, "overrides": {**o, "header": o["header"].lower()}}
+    if isinstance(data.get("usage"), dict):
+        u = dict(data["usage"])
+        if "ledger" in u and (u["ledger"] is False or (isinstance(u["ledger"], str)
+                                                       and u["ledger"].lower() in ("off", "none", ""))):
+            u["ledger"] = None
+        if isinstance(u.get("budget"), dict):
+            u["budget"] = _budget(u["budget"])
+        data["usage"] = u
+    return data
+
+
+def _backend(name: str, b: Raw) -> None:
+    where = f"backends.{name}"
+    types = ", ".join(SPECS)
+    if "type" not in b:
+        raise ConfigError(f"{where}.type: required (one of: {types})")
+    if b["type"] not in SPECS:
+        raise ConfigError(f"{where}.type: unknown backend type {b['type']!r} (expected one of: {types})")
+    t = b.get("timeout")
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        if t < 0.001:
+            raise ConfigError(f"{where}.timeout: must be at least 0.001, got {t!r}")
+        b["timeout"] = {"connect": min(Timeouts().connect, t), "first_token": t, "idle": t, "total": t}
+    if b.get("probe") is False:
+        b["probe"] = {"interval": 0}
+    if b.get("api_key") is not None:
+        b["api_key"] = str(b["api_key"])
+
+
+def _target(name: str, t: Raw, backends: dict[str, Raw]) -> Raw:
+    where = f"models.{name}"
+    if "backend" not in t:
+        raise ConfigError(f"{where}.backend: required (one of: {', '.join(backends)})")
+    if t["backend"] not in backends:
+        raise ConfigError(f"{where}.backend: unknown backend {t['backend']!r} (defined: {', '.join(backends)})")
+    if "model" not in t:
+        t["model"] = name
+    # every current Claude and Gemini model reads images; elsewhere it varies, so it must be declared
+    t.setdefault("vision", SPECS[backends[t["backend"]]["type"]].vision)
+    return t
+
+
+def _route(where: str, v: Any) -> Any:
+    if isinstance(v, list):
+        return {"chain": v}
+    d = dict(_mapping(v, where))
+    if ("chain" in d) == ("rules" in d):
+        raise ConfigError(f"{where}: give either chain (a list of targets) or rules")
+    if "rules" in d:
+        rules = d["rules"]
+        if not isinstance(rules, list) or not rules:
+            raise ConfigError(f"{where}.rules: expected a non-empty list of rules")
+        d["rules"] = [_rule(f"{where}.rules[{i}]", i, r) for i, r in enumerate(rules)]
+    return d
+
+
+def _rule(where: str, i: int, v: Any) -> Raw:
+    r = dict(_mapping(v, where))
+    r.setdefault("name", f"rule{i}")
+    if "then" not in r:
+        raise ConfigError(f"{where}.then: required (the chain of targets this rule sends to)")
+    if isinstance(r.get("escalate"), bool):
+        r["escalate"] = int(r["escalate"])
+    if r.get("when") is None:
+        r.pop("when", None)
+        return r
+    w = dict(_mapping(r["when"], f"{where}.when"))
+    if isinstance(w.get("turn"), str):
+        w["turn"] = w["turn"].replace("-", "").replace("_", "")
+    for k in ("complexity", "prompt_tokens"):
+        if isinstance(w.get(k), (int, float)) and not isinstance(w[k], bool):
+            w[k] = {"gte": w[k]}
+    for k in ("task", "tier", "requirement"):
+        if isinstance(w.get(k), str):
+            w[k] = [w[k]]
+    r["when"] = w
+    return r
+
+
+def _keys(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise ConfigError("keys: expected a list of {key, name}")
+    out: list[Any] = []
+    for i, k in enumerate(v):
+        d = dict(_mapping(k, f"keys[{i}]"))
+        if not d.get("key"):
+            # an unset ${VAR} must not silently leave the proxy open
+            raise ConfigError(f"keys[{i}].key: empty (is the variable it names set?)")
+        d["key"] = str(d["key"])
+        d.setdefault("name", f"key{i}")
+        if isinstance(d.get("budget"), dict):
+            d["budget"] = _budget(d["budget"], f"keys[{i}].budget")
+        out.append(d)
+    return out
+
+
+def _budget(b: Raw, where: str = "usage.budget") -> Raw:
+    a = b.get("alert")
+    if isinstance(a, str) and a.strip().endswith("%"):
+        try:
+            return {**b, "alert": float(a.strip()[:-1]) / 100}
+        except ValueError:
+            raise ConfigError(f"{where}.alert: expected a share like 0.8 or '80%', got {a!r}") from None
+    return b
+
+
+# --- after conversion: what spans fields and sections --------------------------------------------
+
+
+def check(cfg: Config) -> None:
+    """Cross-references and coherence; raises ConfigError at the first problem."""
+    if not cfg.backends:
+        raise ConfigError("backends: at least one backend is required")
+    for name, b in cfg.backends.items():
+        where = f"backends.{name}"
+        if b.base_url is not None:
+            b.base_url = b.base_url.rstrip("/")
+            if not b.base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.base_url: expected an http:// or https:// URL, got {b.base_url!r}")
+        if b.quota is not None:
+            _quota(b.quota, f"{where}.quota")
+        if b.probe.model is not None and getattr(cfg.models.get(b.probe.model), "backend", None) != name:
+            raise ConfigError(f"{where}.probe.model: {b.probe.model!r} is not a model target of this backend")
+    for name, t in cfg.models.items():
+        if t.quota is not None:
+            _quota(t.quota, f"models.{name}.quota")
+    for name, r in cfg.routes.items():
+        where = f"routes.{name}"
+        if name in cfg.models:
+            raise ConfigError(f"{where}: a model target has the same name")
+        if not r.rules:
+            _chain(r.chain, f"{where}.chain", cfg)
+            continue
+        seen: set[str] = set()
+        for i, rule in enumerate(r.rules):
+            w = f"{where}.rules[{i}]"
+            if rule.name in seen:
+                raise ConfigError(f"{w}.name: duplicate rule name {rule.name!r}")
+            seen.add(rule.name)
+            _chain(rule.then, f"{w}.then", cfg)
+            for k in ("complexity", "prompt_tokens"):
+                rng: Range | None = getattr(rule.when, k)
+                if rng is not None and all(x is None for x in (rng.gte, rng.lte, rng.gt, rng.lt)):
+                    raise ConfigError(f"{w}.when.{k}: give at least one of gte, lte, gt, lt")
+            for k in ("task", "tier", "requirement"):
+                if getattr(rule.when, k) == frozenset():
+                    raise ConfigError(f"{w}.when.{k}: expected a name or a list of names")
+            r.chain += [t for t in rule.then if t not in r.chain]
+    for i, k in enumerate(cfg.keys):
+        if k.rate_limit is not None and k.rate_limit.requests_per_minute is None \
+                and k.rate_limit.tokens_per_minute is None:
+            raise ConfigError(f"keys[{i}].rate_limit: give requests_per_minute and/or tokens_per_minute")
+        if k.budget is not None:
+            _budget_given(k.budget, f"keys[{i}].budget")
+    u = cfg.usage
+    if u.flush_interval > 1:
+        raise ConfigError(f"usage.flush_interval: at most 1 second (the most a crash may lose), got {u.flush_interval:g}")
+    tz(u.timezone, "usage.timezone")
+    if u.budget is not None:
+        _budget_given(u.budget, "usage.budget")
+    if u.baseline is not None and u.baseline not in cfg.models and prices.lookup(u.baseline) is None:
+        raise ConfigError(f"usage.baseline: {u.baseline!r} is neither a model target nor a model in the "
+                          f"built-in price table (e.g. {', '.join(prices.examples())})")
+
+
+def _chain(chain: list[str], where: str, cfg: Config) -> None:
+    if not chain:
+        raise ConfigError(f"{where}: expected a non-empty list of model targets")
+    for i, t in enumerate(chain):
+        if t not in cfg.models:
+            raise ConfigError(f"{where}[{i}]: unknown model target {t!r} (defined: {', '.join(cfg.models) or 'none'})")
+
+
+def tz(name: str, where: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: unknown time zone {name!r} (an IANA name, e.g. UTC or America/Los_Angeles)") from None
+
+
+def _quota(q: Quota, where: str) -> None:
+    if q.requests_per_day is None and q.tokens_per_day is None:
+        raise ConfigError(f"{where}: give requests_per_day and/or tokens_per_day")
+    if q.reserve and q.requests_per_day is None:
+        raise ConfigError(f"{where}.reserve: a reserve of requests needs requests_per_day")
+    if q.reserve_tokens and q.tokens_per_day is None:
+        raise ConfigError(f"{where}.reserve_tokens: a reserve of tokens needs tokens_per_day")
+    if q.requests_per_day is not None and q.reserve >= q.requests_per_day:
+        raise ConfigError(f"{where}.reserve: must be less than requests_per_day ({q.requests_per_day})")
+    if q.tokens_per_day is not None and q.reserve_tokens >= q.tokens_per_day:
+        raise ConfigError(f"{where}.reserve_tokens: must be less than tokens_per_day ({q.tokens_per_day})")
+    tz(q.timezone, f"{where}.timezone")
+
+
+def _budget_given(b: Budget, where: str) -> None:
+    if b.daily is None and b.monthly is None:
+        raise ConfigError(f"{where}: give daily and/or monthly (USD)")

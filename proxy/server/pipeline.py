@@ -1,0 +1,146 @@
+"""The chat pipeline every front door shares: route, dispatch, account, tell the observers.
+
+A front door (OpenAI's chat completions; later Anthropic's Messages, the Responses API, legacy
+completions) turns its request into an OpenAI chat body, then calls `Pipeline.run`: the gates
+(rate limits, budgets) run, the router picks a chain, the dispatcher walks it. The result is a
+`Completion` (a ``chat.completion`` dict) or a `Stream` whose `payloads()` yields the JSON of
+``chat.completion.chunk``s (and the usage chunk when asked) for the front door to frame in its own
+wire format. `finish` records the outcome once per request, for the log line and every observer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence
+
+import orjson
+
+from proxy.call import Call
+from proxy.config import Config
+from proxy.errors import ProxyError
+from proxy.observability.logs import request_line
+from proxy.routing.dispatch import Dispatcher
+from proxy.routing.router import Router
+from proxy.usage import pricing
+from translators.common import usage_chunk
+
+log = logging.getLogger("turnout")
+
+Gate = Callable[[Call], None]  # raises a ProxyError to refuse a request before routing
+
+
+class Observer(Protocol):
+    """Something that watches every request (the ledger, metrics, health): `started` when a request
+    arrives, `finished` once its answer or error has gone out. Both run on the request path, so they
+    must be cheap: anything slow is queued and done elsewhere."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def started(self, call: Call) -> None: ...
+
+    def finished(self, call: Call) -> None: ...
+
+
+@dataclass
+class Completion:
+    data: dict[str, Any]
+
+
+@dataclass
+class Stream:
+    """An opened stream: its first chunk arrived, so it belongs to the client from here on."""
+
+    first: bytes
+    rest: AsyncIterator[bytes]
+
+
+def internal_error(call: Call, e: BaseException, where: str = "") -> ProxyError:
+    """A bug in Turnout: the log gets the type, the client a clean 500 with the request id."""
+    log.error("%s: internal error%s %s", call.request_id, where, type(e).__name__)
+    log.debug("internal error", exc_info=True)
+    return ProxyError(f"Internal error in Turnout (request {call.request_id}).")
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, router: Router, dispatcher: Dispatcher, gates: Sequence[Gate],
+                 observers: Sequence[Observer]) -> None:
+        self.cfg = cfg
+        self.router = router
+        self.dispatcher = dispatcher
+        self.gates = tuple(gates)
+        self.observers = tuple(observers)
+
+    def new_call(self, request_id: str, api: str = "chat") -> Call:
+        """The record of a request that just arrived; observers learn of it at once."""
+        call = Call(request_model="", request_id=request_id)
+        if not call.request_id:
+            call.request_id = "req_" + call.id[9:]
+        for o in self.observers:
+            o.started(call)
+        return call
+
+    async def run(self, call: Call, body: dict[str, Any], headers: Mapping[str, str]) -> Completion | Stream:
+        """Route and dispatch a checked OpenAI chat body. Raises ProxyError; the caller then `finish`es."""
+        call.request_model = body["model"]
+        call.stream = bool(body.get("stream"))
+        call.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        features = call.features = self.router.features(body, headers, call.key)
+        for gate in self.gates:
+            gate(call)
+        chain, rule = self.router.plan(call, features)
+        deadline = self.cfg.routes[call.route].timeout if call.route else None
+        if call.stream:
+            first, rest = await self.dispatcher.open_stream(chain, body, call, deadline=deadline)
+            return Stream(first, rest)
+        data = await self.dispatcher.complete(chain, body, call, escalate=rule.escalate if rule else 0,
+                                              deadline=deadline)
+        call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
+        return Completion(data)
+
+    async def payloads(self, call: Call, stream: Stream) -> AsyncIterator[bytes]:
+        """The stream's chunk payloads, then the usage chunk if the client asked for it.
+
+        A failure after the start is raised as a ProxyError for the front door to frame (OpenAI: an
+        error event and no [DONE]); a client that leaves is recorded as 499. `finish` runs at the end.
+        """
+        status, error = 200, None
+        rest = stream.rest
+        try:
+            yield stream.first
+            call.sent = sent = [stream.first]  # kept for the ledger's token estimate if the stream is cut short
+            async for payload in rest:
+                sent.append(payload)
+                yield payload
+            if call.include_usage and call.usage is not None:
+                model = call.upstream_model or self.cfg.models[call.target].model
+                yield orjson.dumps(usage_chunk(call.id, call.created, model, call.usage))
+        except ProxyError as e:
+            status, error = e.status, e
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            status = 499  # the client went away mid-stream (nginx's "client closed request")
+            call.error = "client_disconnected"
+            raise
+        except Exception as e:  # noqa: BLE001
+            status = 500
+            raise internal_error(call, e, " in stream") from None
+        finally:
+            await rest.aclose()
+            if call.usage is not None:
+                call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
+            self.finish(call, status, error)
+
+    def finish(self, call: Call, status: int, error: ProxyError | None = None) -> None:
+        """Record the outcome on the call, log it, tell the observers."""
+        call.status = status
+        call.finished = time.perf_counter()
+        if error is not None:
+            call.error = error.code or error.type
+        for o in self.observers:
+            o.finished(call)
+        request_line(call)  # the access log line: proxy/observability/logs.py
