@@ -14,6 +14,9 @@ from typing import Any
 from proxy.config import Key
 
 
+SENT_SAMPLE = 256 * 1024  # payload bytes kept per request for the ledger's estimate
+
+
 def new_id() -> str:
     return "chatcmpl-" + os.urandom(12).hex()
 
@@ -51,13 +54,35 @@ class Call:
     error: str | None = None  # the error code or type the client got
     features: Any = None  # proxy.routing.features.Features, once the body is read and checked
     finished: float | None = None  # perf_counter when the answer or error went out
-    sent: list[bytes] | None = None  # stream payloads sent, or a body without usage (for the ledger's estimate)
+    # what was sent, for the ledger's estimate when no usage came: the first SENT_SAMPLE bytes of
+    # payloads (stream chunks, or a body without usage) and counts of everything; memory per stream
+    # stays bounded however long the stream runs
+    sent: list[bytes] | None = None
+    sent_bytes: int = 0  # every payload byte sent
+    sent_sampled: int = 0  # bytes kept in `sent`
+    sent_count: int = 0  # payloads sent (stream chunks)
     hold: Any = None  # proxy.state.Hold: what the request reserved of quotas, budgets and rate limits
+
+    # the client's own Messages body and anthropic-beta header (Anthropic's front door): Claude targets
+    # get it as it came (native pass-through), every other target the OpenAI body translated from it
+    anthropic_body: dict[str, Any] | None = None
+    anthropic_beta: str | None = None
+    anthropic_answer: tuple[str, dict[str, Any]] | None = None  # (target, its Message) from a pass-through
+
+    def record_sent(self, payload: bytes) -> None:
+        """Count a payload that went to the client; keep it only while the sample is not full."""
+        if self.sent is None:
+            self.sent = []
+        self.sent_count += 1
+        self.sent_bytes += len(payload)
+        if self.sent_sampled < SENT_SAMPLE:
+            self.sent.append(payload)
+            self.sent_sampled += len(payload)
 
     @property
     def chunks(self) -> int:
         """Stream chunks sent to the client (a cut-short stream still counts them)."""
-        return len(self.sent) if self.stream and self.sent is not None else 0
+        return self.sent_count if self.stream else 0
 
     def walked(self) -> list[Attempt]:
         """The attempts in the order the chain was walked (routing records its skips before dispatch

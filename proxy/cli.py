@@ -1,4 +1,4 @@
-"""The `turnout` command: serve, demo, check-config, mock-upstream, models."""
+"""The `turnout` command: serve, demo, check-config, mock-upstream, models, route, train."""
 
 from __future__ import annotations
 
@@ -70,10 +70,16 @@ def describe(cfg: Config) -> str:
         state = (f"UNAVAILABLE: {backend.unavailable}" if backend.unavailable else
                  f"NOT REACHABLE ({p.error}): see below" if p is not None and not p.reachable else "usable")
         lines.append(f"  {backend.describe():50s} {state}")
+    from proxy.local.autoconfig import resolve_auto
+
+    auto = resolve_auto(cfg)  # `model: auto` targets: the installed model chosen for each, or why none
     lines.append("models:")
     for name, t in cfg.models.items():
         lines.append(f"  {name:20s} {t.backend}/{t.model}  in ${t.price.input:g}/M out ${t.price.output:g}/M"
-                     + ("  vision" if t.vision else ""))
+                     + ("  vision" if t.vision else "") + (f"  UNAVAILABLE: {t.unavailable}" if t.unavailable else ""))
+    if auto:
+        lines.append("model: auto:")
+        lines += [f"  {line}" for line in auto]
     lines.append("routes:")
     for name, r in cfg.routes.items():
         if not r.rules:
@@ -157,7 +163,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("doctor", help="check local models: Ollama version, installed and loaded models, GPU fit")
     p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
-    p.add_argument("--headroom", type=float, default=None, help="GB of GPU memory to leave for other work")
+    p.add_argument("--reserve", "--headroom", dest="headroom", type=float, default=None,
+                   help="GB of memory to keep for other work (default on a GPU: what lies beyond 10 GB, up "
+                        "to 6, for image generation; without a GPU a quarter of the memory)")
+    p.add_argument("--json", action="store_true", help="print GPUs, models and recommendations as JSON")
+    p.add_argument("--write", metavar="FILE", default=None, help="write a proxy.yaml for this machine")
+    p.add_argument("--force", action="store_true", help="let --write overwrite an existing file")
 
     p = sub.add_parser("route", help="explain how a prompt would be routed (no upstream call)")
     p.add_argument("prompt")
@@ -174,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     from proxy.usage.cli import add_arguments as add_usage_arguments
 
     add_usage_arguments(sub)  # usage, usage export, simulate
+
+    p = sub.add_parser("train", help="train a semantic router on labelled prompts (needs turnout[semantic])")
+    p.add_argument("file", help="JSON lines of {\"text\": ..., \"label\": ...} (optional \"split\": train|test)")
+    p.add_argument("-o", "--output", default="router.npz")
+    p.add_argument("--label", default=None, help="the label whose share table to print (default: the last)")
 
     p = sub.add_parser("mock-upstream", help="serve the mock as an OpenAI-compatible upstream (benchmarks, tests)")
     p.add_argument("--host", default="127.0.0.1")
@@ -195,9 +211,14 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(models_main(args.action, args.name))
     elif args.command == "doctor":
-        from proxy.local.doctor import main as doctor_main
+        from proxy.local import autoconfig, doctor
 
-        raise SystemExit(doctor_main(args.config, args.headroom))
+        # no config file (none given, no $TURNOUT_CONFIG, no ./proxy.yaml): the local Ollama alone
+        path = args.config or _default_config()
+        cfg = doctor.default_config() if args.config is None and not os.path.exists(path) else load_or_exit(path)
+        if args.json or args.write:
+            raise SystemExit(autoconfig.main(cfg, args.headroom, args.json, args.write, args.force))
+        raise SystemExit(doctor.main(cfg, args.headroom))
     elif args.command == "route":
         from proxy.routing.explain import route_command
 
@@ -212,6 +233,14 @@ def main(argv: list[str] | None = None) -> None:
         from proxy.usage.cli import simulate_command
 
         raise SystemExit(simulate_command(load_or_exit(args.config or _default_config()), args))
+    elif args.command == "train":
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matrices: threads only contend
+        try:
+            from proxy.semantic.train import train_command
+        except ImportError as e:
+            print(f"turnout train needs the semantic extra: pip install 'turnout[semantic]' ({e})", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise SystemExit(train_command(args))
     elif args.command == "check-config":
         cfg = load_or_exit(args.file or _default_config())
         print(describe(cfg))

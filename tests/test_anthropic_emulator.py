@@ -254,3 +254,13 @@ def test_models_endpoint(emu):
     _, _, client = emu
     ids = [m.id for m in client.models.list()]
     assert MODEL in ids
+
+
+def test_count_tokens_answers_the_sdk_and_refuses_max_tokens(emu):
+    app, url, client = emu
+    n = client.messages.count_tokens(model="claude-sonnet-4-5", system="Be brief.",
+                                     messages=[{"role": "user", "content": "one two three"}])
+    assert n.input_tokens == 5
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens: Extra inputs"):
+        client.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}],
+                                     extra_body={"max_tokens": 5})

@@ -337,7 +337,7 @@ def test_tool_result_json_shapes_and_unknown_id(env):
     with pytest.raises(openai.BadRequestError) as e:
         env.client.chat.completions.create(model="flash", messages=[
             {"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_zzz", "content": "1"}])
-    assert e.value.body["param"] == "messages[1].tool_call_id"
+    assert e.value.body["param"] == "messages.[1].role"  # OpenAI's check, before any translation
 
 
 def test_streamed_multi_turn_tool_conversation_gemini3(env):

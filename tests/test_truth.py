@@ -17,7 +17,7 @@ from proxy.cli import DEMO_CONFIG
 from proxy.cli import main as cli_main
 from proxy.config import load, parse
 from proxy.routing.quality import weakness
-from proxy.server.app import build_app
+from proxy.server.assembly import build_app
 from proxy.usage import tokens
 from tests.conftest import ServerThread, free_port, post
 from tests.test_simulate import cli

@@ -45,13 +45,26 @@ class TranslationError(ValueError):
 # --- reading OpenAI requests -----------------------------------------------------------------------
 
 
+TEXT_PART_SEPARATOR = "\n"
+
+
 def content_text(content: Any) -> str:
-    """The text of a message's content, whether a string or an array of parts."""
+    """The text of a message's content, whether a string or an array of parts. Several text parts
+    are joined with a newline, so "hi" and "there" do not become "hithere" where a provider needs
+    one string (Ollama's content, Gemini's system instruction and tool results); parts that already
+    end or start with whitespace are joined as they are."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    out = ""
+    for p in content:
+        if isinstance(p, dict) and p.get("type") == "text":
+            text = p.get("text", "")
+            if out and text and not out[-1].isspace() and not text[0].isspace():
+                out += TEXT_PART_SEPARATOR
+            out += text
+    return out
 
 
 def image_urls(content: Any) -> list[str]:

@@ -23,6 +23,14 @@ Configuration (proxy.yaml)::
 A target's `options` (max_tokens, thinking) override the backend's. Requests carry ``x-api-key``,
 ``anthropic-version: 2023-06-01`` and ``content-type: application/json``; the key is never
 logged nor put in an error message.
+
+Native pass-through: a request that came in through Turnout's own ``/v1/messages`` carries the
+client's Messages body on the call (`Call.anthropic_body`). It is sent as it came — thinking blocks
+and their signatures, cache_control, documents, citations, server tools — with only `model` set to
+the target's (and `max_tokens` capped at its max_output_tokens), with the client's
+``anthropic-beta``. The answer still becomes an OpenAI completion or chunks for the pipeline (usage,
+quality checks, the ledger); the Message itself is kept on the call (`Call.anthropic_answer`), and a
+stream yields the upstream's own SSE events (``event: …`` frames) for the front door to pass on.
 """
 
 from __future__ import annotations
@@ -68,12 +76,32 @@ class Backend(base.HTTPBackend):
             h["x-api-key"] = self.cfg.api_key
         return h
 
-    def _request(self, target: Target, body: base.Json, stream: bool) -> tuple[bytes, bool]:
+    def _request(self, target: Target, body: base.Json, stream: bool, call: Call) -> tuple[bytes, bool]:
         """(Messages body, whether it carries temperature or top_p)."""
+        if call.anthropic_body is not None:
+            return self._native_request(target, call.anthropic_body, stream)
         options = {**self.options, **target.options} if target.options else self.options
         req = tr.to_request(body, target.model, stream=stream, max_output_tokens=target.max_output_tokens,
                             options=options, sampling=False if target.model in self.no_sampling else None)
         return orjson.dumps(req), "temperature" in req or "top_p" in req
+
+    def _native_request(self, target: Target, raw: base.Json, stream: bool) -> tuple[bytes, bool]:
+        """The client's own Messages body for this target (pass-through)."""
+        req = {**raw, "model": target.model}
+        if target.max_output_tokens and req.get("max_tokens", 0) > target.max_output_tokens:
+            req["max_tokens"] = target.max_output_tokens
+        if stream:
+            req["stream"] = True
+        else:
+            req.pop("stream", None)
+        if target.model in self.no_sampling:
+            for k in ("temperature", "top_p", "top_k"):
+                req.pop(k, None)
+        return orjson.dumps(req), "temperature" in req or "top_p" in req
+
+    def _headers(self, call: Call) -> dict[str, str] | None:
+        return {"anthropic-beta": call.anthropic_beta} if call.anthropic_body is not None and call.anthropic_beta \
+            else None
 
     def _rejects_sampling(self, target: Target, r: httpx.Response, sampled: bool) -> bool:
         """A 400 saying the model takes no temperature / top_p: remember it, so the caller can
@@ -91,15 +119,15 @@ class Backend(base.HTTPBackend):
     def _status_error(self, status: int, message: str, headers: httpx.Headers | None, type_: str | None,
                       code: str | None) -> UpstreamError:
         if status == 402:  # billing: the operator's account, like a bad key; another target may work
-            return UpstreamError(f"Upstream refused Turnout's account: {message}", status=502,
-                                 type="upstream_error", code="upstream_billing_error", fallback=True,
-                                 category="auth", backend=self.name)
+            return self.upstream_error(f"Upstream refused Turnout's account: {message}", status=502,
+                                       type="upstream_error", code="upstream_billing_error", fallback=True,
+                                       category="auth")
         return self.status_error(status, message, headers, type=type_, code=code)
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
         for _ in range(2):
-            content, sampled = self._request(target, body, False)
-            r = await self.post(self.messages_path, content)
+            content, sampled = self._request(target, body, False, call)
+            r = await self.post(self.messages_path, content, self._headers(call))
             if not self._rejects_sampling(target, r, sampled):
                 break
         if r.status_code >= 400:
@@ -110,21 +138,34 @@ class Backend(base.HTTPBackend):
             raise self._status_error(status, message, None, *tr.openai_error_kind(status, etype))
         out = tr.from_response(data, call.id, call.created, tr.response_tool(body), tr.local_stops(body))
         call.upstream_model = data.get("model")
+        if call.anthropic_body is not None:
+            call.anthropic_answer = (target.name, data)
         return out
 
     async def stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[bytes]:
         state = tr.StreamState(call.id, call.created, target.model, tr.response_tool(body), tr.local_stops(body))
+        native = call.anthropic_body is not None
+        held: list[bytes] = []  # native events held until one carries content (an early error can still fall back)
         try:
-            async with self._open_stream(target, body) as r:
+            async with self._open_stream(target, body, call) as r:
                 async for payload in base.sse_data(r):
                     data = orjson.loads(payload)
                     etype = data.get("type")
                     if etype == "message_start":
                         state.feed(etype, data)
                         call.upstream_model = state.model
+                        if native:
+                            held.append(b"event: message_start\ndata: " + payload + b"\n\n")
                         continue
-                    for c in state.feed(etype, data):
-                        yield orjson.dumps(c)
+                    chunks = state.feed(etype, data)
+                    if native:
+                        held.append(b"event: " + str(etype).encode() + b"\ndata: " + payload + b"\n\n")
+                        if chunks or state.done:
+                            yield b"".join(held)
+                            held.clear()
+                    else:
+                        for c in chunks:
+                            yield orjson.dumps(c)
                     if state.done:
                         call.usage = state.usage
                         return
@@ -138,17 +179,20 @@ class Backend(base.HTTPBackend):
                                 code="upstream_bad_stream", retry=True, backend=self.name) from None
         call.usage = state.usage
         if state.stop_reason is not None:
+            if held:
+                yield b"".join(held)
             return  # message_delta (the finish) arrived; only message_stop is missing
         raise UpstreamError(f"Backend '{self.name}' ended the stream before message_stop.", status=502,
                             code="upstream_stream_dropped", retry=True, category="network", backend=self.name)
 
     @asynccontextmanager
-    async def _open_stream(self, target: Target, body: base.Json) -> AsyncIterator[Any]:
+    async def _open_stream(self, target: Target, body: base.Json, call: Call) -> AsyncIterator[Any]:
         """The upstream stream response, its status checked (and sent once more without
         temperature / top_p if the model rejects them)."""
         for _ in range(2):
-            content, sampled = self._request(target, body, True)
-            async with self.client.stream("POST", self.messages_path, content=content) as r:
+            content, sampled = self._request(target, body, True, call)
+            async with self.client.stream("POST", self.messages_path, content=content,
+                                          headers=self._headers(call)) as r:
                 if r.status_code < 400:
                     yield r
                     return
@@ -159,6 +203,17 @@ class Backend(base.HTTPBackend):
     def _stream_error(self, e: tr.StreamError) -> UpstreamError:
         type_, code = tr.openai_error_kind(e.status, e.type)
         return self._status_error(e.status, e.message, None, type_, code)
+
+    async def count_tokens(self, target: Target, raw: base.Json, beta: str | None = None) -> int:
+        """Claude's own count of a Messages body's input tokens (``POST /v1/messages/count_tokens``)."""
+        req = {k: v for k, v in raw.items() if k not in ("max_tokens", "stream", "temperature", "top_p", "top_k",
+                                                         "stop_sequences", "metadata", "service_tier")}
+        req["model"] = target.model
+        r = await self.post(self.messages_path + "/count_tokens", orjson.dumps(req),
+                            {"anthropic-beta": beta} if beta else None)
+        if r.status_code >= 400:
+            raise self._error(r)
+        return int(self.json_of(r).get("input_tokens") or 0)
 
     async def list_models(self) -> list[str]:
         try:

@@ -3,14 +3,16 @@
 A backend owns one connection pool, created once in `start()`, and answers for its targets:
 `complete()` returns an OpenAI ``chat.completion`` dict with its usage; `stream()` yields the JSON payloads of
 OpenAI ``chat.completion.chunk``s as bytes (what follows ``data: ``), records usage on the `Call`
-instead of yielding a usage chunk, and raises `UpstreamError` for any failure. The app frames the
+instead of yielding a usage chunk, and raises `UpstreamError` for any failure. `embed()` returns
+one vector per input (an HTTP backend only says how a batch is asked and read: `embed_batch`,
+`embed_request`, `embed_vectors`; batching, errors and usage are done once here). The app frames the
 payloads as SSE and emits the usage chunk, so that behaviour lives once for every provider.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, Callable, ClassVar
 
 import httpx
 import orjson
@@ -19,9 +21,27 @@ from proxy.call import Call
 from proxy.http import HTTPClient, Response
 from proxy.config import BackendConfig, Target
 from proxy.errors import UpstreamError, parse_retry_after, upstream_status_error, upstream_timeout
+from proxy.usage import tokens
+from translators import embeddings as emb
 from translators.common import Fault
 
 Json = dict[str, Any]
+_FRAGMENT = 8  # an upstream quoting this many consecutive characters of a key quotes the key
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` without `secret` or any run of `_FRAGMENT`+ of its characters (upstreams quote keys
+    whole or in part, e.g. OpenAI's "sk-proj-…abcd"): the one mask every upstream message that may
+    reach a client or a log goes through, streamed or not."""
+    if not secret or not text:
+        return text
+    text = text.replace(secret, "***")
+    if len(secret) >= _FRAGMENT:
+        for i in range(len(secret) - _FRAGMENT + 1):
+            piece = secret[i:i + _FRAGMENT]
+            if piece in text:
+                text = text.replace(piece, "***")
+    return text
 
 
 class Backend:
@@ -55,6 +75,18 @@ class Backend:
         """Models the upstream says it serves (for discovery and health probes)."""
         return []
 
+    async def embed(self, target: Target, req: emb.EmbedRequest, call: Call,
+                    decode: Callable[[list[int]], str] | None = None) -> list[list[float]]:
+        """One vector per input; records the input's token count as `call.usage`. ``decode`` turns
+        token arrays into text for upstreams that take only text."""
+        raise UpstreamError(f"Backend '{self.name}' ({self.type}) does not serve embeddings.", status=400,
+                            type="invalid_request_error", code="unsupported_capability", param="model",
+                            fallback=True, category="client", backend=self.name)
+
+    @staticmethod
+    def embed_usage(call: Call, tokens: int) -> None:
+        call.usage = {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
+
     def describe(self) -> str:
         """One line for the start-up banner."""
         where = self.cfg.base_url or "built in"
@@ -86,19 +118,61 @@ class HTTPBackend(Backend):
         # a non-streamed answer's headers arrive only when it is complete: bound it by `total`
         self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
 
-    async def post(self, path: str, content: bytes) -> Response:
+    async def post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> Response:
         """POST a body for a non-streamed answer; a timeout or connection failure is an UpstreamError."""
         try:
-            return await self.client.post(path, content=content, timeout=self.complete_timeout)
+            return await self.client.post(path, content=content, headers=headers, timeout=self.complete_timeout)
         except httpx.HTTPError as e:
             raise self.transport_error(e) from None
+
+    # embeddings: a subclass that serves them sets `embed_batch` and says how a batch is asked and read
+    embed_batch: ClassVar[int] = 0
+    embed_takes_tokens: ClassVar[bool] = False  # token arrays go upstream as they are
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list[Any]) -> tuple[str, Json]:
+        raise NotImplementedError
+
+    def embed_vectors(self, data: Json) -> tuple[list[list[float]], int | None]:
+        raise NotImplementedError
+
+    def embed_error(self, target: Target, r: Response) -> UpstreamError:
+        return self.status_error(r.status_code, f"Backend '{self.name}' returned HTTP {r.status_code}.", r.headers)
+
+    async def embed(self, target: Target, req: emb.EmbedRequest, call: Call,
+                    decode: Callable[[list[int]], str] | None = None) -> list[list[float]]:
+        if not self.embed_batch:
+            return await super().embed(target, req, call, decode)
+        try:
+            inputs: list[Any] = req.inputs if self.embed_takes_tokens else req.texts(decode)
+        except ValueError as e:
+            raise UpstreamError(str(e), status=400, type="invalid_request_error", code="unsupported_value",
+                                param="input", fallback=True, category="client", backend=self.name) from None
+        vectors: list[list[float]] = []
+        counted: int | None = 0
+        for batch in emb.batches(inputs, self.embed_batch):
+            path, body = self.embed_request(target, req, batch)
+            r = await self.post(path, orjson.dumps(body))
+            if r.status_code >= 400:
+                raise self.embed_error(target, r)
+            got, n = self.embed_vectors(self.json_of(r))
+            if len(got) != len(batch):
+                raise self.status_error(502, f"Backend '{self.name}' sent {len(got)} embeddings for {len(batch)} inputs.")
+            vectors += got
+            counted = None if n is None or counted is None else counted + n
+        if counted is None:  # the upstream gave no count (Gemini): count the input
+            counted = sum(tokens.count(t) if isinstance(t, str) else len(t) for t in inputs)
+        self.embed_usage(call, counted)
+        return vectors
 
     def json_of(self, r: Response) -> Json:
         """The JSON of a successful upstream answer; anything else is the upstream's fault (502)."""
         try:
-            return orjson.loads(r.content)
+            data = orjson.loads(r.content)
         except orjson.JSONDecodeError:
-            raise self.status_error(502, f"Backend '{self.name}' sent a response that is not JSON.") from None
+            data = None
+        if not isinstance(data, dict):
+            raise self.status_error(502, f"Backend '{self.name}' sent a response that is not a JSON object.")
+        return data
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -113,6 +187,10 @@ class HTTPBackend(Backend):
                              type="upstream_error", code="upstream_unreachable", retry=True,
                              category="network", backend=self.name)
 
+    def upstream_error(self, message: str, **kw: Any) -> UpstreamError:
+        """An UpstreamError carrying the upstream's own words, with Turnout's key masked (`redact`)."""
+        return UpstreamError(redact(message, self.cfg.api_key), backend=self.name, **kw)
+
     def fault_error(self, fault: Fault, headers: httpx.Headers | None = None) -> UpstreamError:
         """The UpstreamError for a fault a provider translator read from an error body."""
         e = self.status_error(fault.status, fault.message, headers, type=fault.type, code=fault.code,
@@ -124,8 +202,7 @@ class HTTPBackend(Backend):
 
     def status_error(self, status: int, message: str, headers: httpx.Headers | None = None, *,
                      type: str | None = None, code: str | None = None, param: str | None = None) -> UpstreamError:
-        if self.cfg.api_key and self.cfg.api_key in message:
-            message = message.replace(self.cfg.api_key, "***")
+        message = redact(message, self.cfg.api_key)
         e = upstream_status_error(status, message, type=type, code=code, param=param,
                                   retry_after=parse_retry_after(headers.get("retry-after") if headers else None))
         e.backend = self.name

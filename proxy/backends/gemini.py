@@ -38,6 +38,7 @@ from proxy.call import Call
 from proxy.config import ConfigError, Target
 from proxy.errors import UpstreamError
 from proxy.backends.images import ImageFetcher, ImagePolicy
+from translators import embeddings as emb
 from translators import gemini as tr
 
 # backend options; include_thoughts and thought_signature_fallback may also be set per target
@@ -98,6 +99,17 @@ class Backend(base.HTTPBackend):
 
     def _error(self, status: int, content: bytes, headers: httpx.Headers | None = None) -> UpstreamError:
         return self.fault_error(tr.error_from(status, content), headers)
+
+    embed_batch = emb.BATCH["gemini"]
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list) -> tuple[str, base.Json]:
+        return self._path(target.model, "batchEmbedContents"), emb.gemini_request(req, target.model, inputs)
+
+    def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
+        return emb.gemini_vectors(data)
+
+    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+        return self._error(r.status_code, r.content, r.headers)
 
     def _blocked(self, b: tr.Blocked) -> UpstreamError:
         return UpstreamError(b.message, status=400, type="invalid_request_error", code="content_filter",

@@ -2,7 +2,10 @@
 
 A client-supplied URL makes Turnout open a connection, so every fetch is fenced: http/https only,
 a size cap, a timeout, at most a few redirects (each hop checked again) and no private, loopback,
-link-local or otherwise internal address unless the operator allows it (no SSRF).
+link-local or otherwise internal address unless the operator allows it (no SSRF). The host is
+resolved once per hop and the connection goes to the address that was checked (the Host header and
+TLS SNI keep the name), so a DNS answer that changes between check and connect (rebinding) cannot
+redirect the fetch inside.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -43,38 +46,60 @@ def _blocked(ip: str) -> bool:
     return not a.is_global or a.is_multicast
 
 
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (the system resolver, off the event loop)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
 class ImageFetcher:
     """One pooled client for image downloads, created once per backend that needs it."""
 
-    def __init__(self, policy: ImagePolicy | None = None) -> None:
+    def __init__(self, policy: ImagePolicy | None = None,
+                 resolver: Callable[[str, int], Awaitable[list[str]]] = resolve) -> None:
         self.policy = policy or ImagePolicy()
+        self.resolve = resolver
         self.client = httpx.AsyncClient(timeout=self.policy.timeout, follow_redirects=False, trust_env=False)
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def _check_host(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+    async def _pin(self, url: str) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+        """The URL to connect to (the checked address in place of the name), its Host header and
+        the request extensions (TLS SNI = the name): one resolution, used for the check and the connect."""
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            raise TranslationError("Image URLs must be valid http or https URLs.", param="messages",
+                                   code="invalid_image_url") from None
+        if parts.scheme not in ("http", "https") or not host:
             raise TranslationError("Image URLs must be http or https.", param="messages", code="invalid_image_url")
         if self.policy.allow_private:
-            return
+            return httpx.URL(url), {}, {}
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 0,
-                                                                 type=socket.SOCK_STREAM)
-        except OSError:
-            raise TranslationError(f"Could not resolve the image host '{parts.hostname}'.", param="messages",
-                                   code="invalid_image_url") from None
-        if any(_blocked(info[4][0]) for info in infos):
-            raise TranslationError(f"Image URL host '{parts.hostname}' is not a public address.",
+            addresses = await self.resolve(host, port or (443 if parts.scheme == "https" else 80))
+        except (OSError, UnicodeError):
+            addresses = []
+        if not addresses:
+            raise TranslationError(f"Could not resolve the image host '{host}'.", param="messages",
+                                   code="invalid_image_url")
+        if any(_blocked(a) for a in addresses):
+            raise TranslationError(f"Image URL host '{host}' is not a public address.",
                                    param="messages", code="invalid_image_url")
+        pinned = httpx.URL(url).copy_with(host=addresses[0])
+        netloc = parts.netloc.rpartition("@")[2]
+        return pinned, {"host": netloc}, {"sni_hostname": host} if parts.scheme == "https" else {}
 
     async def fetch(self, url: str) -> tuple[str, bytes]:
-        """(media type, bytes) of an image URL, within the policy's limits."""
+        """(media type, bytes) of an image URL, within the policy's limits; each redirect hop is
+        resolved, checked and pinned again."""
         for _ in range(self.policy.max_redirects + 1):
-            await self._check_host(url)
             try:
-                async with self.client.stream("GET", url) as r:
+                pinned, headers, extensions = await self._pin(url)
+                request = self.client.build_request("GET", pinned, headers=headers, extensions=extensions)
+                r = await self.client.send(request, stream=True)
+                try:
                     if r.is_redirect and "location" in r.headers:
                         url = urljoin(url, r.headers["location"])
                         continue
@@ -91,7 +116,11 @@ class ImageFetcher:
                             raise self._too_big()
                     media_type = r.headers.get("content-type", "").split(";")[0].strip() or _sniff(bytes(data))
                     return media_type, bytes(data)
-            except httpx.HTTPError as e:
+                finally:
+                    await r.aclose()
+            except TranslationError:
+                raise
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
                 raise TranslationError(f"Could not fetch the image ({type(e).__name__}).", param="messages",
                                        code="invalid_image_url") from None
         raise TranslationError("Too many redirects fetching the image.", param="messages", code="invalid_image_url")

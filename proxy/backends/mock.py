@@ -16,6 +16,7 @@ from proxy.mock import engine as mock
 from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target
+from translators import embeddings as emb
 from proxy.errors import UpstreamError, upstream_status_error, upstream_timeout
 
 
@@ -67,6 +68,18 @@ class Backend(base.Backend):
                 await asyncio.sleep(s.chunk_delay)
             yield orjson.dumps(c)
         call.usage = mock.usage_of(body, rs)
+
+    async def embed(self, target: Target, req: emb.EmbedRequest, call: Call, decode=None) -> list[list[float]]:
+        """The engine's deterministic vectors; token arrays are decoded as for any text-only provider."""
+        s = self._script({"messages": [{"role": "user", "content": t} for t in req.inputs if isinstance(t, str)]})
+        await self._before_first_byte(s)
+        try:
+            texts = req.texts(decode)
+        except ValueError as e:
+            raise UpstreamError(str(e), status=400, type="invalid_request_error", code="unsupported_value",
+                                param="input", fallback=True, category="client", backend=self.name) from None
+        self.embed_usage(call, sum(mock.count_tokens(t) for t in texts))
+        return [mock.embedding(t, req.dimensions) for t in texts]
 
     async def list_models(self) -> list[str]:
         return ["mock"]

@@ -31,6 +31,7 @@ from proxy.call import Call
 from proxy.config import Target
 from proxy.errors import UpstreamError, upstream_timeout
 from proxy.backends.images import ImageFetcher, ImagePolicy
+from translators import embeddings as emb
 from translators import ollama as tr
 from translators.common import TranslationError, image_urls
 
@@ -94,12 +95,23 @@ class Backend(base.HTTPBackend):
     def _error(self, target: Target, r: httpx.Response) -> UpstreamError:
         fault = tr.error_from(r.status_code, r.content)
         if fault.code == "model_not_found":
-            return UpstreamError(
+            return self.upstream_error(
                 f"Model '{target.model}' is not installed on Ollama backend '{self.name}'. "
                 f"Run `ollama pull {target.model}` on the Ollama host. (Ollama said: {fault.message})",
                 status=404, type="invalid_request_error", code="model_not_found", param="model",
-                fallback=True, category="client", backend=self.name)
+                fallback=True, category="client")
         return self.status_error(r.status_code, f"Ollama: {fault.message}", r.headers)
+
+    embed_batch = emb.BATCH["ollama"]
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list) -> tuple[str, base.Json]:
+        return "/api/embed", emb.ollama_request(req, target.model, inputs)
+
+    def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
+        return emb.ollama_vectors(data)
+
+    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+        return self._error(target, r)
 
     def transport_error(self, e: Exception) -> UpstreamError:
         err = super().transport_error(e)
@@ -108,8 +120,8 @@ class Backend(base.HTTPBackend):
         return err
 
     def _stream_error(self, message: str) -> UpstreamError:
-        return UpstreamError(f"Ollama error on backend '{self.name}': {message}", status=502,
-                             code="upstream_stream_error", retry=True, category="server", backend=self.name)
+        return self.upstream_error(f"Ollama error on backend '{self.name}': {message}", status=502,
+                                   code="upstream_stream_error", retry=True, category="server")
 
     def _dropped(self, why: str) -> UpstreamError:
         return UpstreamError(f"Backend '{self.name}' dropped the stream ({why}).", status=502,

@@ -15,6 +15,7 @@ from proxy.backends import base
 from proxy.call import Call
 from proxy.config import Target
 from proxy.errors import UpstreamError
+from translators import embeddings as emb
 from translators import openai as tr
 
 
@@ -51,7 +52,13 @@ class Backend(base.HTTPBackend):
                         raise self._stream_error(payload)
                     if first:
                         first = False
-                        head = orjson.loads(payload)
+                        try:
+                            head = orjson.loads(payload)
+                        except orjson.JSONDecodeError:
+                            head = None
+                        if not isinstance(head, dict):
+                            raise self.status_error(502, f"Backend '{self.name}' sent a stream chunk that is not "
+                                                         "a JSON object.")
                         call.id = head.get("id") or call.id
                         call.upstream_model = head.get("model")
                     usage, usage_only = tr.chunk_usage(payload)
@@ -63,10 +70,22 @@ class Backend(base.HTTPBackend):
         except httpx.HTTPError as e:
             raise self.transport_error(e) from None
 
+    embed_batch = emb.BATCH["openai"]
+    embed_takes_tokens = True
+
+    def embed_request(self, target: Target, req: emb.EmbedRequest, inputs: list) -> tuple[str, base.Json]:
+        return "/embeddings", emb.openai_request(req, target.model, inputs)
+
+    def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
+        return emb.openai_vectors(data)
+
+    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+        return self._error(r)
+
     def _stream_error(self, payload: bytes) -> UpstreamError:
         fault = tr.error_from(500, payload)
-        return UpstreamError(fault.message, status=502, type=fault.type or "upstream_error", code=fault.code,
-                             retry=True, category="server", backend=self.name)
+        return self.upstream_error(fault.message, status=502, type=fault.type or "upstream_error", code=fault.code,
+                                   retry=True, category="server")
 
     async def list_models(self) -> list[str]:
         try:

@@ -21,11 +21,13 @@ from proxy.config.schema import (
     BackendConfig,
     Budget,
     CircuitPolicy,
+    ClassifierCondition,
     Complexity,
     Conditions,
     Config,
     ConfigError,
     ConfigUnreadable,
+    IntentCondition,
     Key,
     Overrides,
     Price,
@@ -45,7 +47,7 @@ from proxy.config.schema import (
 
 __all__ = [
     "DEFAULT_LEDGER", "DEFAULT_MAX_BODY", "ON_EXCEEDED", "REQUIREMENTS", "TURNS", "BackendConfig", "Budget",
-    "CircuitPolicy", "Complexity", "Conditions", "Config", "ConfigError", "ConfigUnreadable", "Key", "Overrides", "Price",
+    "CircuitPolicy", "ClassifierCondition", "Complexity", "Conditions", "Config", "ConfigError", "ConfigUnreadable", "IntentCondition", "Key", "Overrides", "Price",
     "ProbePolicy", "Quota", "Range", "RateLimit", "RetryPolicy", "Route", "Routing", "Rule", "ServerConfig",
     "Target", "Timeouts", "UsageConfig", "load", "parse",
 ]

@@ -6,19 +6,20 @@
 budget `alert: '80%'`, `ledger: off`, and the defaults that depend on other keys (a target's
 `model` is its name, its `vision` its backend type's; a rule's and a key's name their position).
 
-`check()` then verifies what spans sections: routes and rules name defined targets, a probe's model
+`check()` then verifies what spans sections: routes, rules and aliases name defined targets, a probe's model
 belongs to its backend, names do not collide, quotas and budgets are coherent, time zones exist,
 the savings baseline is priced. Every error is a `ConfigError` reading ``path: message``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy.config import prices
 from proxy.config.providers import SPECS
-from proxy.config.schema import Budget, Config, ConfigError, Quota, Range, Timeouts
+from proxy.config.schema import Budget, Conditions, Config, ConfigError, Quota, Range, Timeouts
 
 Raw = dict[str, Any]
 
@@ -182,6 +183,12 @@ def check(cfg: Config) -> None:
     for name, t in cfg.models.items():
         if t.quota is not None:
             _quota(t.quota, f"models.{name}.quota")
+        if t.model == "auto":  # chosen at start among the installed models (proxy/local/autoconfig.py)
+            if t.role is None:
+                raise ConfigError(f"models.{name}.role: required with model: auto (planning, execution or vision)")
+            btype = cfg.backends[t.backend].type
+            if btype != "ollama":
+                raise ConfigError(f"models.{name}.model: auto needs an ollama backend ({t.backend} is {btype})")
     for name, r in cfg.routes.items():
         where = f"routes.{name}"
         if name in cfg.models:
@@ -203,7 +210,13 @@ def check(cfg: Config) -> None:
             for k in ("task", "tier", "requirement"):
                 if getattr(rule.when, k) == frozenset():
                     raise ConfigError(f"{w}.when.{k}: expected a name or a list of names")
+            _semantic(rule.when, f"{w}.when")
             r.chain += [t for t in rule.then if t not in r.chain]
+    for name, to in cfg.aliases.items():
+        if name in cfg.models or name in cfg.routes:
+            raise ConfigError(f"aliases.{name}: a route or model target has the same name")
+        if to not in cfg.models and to not in cfg.routes:
+            raise ConfigError(f"aliases.{name}: {to!r} is not a route or model target")
     for i, k in enumerate(cfg.keys):
         if k.rate_limit is not None and k.rate_limit.requests_per_minute is None \
                 and k.rate_limit.tokens_per_minute is None:
@@ -219,6 +232,25 @@ def check(cfg: Config) -> None:
     if u.baseline is not None and u.baseline not in cfg.models and prices.lookup(u.baseline) is None:
         raise ConfigError(f"usage.baseline: {u.baseline!r} is neither a model target nor a model in the "
                           f"built-in price table (e.g. {', '.join(prices.examples())})")
+
+
+def _semantic(c: Conditions, where: str) -> None:
+    """An intent has examples or a file of them (read here); a classifier's model file exists."""
+    if c.intent is not None:
+        i, w = c.intent, f"{where}.intent"
+        if bool(i.examples) == (i.file is not None):
+            raise ConfigError(f"{w}: give examples (a list of prompts) or file (one example per line), not both")
+        if i.file is not None:
+            try:
+                lines = Path(i.file).read_text(encoding="utf-8").splitlines()
+            except OSError as e:
+                raise ConfigError(f"{w}.file: cannot read {i.file!r} ({e.strerror})") from None
+            i.examples = [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
+            if not i.examples:
+                raise ConfigError(f"{w}.file: {i.file!r} has no examples")
+    m = c.classifier.model if c.classifier is not None else "builtin"
+    if m != "builtin" and not Path(m).is_file():
+        raise ConfigError(f"{where}.classifier.model: no file {m!r} (train one with `turnout train routes.jsonl -o FILE`)")
 
 
 def _chain(chain: list[str], where: str, cfg: Config) -> None:

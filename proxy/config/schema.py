@@ -121,7 +121,7 @@ class Price(msgspec.Struct, forbid_unknown_fields=True):
 class Target(Section):
     """A model target (`models.<name>`): one backend's model with its price and abilities."""
 
-    derived: ClassVar[frozenset[str]] = frozenset({"name", "price_source"})
+    derived: ClassVar[frozenset[str]] = frozenset({"name", "price_source", "auto", "unavailable"})
     name: str
     backend: str
     model: Text  # default: the target's name
@@ -135,6 +135,9 @@ class Target(Section):
     timeout: Positive | None = None  # seconds for one call to this target (to the first token for streams)
     quota: Quota | None = None  # a daily allowance of this target alone
     price_source: str | None = None  # "config", the built-in table's source and date, or None (costs 0)
+    role: Literal["planning", "execution", "vision"] | None = None  # what `model: auto` chooses a model for
+    auto: str | None = None  # `model: auto` once resolved at start: why this model (proxy/local/autoconfig.py)
+    unavailable: str | None = None  # why routing skips this target (`model: auto` found nothing that fits)
 
 
 class Range(Section):
@@ -155,6 +158,25 @@ class Range(Section):
                 and (self.gt is None or v > self.gt) and (self.lt is None or v < self.lt))
 
 
+class IntentCondition(Section):
+    """`when: {intent: {name, examples | file, threshold}}`: the prompt is like one of the examples
+    (proxy/semantic; `file` has one example per line and is read into `examples` at load)."""
+
+    name: Text = "intent"
+    examples: list[Text] = []
+    file: str | None = None
+    threshold: Annotated[float, Meta(ge=-1, le=1, description="a cosine similarity, at most 1")] = 0.6
+
+
+class ClassifierCondition(Section):
+    """`when: {classifier: {model, label, threshold}}`: a trained router says `label` (proxy/semantic)."""
+
+    model: Text = "builtin"  # the shipped router (proxy/semantic/data/router.npz) or a file from `turnout train`
+    label: Text = "cloud"
+    threshold: Annotated[float, Meta(ge=0, le=1, description="a probability from 0 to 1")] | None = None
+    # None: the threshold calibrated at training
+
+
 class Conditions(Section):
     """A rule's `when`: all given conditions must hold (an empty one always matches)."""
 
@@ -166,6 +188,12 @@ class Conditions(Section):
     task: frozenset[Text] | None = None  # a name or a list of names
     tier: frozenset[Text] | None = None
     requirement: frozenset[Literal["quality", "speed", "budget"]] | None = None
+    intent: IntentCondition | None = None  # semantic conditions: computed only when a rule reaches them
+    classifier: ClassifierCondition | None = None
+
+    @property
+    def semantic(self) -> bool:
+        return self.intent is not None or self.classifier is not None
 
 
 class Rule(Section):
@@ -300,4 +328,5 @@ class Config(Section):
     keys: list[Key] = []
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)
     path: str | None = None  # the file it was read from

@@ -7,17 +7,14 @@ reported as not reachable.
 
 `report(cfg)` is `turnout doctor`: per Ollama backend its version (``/api/version``), installed
 models (``/api/tags``), loaded models (``/api/ps``) and the configured targets' state; then the
-GPUs (``nvidia-smi``, where it exists) and which local models fit, by the rule of thumb the
-project started from: about 2 GB of GPU memory for a 3B model and 5 GB for an 8B one, with room
-left for other GPU work.
+hardware (proxy/local/hardware.py: NVIDIA, AMD, Apple silicon or CPU-only), which installed models
+fit the memory budget, and the recommended models (proxy/local/recommend.py). `--json` and
+`--write` are proxy/local/autoconfig.py's.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,23 +22,10 @@ from typing import Any
 import httpx
 
 from proxy.config import BackendConfig, Config
+from proxy.local import hardware, recommend
+from proxy.local.recommend import GB, full_name
 
 DEFAULT_OLLAMA = "http://localhost:11434"
-GB = 1024 ** 3
-# (label, parameters in billions, GPU memory in GB, example models) — the guide's sizes, 4-bit quantised
-SIZE_CLASSES = [
-    ("1B", 1, 1.0, "llama3.2:1b, gemma3:1b"),
-    ("3B", 3, 2.0, "llama3.2:3b, qwen2.5:3b"),
-    ("7-8B", 8, 5.0, "llama3.1:8b, qwen2.5:7b, qwen2.5vl:7b"),
-    ("12-14B", 14, 10.0, "gemma3:12b, qwen2.5:14b"),
-    ("27-32B", 32, 20.0, "gemma3:27b, qwen2.5:32b"),
-    ("70B", 70, 42.0, "llama3.3:70b"),
-]
-
-
-def full_name(name: str) -> str:
-    """Ollama's canonical name: ``llama3.2`` is ``llama3.2:latest``."""
-    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
 
 
 @dataclass
@@ -53,6 +37,7 @@ class Probe:
     version: str | None = None
     installed: list[dict[str, Any]] = field(default_factory=list)
     loaded: list[dict[str, Any]] | None = None
+    capabilities: dict[str, list[str]] = field(default_factory=dict)  # /api/show's, where the server says
 
     @property
     def names(self) -> set[str]:
@@ -63,8 +48,12 @@ def ollama_backends(cfg: Config) -> list[BackendConfig]:
     return [b for b in cfg.backends.values() if b.type == "ollama"]
 
 
-def probe(b: BackendConfig, *, timeout: float = 2.0, full: bool = False) -> Probe:
-    """Ask one Ollama backend what it has; `full` also asks its version and loaded models."""
+MAX_SHOW = 40  # /api/show calls one probe makes at most
+
+
+def probe(b: BackendConfig, *, timeout: float = 2.0, full: bool = False, show: bool = False) -> Probe:
+    """Ask one Ollama backend what it has; `full` also asks its version and loaded models, `show`
+    each installed model's capabilities (``/api/show``; older servers do not list them)."""
     url = (b.base_url or DEFAULT_OLLAMA).rstrip("/")
     p = Probe(b.name, url)
     headers = dict(b.headers)
@@ -86,6 +75,13 @@ def probe(b: BackendConfig, *, timeout: float = 2.0, full: bool = False) -> Prob
                 r = c.get("/api/ps")
                 if r.status_code == 200:
                     p.loaded = list(r.json().get("models") or [])
+            for m in p.installed[:MAX_SHOW] if show else []:
+                name = m.get("model") or m.get("name")
+                r = c.post("/api/show", json={"model": name})
+                body = r.json() if r.status_code == 200 else None
+                caps = body.get("capabilities") if isinstance(body, dict) else None
+                if isinstance(caps, list):
+                    p.capabilities[full_name(str(name))] = [str(x) for x in caps]
     except httpx.HTTPError as e:
         p.error = type(e).__name__
     except ValueError:
@@ -94,7 +90,7 @@ def probe(b: BackendConfig, *, timeout: float = 2.0, full: bool = False) -> Prob
 
 
 def _targets(cfg: Config, backend: str) -> list[tuple[str, str]]:
-    return [(name, t.model) for name, t in cfg.models.items() if t.backend == backend]
+    return [(name, t.model) for name, t in cfg.models.items() if t.backend == backend and t.model != "auto"]
 
 
 def probes(cfg: Config, timeout: float = 1.5) -> dict[str, Probe]:
@@ -125,69 +121,7 @@ def discovery_lines(cfg: Config, timeout: float = 1.5, found: dict[str, Probe] |
     return lines
 
 
-# --- GPU ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class GPU:
-    index: str
-    name: str
-    total_mib: int
-    used_mib: int
-    free_mib: int
-
-
-def gpus(timeout: float = 5.0) -> list[GPU] | None:
-    """The NVIDIA GPUs `nvidia-smi` reports, or None when it is not installed or fails."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=index,name,memory.total,memory.used,memory.free",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    found = []
-    for line in out.stdout.splitlines():
-        parts = [x.strip() for x in line.split(",")]
-        if len(parts) != 5:
-            continue
-        try:
-            found.append(GPU(parts[0], parts[1], int(float(parts[2])), int(float(parts[3])), int(float(parts[4]))))
-        except ValueError:
-            continue
-    return found
-
-
-def _mem_available_gb() -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024 / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _params_b(m: dict[str, Any]) -> float | None:
-    ps = str((m.get("details") or {}).get("parameter_size") or "")
-    match = re.match(r"([\d.]+)\s*([BM])", ps, re.I)
-    if not match:
-        return None
-    n = float(match.group(1))
-    return n / 1000 if match.group(2).upper() == "M" else n
-
-
-def need_gb(m: dict[str, Any]) -> float:
-    """GPU memory a model needs, roughly: its weights plus ~15% for the KV cache and runtime, and
-    never less than the guide's figure for its parameter count (2 GB for 3B, 5 GB for 8B)."""
-    size = (m.get("size") or 0) / GB
-    params = _params_b(m)
-    guide = params * 0.65 if params else 0.0
-    return round(max(size * 1.15, guide, 0.5), 1)
+# --- hardware and fit -----------------------------------------------------------------------------
 
 
 def _gb(n: float) -> str:
@@ -201,46 +135,39 @@ def _when(s: Any) -> str:
         return str(s)
 
 
-def fit_lines(gpu_list: list[GPU] | None, installed: list[dict[str, Any]], headroom_gb: float | None = None) -> list[str]:
+def fit_lines(hw: hardware.Hardware, installed: list[dict[str, Any]], reserve_gb: float | None = None) -> list[str]:
+    """The doctor's hardware section: GPUs (or none), the memory budget, which installed models fit,
+    and the recommendations (proxy/local/recommend.py)."""
     lines: list[str] = []
-    if gpu_list is None or not gpu_list:
-        ram = _mem_available_gb()
-        lines.append("GPU: none found (nvidia-smi is not on PATH or reports no GPU); Ollama will run models on "
-                     "the CPU.")
-        budget = (ram or 0) - 2.0
-        lines.append(f"  RAM available: {_gb(ram) if ram is not None else 'unknown'}. On a CPU prefer 1B-3B models "
-                     "(about 2 GB each); 7-8B models work but answer slowly.")
-        if ram is not None:
-            fits = [c for c in SIZE_CLASSES if c[2] <= budget]
-            if fits:
-                lines.append(f"  Fits in RAM (2 GB kept free): up to {fits[-1][0]} (e.g. {fits[-1][3]}).")
-        return lines
-    lines.append("GPU (nvidia-smi):")
-    for g in gpu_list:
-        lines.append(f"  GPU {g.index}: {g.name}, {g.total_mib} MiB total, {g.used_mib} MiB used, {g.free_mib} MiB free")
-    best = max(gpu_list, key=lambda g: g.free_mib)
-    total_gb = best.total_mib / 1024
-    headroom = headroom_gb if headroom_gb is not None else max(1.0, round(total_gb * 0.1, 1))
-    usable = max(0.0, best.free_mib / 1024 - headroom)
-    lines.append(f"Fit (guide: ~2 GB for a 3B model, ~5 GB for 8B; {_gb(headroom)} left free for other GPU work): "
-                 f"{_gb(usable)} usable on GPU {best.index}")
-    for m in installed:
-        n = need_gb(m)
-        verdict = "fits" if n <= usable else "does NOT fit (Ollama would split it onto the CPU, slowly)"
-        lines.append(f"  {m.get('model') or m.get('name'):28s} needs ~{_gb(n):8s} {verdict}")
-    fits = [c for c in SIZE_CLASSES if c[2] <= usable]
-    if fits:
-        label, _, gb, examples = fits[-1]
-        lines.append(f"  Suggestion: models up to {label} (~{gb:g} GB) fit, e.g. {examples}.")
-        pair = SIZE_CLASSES[1][2] + SIZE_CLASSES[2][2]
-        if pair <= usable:
-            lines.append(f"  A 3B model (quick edits) and an 8B one (harder local work) fit side by side "
-                         f"(~{pair:g} GB).")
-        else:
-            lines.append("  Keep one model loaded at a time (a short keep_alive on the others).")
+    if hw.gpus:
+        lines.append(f"GPU ({hw.kind}):")
+        for g in hw.gpus:
+            used = f", {g.used_mib} MiB used, {g.free_mib} MiB free" if g.used_mib is not None else ""
+            lines.append(f"  GPU {g.index}: {g.name}, {g.total_mib} MiB total{used}")
     else:
-        lines.append("  Suggestion: not even a 1B model fits beside the current GPU work; run on the CPU or free "
-                     "GPU memory.")
+        lines.append("GPU: none found; Ollama will run models on the CPU (prefer 1B-3B models: larger ones answer "
+                     "slowly).")
+        total = hw.system_total_mib
+        lines.append(f"  system memory: {_gb(total / 1024) if total else 'unknown'}")
+    for note in hw.notes:
+        lines.append(f"  ({note})")
+    memory = hw.memory_mib * hardware.MIB
+    reserve = int(reserve_gb * GB) if reserve_gb is not None else recommend.default_reserve(hw.kind, memory)
+    budget = max(0, memory - reserve)
+    lines.append(f"Budget: {_gb(budget / GB)} for models ({_gb(memory / GB)}, {_gb(reserve / GB)} kept for other "
+                 "work; --reserve GB changes it)")
+    have = [m for m in (recommend.from_installed(e) for e in installed) if m]
+    for m in have:
+        verdict = "fits" if m.need <= budget else "does NOT fit (Ollama would split it onto the CPU, slowly)"
+        lines.append(f"  {m.name:28s} needs ~{_gb(m.need / GB):8s} {verdict}")
+    names = {m.name for m in have}
+    cands = have + [m for m in recommend.CATALOGUE if m.name not in names]
+    for kind, c in recommend.recommend(cands, budget, hw.kind == "cpu").items():
+        if c is None:
+            lines.append(f"  Recommended {kind}: nothing fits {_gb(budget / GB)}")
+            continue
+        names_ = " + ".join(m.name + ("" if m.installed else " (ollama pull " + m.name + ")") for m in c.models)
+        lines.append(f"  Recommended {kind}: {names_} - {_gb(c.need / GB)}, {_gb(c.free / GB)} left")
     return lines
 
 
@@ -298,7 +225,7 @@ def report(cfg: Config, headroom_gb: float | None = None) -> tuple[str, bool]:
                 state = f"MISSING - run `ollama pull {m}`"
             lines.append(f"    {n:20s} {m:28s} {state}")
         lines.append("")
-    lines += fit_lines(gpus(), list(all_installed.values()), headroom_gb)
+    lines += fit_lines(hardware.detect(), list(all_installed.values()), headroom_gb)
     lines.append("")
     lines.append("All good." if ok else "Problems found (see above).")
     return "\n".join(lines), ok
@@ -318,14 +245,8 @@ def default_config() -> Config:
     return cfg
 
 
-def main(cfg: Config | str | None, headroom_gb: float | None = None) -> int:
-    """`turnout doctor`: a Config, a config path, or None for $TURNOUT_CONFIG / ./proxy.yaml (and,
-    when neither exists, the local Ollama alone)."""
-    if not isinstance(cfg, Config):
-        from proxy.cli import _default_config, load_or_exit
-
-        path = cfg or _default_config()
-        cfg = default_config() if cfg is None and not os.path.exists(path) else load_or_exit(path)
+def main(cfg: Config, headroom_gb: float | None = None) -> int:
+    """`turnout doctor` (text)."""
     text, ok = report(cfg, headroom_gb)
     print(text)
     return 0 if ok else 1

@@ -5,21 +5,28 @@ Replies depend only on the request, so demos, tests and benchmarks are repeatabl
 - with tools (and tool_choice not "none") and no tool result yet: a call to the named or first tool,
   its arguments filled from the tool's JSON schema; after a tool result: an answer quoting it;
 - response_format json_object / json_schema: a JSON document (shaped by the schema);
-- max_tokens cuts the reply (finish_reason "length"), stop sequences end it, n>1 gives n choices.
+- max_tokens cuts the reply (finish_reason "length"), stop sequences end it, n>1 gives n choices;
+- embeddings: a unit vector per text, the sum of one pseudo-random vector per word (seeded by the
+  word's hash), so equal texts get equal vectors and texts sharing words point the same way.
 
 Faults are scripted per backend (``options``) or per request by a directive in the last user
 message, e.g. ``[mock:status=429]``, ``[mock:status=503 retry_after=2]``, ``[mock:drop=3]`` (a
 stream drops after 3 chunks), ``[mock:hang]``, ``[mock:latency=0.2]``, ``[mock:chunks=20]``.
+Directives come from clients, so each value is bounded (`LIMITS`); a bad one is a 400 naming it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from proxy.errors import InvalidRequest
 from translators.common import (
     Json,
     chunk,
@@ -38,6 +45,25 @@ DEFAULT_TEMPLATE = "Hello from {model}! You said: {prompt}"
 _DIRECTIVE = re.compile(r"\[mock:([^\]]*)\]")
 _TOKEN = re.compile(r"\s*\S+")
 _COUNT = re.compile(r"\w+|[^\w\s]")
+# the values a client's directive may ask for: (low, high) per directive
+LIMITS: dict[str, tuple[float, float]] = {"status": (400, 599), "drop": (0, 100_000), "chunks": (0, 20_000),
+                                          "latency": (0, 600), "chunk_delay": (0, 60), "retry_after": (0, 3600)}
+
+
+def _directive_value(k: str, v: str) -> float:
+    """A directive's number, or a 400 naming the directive and its bounds."""
+    lo, hi = LIMITS[k]
+    try:
+        x = float(v) if k in ("latency", "chunk_delay", "retry_after") else int(v)
+    except ValueError:
+        x = math.nan
+    if not lo <= x <= hi:  # also false for nan
+        raise InvalidRequest(f"Invalid mock directive '{k}={v[:40]}': expected a number from {lo:g} to {hi:g}.",
+                             param="messages", code="invalid_mock_directive")
+    return x
+
+
+EMBEDDING_DIMENSIONS = 256
 
 
 @dataclass
@@ -91,16 +117,12 @@ class Script:
         for m in _DIRECTIVE.finditer(text):
             for item in m.group(1).split():
                 k, _, v = item.partition("=")
-                if k == "status":
-                    s.status, s.times = int(v), None
-                elif k == "hang":
+                if k == "hang":
                     s.hang, s.times = True, None
-                elif k == "drop":
-                    s.drop, s.times = int(v), None
-                elif k in ("latency", "chunk_delay", "retry_after"):
-                    setattr(s, k, float(v))
-                elif k == "chunks":
-                    s.chunks = int(v)
+                elif k in LIMITS:
+                    setattr(s, k, _directive_value(k, v))
+                    if k in ("status", "drop"):
+                        s.times = None
                 elif k == "message":
                     s.message = v.replace("_", " ")
         return s
@@ -252,3 +274,15 @@ def build_chunks(model: str, id: str, created: int, rs: list[Reply]) -> list[Jso
                 out.append(chunk(id, created, model, {"tool_calls": [tool_call_delta(j, arguments=args[k:k + step])]}, index=i))
         out.append(chunk(id, created, model, {}, r.finish_reason, index=i))
     return out
+
+
+def embedding(text: str, dimensions: int | None = None) -> list[float]:
+    """A deterministic unit vector for `text` (bag of words: shared words, similar vectors)."""
+    n = dimensions or EMBEDDING_DIMENSIONS
+    v = [0.0] * n
+    for word in re.findall(r"\w+", text.lower()) or [text]:
+        rng = random.Random(int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little"))
+        for i in range(n):
+            v[i] += rng.gauss(0.0, 1.0)
+    norm = math.sqrt(sum(x * x for x in v)) or 1.0
+    return [x / norm for x in v]

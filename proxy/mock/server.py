@@ -22,7 +22,8 @@ from proxy.mock import engine as mock
 from proxy.server import validate
 from proxy.call import new_id
 from proxy.errors import ProxyError
-from translators.common import usage_chunk
+from translators import embeddings as emb
+from translators.common import TranslationError, usage_chunk
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None,
@@ -32,7 +33,7 @@ def _error(status: int, message: str, type_: str, code: str | None = None,
 
 
 def build_mock_upstream(options: dict[str, Any] | None = None, api_key: str | None = None) -> Starlette:
-    """An app answering /v1/chat/completions and /v1/models like an OpenAI-compatible server.
+    """An app answering /v1/chat/completions, /v1/embeddings and /v1/models like an OpenAI-compatible server.
 
     `app.state.requests` keeps every request body received, for tests to assert on.
     """
@@ -44,12 +45,12 @@ def build_mock_upstream(options: dict[str, Any] | None = None, api_key: str | No
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         try:
             body = validate.chat_request(orjson.loads(await request.body()))
+            s = base.with_directives(body)
         except orjson.JSONDecodeError:
             return _error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
         except ProxyError as e:
             return Response(e.json(), status_code=e.status, media_type="application/json")
         received.append(body)
-        s = base.with_directives(body)
         if s.hang:
             await asyncio.sleep(3600)
         if s.latency:
@@ -80,6 +81,18 @@ def build_mock_upstream(options: dict[str, Any] | None = None, api_key: str | No
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    async def embeddings(request: Request) -> Response:
+        """OpenAI's /v1/embeddings with the engine's deterministic vectors (float or base64)."""
+        try:
+            req = emb.parse(orjson.loads(await request.body()))
+        except (orjson.JSONDecodeError, TranslationError) as e:
+            return _error(400, str(e) or "We could not parse the JSON body of your request.", "invalid_request_error")
+        texts = [" ".join(map(str, t)) for t in req.inputs] if req.tokens else list(req.inputs)
+        received.append({"path": "/v1/embeddings", **orjson.loads(await request.body())})
+        vectors = [mock.embedding(t, req.dimensions) for t in texts]
+        tokens = sum(mock.count_tokens(t) for t in texts)
+        return Response(orjson.dumps(emb.response(vectors, "mock-embedding", tokens, req)), media_type="application/json")
+
     async def models(request: Request) -> Response:
         return Response(orjson.dumps({"object": "list", "data": [
             {"id": "mock", "object": "model", "created": 0, "owned_by": "turnout-mock"}]}),
@@ -87,6 +100,7 @@ def build_mock_upstream(options: dict[str, Any] | None = None, api_key: str | No
 
     app = Starlette(routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
     ])
     app.state.requests = received

@@ -29,6 +29,22 @@ from proxy.call import Call
 from proxy.observability.metrics import transitions
 
 access = logging.getLogger("turnout.access")
+_MAX_FIELD = 200  # a client's string (the model it asked for) is cut to this many characters in a line
+_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _text(v: Any) -> str:
+    """A field for the text line: '-' when empty; quoted and escaped (JSON string rules) when it
+    holds a space, a quote, '=' or a control character, so a client's value cannot end the line,
+    start a forged one or pose as another field."""
+    if v is None or v == "":
+        return "-"
+    s = str(v)
+    if len(s) > _MAX_FIELD:
+        s = s[:_MAX_FIELD] + "…"
+    if s.isprintable() and not any(c in s for c in ' "='):
+        return s
+    return orjson.dumps(s).decode().translate(_BREAKS)
 
 
 class _Line:
@@ -44,8 +60,8 @@ class _Line:
         fb = ",".join(f"{x['from']}->{x['to']}({x['reason']})" for x in f["fallbacks"]) or "-"
         cost = "-" if f["cost_usd"] is None else f"{f['cost_usd']:.8f}"
         ttft = "-" if f["ttft_ms"] is None else f"{f['ttft_ms']:.1f}"
-        return (f"{f['request_id']} key={f['key'] or '-'} model={f['model'] or '-'} route={f['route'] or '-'} "
-                f"rule={f['rule'] or '-'} target={f['target'] or '-'} fallbacks={fb} retries={f['retries']} "
+        return (f"{f['request_id']} key={_text(f['key'])} model={_text(f['model'])} route={_text(f['route'])} "
+                f"rule={_text(f['rule'])} target={_text(f['target'])} fallbacks={_text(fb)} retries={f['retries']} "
                 f"status={f['status']} stream={f['stream']} tokens={f['prompt_tokens']}/{f['completion_tokens']} "
                 f"cost={cost} ms={f['ms']:.1f} ttft_ms={ttft}" + (f" error={f['error']}" if f["error"] else ""))
 
@@ -56,7 +72,7 @@ def request_fields(call: Call) -> dict[str, Any]:
     end = call.finished or time.perf_counter()
     return {
         "request_id": call.request_id, "key": call.key.name if call.key else None,
-        "model": call.request_model or None, "route": call.route, "rule": call.reason, "target": call.target,
+        "model": call.request_model[:_MAX_FIELD] or None, "route": call.route, "rule": call.reason, "target": call.target,
         "fallbacks": [{"from": f, "to": t, "reason": r} for f, t, r in fallbacks], "retries": len(retries),
         "attempts": [{"target": a.target, "outcome": a.outcome, "status": a.status,
                       "ms": None if a.seconds is None else round(a.seconds * 1000, 1)} for a in call.attempts],

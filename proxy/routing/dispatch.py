@@ -25,7 +25,7 @@ from proxy.routing import quality
 from proxy.backends.base import Backend, Json
 from proxy.call import Attempt, Call
 from proxy.config import Target
-from proxy.errors import InvalidRequest, UpstreamError, upstream_timeout
+from proxy.errors import InvalidRequest, ProxyError, UpstreamError, upstream_timeout
 from proxy.routing.router import Router
 from translators.common import TranslationError
 
@@ -49,6 +49,13 @@ def _delay(backend: Backend, attempt: int, e: UpstreamError) -> float:
         return min(e.retry_after, policy.max_retry_after)
     base = policy.backoff * (2 ** attempt)
     return base / 2 + random.random() * base / 2
+
+
+def malformed(backend: str, err: Exception) -> UpstreamError:
+    """A broken upstream answer (wrong JSON shape, a field missing): retryable, another target may answer."""
+    return UpstreamError(f"Backend '{backend}' sent an answer Turnout could not read ({type(err).__name__}).",
+                         status=502, code="upstream_malformed_response", retry=True, category="server",
+                         backend=backend)
 
 
 def _timeout_error(what: str, backend: str | None = None) -> UpstreamError:
@@ -95,6 +102,14 @@ class Dispatcher:
                     result = None
                 except UpstreamError as err:
                     e, result = err, None
+                except ProxyError:
+                    circuit.release()
+                    raise
+                except Exception as err:  # noqa: BLE001 - an answer a backend could not read is the upstream's fault
+                    log.warning("%s: target %s sent an unreadable answer (%s)", call.request_id, target.name,
+                                type(err).__name__)
+                    log.debug("unreadable upstream answer", exc_info=True)
+                    e, result = malformed(backend.name, err), None
                 else:
                     e = None
                 if e is not None:
@@ -147,6 +162,19 @@ class Dispatcher:
         try:
             async with asyncio.timeout(deadline) if deadline else nullcontext():
                 return await self._along(chain, call, attempt, check, escalate)
+        except TimeoutError:
+            raise _timeout_error(f"Route '{call.route}'") from None
+
+    async def embed(self, chain: list[Target], req: Any, call: Call, *, decode: Callable[[list[int]], str] | None = None,
+                    deadline: float | None = None) -> list[list[float]]:
+        """Embedding vectors from the first target that gives them (retries and fallback as for chat)."""
+
+        async def attempt(backend: Backend, target: Target) -> list[list[float]]:
+            return await backend.embed(target, req, call, decode)
+
+        try:
+            async with asyncio.timeout(deadline) if deadline else nullcontext():
+                return await self._along(chain, call, attempt)
         except TimeoutError:
             raise _timeout_error(f"Route '{call.route}'") from None
 

@@ -52,6 +52,7 @@ def render(x: dict[str, Any]) -> str:
         f"features:   images={f['has_images']} tools={f['has_tools']} turn={f['turn']} "
         f"prompt_tokens={f['prompt_tokens']} task={f['task']} tier={f['tier']} requirement={f['requirement']}",
         f"complexity: {c['score']:.2f}" + "".join(f"\n              {r}" for r in c["reasons"]),
+        *semantic_lines(f.get("semantic") or {}),
         "chain:",
     ]
     for t in x["chain"]:
@@ -63,6 +64,22 @@ def render(x: dict[str, Any]) -> str:
     else:
         lines.append("-> no target can serve this request now")
     return "\n".join(lines)
+
+
+def semantic_lines(found: dict[str, Any]) -> list[str]:
+    """What each semantic condition the rules reached found, with the closest examples."""
+    lines = []
+    for name, r in found.items():
+        if "intent" in r:
+            head = f"intent {r['intent']}: similarity {r['similarity']:.2f} (threshold {r['threshold']:.2f})"
+        else:
+            head = (f"classifier {name.split(':', 1)[1]}: p({r['label']}) = {r['probability']:.2f} "
+                    f"(threshold {r['threshold']:.2f}; most likely: {r['top']})")
+        lines.append(f"semantic:   {head} -> {'holds' if r['holds'] else 'does not hold'}")
+        for ex in r["closest"]:
+            label = f" [{ex['label']}]" if "label" in ex else ""
+            lines.append(f"              {ex['similarity']:.2f}  {ex['text'][:70]!r}{label}")
+    return lines
 
 
 def route_command(cfg: Config, args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ Json = dict[str, Any]
 
 
 class Features:
+    kind = "chat"  # what is asked: "chat", or "embedding" (set by the embeddings endpoint)
+
     def __init__(self, body: Json, headers: Mapping[str, str], key: Key | None, scorer: ComplexityScorer,
                  open_proxy: bool = False) -> None:
         self.body = body
@@ -26,6 +28,8 @@ class Features:
         self.scorer = scorer
         self.open_proxy = open_proxy  # no keys configured: tier may come from a header
         self.metadata: Json = body.get("metadata") or {}
+        self.embedding: Any = None  # the last user message's vector, set only for routes that route by meaning
+        self.semantic: Json = {}  # what each semantic condition found (proxy/routing/semantic.py)
 
     @cached_property
     def messages(self) -> list[Json]:
@@ -98,5 +102,5 @@ class Features:
             "has_images": self.has_images, "has_tools": self.has_tools, "turn": self.turn,
             "prompt_tokens": self.prompt_tokens, "max_tokens": self.max_tokens,
             "complexity": self.complexity.as_dict(), "task": self.task, "tier": self.tier,
-            "requirement": self.requirement,
+            "requirement": self.requirement, **({"semantic": self.semantic} if self.semantic else {}),
         }

@@ -3,7 +3,8 @@
 A route is a plain fallback chain, or rules (first match wins; the rule's name is the reason
 reported). A model target named directly is a chain of one; an allowed override header or
 metadata field forces one target. Filters then skip, with a recorded reason, each target that
-cannot serve this request now: backend unavailable (no key), circuit open, a missing ability
+cannot serve this request now: the wrong kind (chat vs embedding, `proxy.routing.kinds`), backend
+unavailable (no key), circuit open, a missing ability
 (vision, tools, JSON schema), a context window too small, and the filters the assembly adds (health,
 quotas, budgets). If nothing is left, the client gets one error naming every target and why.
 """
@@ -17,9 +18,11 @@ from proxy.backends.base import Backend
 from proxy.call import Attempt, Call
 from proxy.routing.circuit import Circuit
 from proxy.routing.complexity import ComplexityScorer
-from proxy.config import Conditions, Config, Key, Rule, Target
+from proxy.config import ConfigError, Conditions, Config, Key, Rule, Target
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError
 from proxy.routing.features import Features
+from proxy.routing.kinds import kind_of
+from proxy.routing.semantic import Semantic
 
 Filter = Callable[[Target, Features], "str | None"]
 EXPECTED_OUTPUT_TOKENS = 256  # for cost estimates when the request sets no max_tokens
@@ -37,7 +40,7 @@ class OverrideNotAllowed(ProxyError):
     code = "override_not_allowed"
 
 
-def matches(c: Conditions, f: Features) -> bool:
+def matches(c: Conditions, f: Features, semantic: Callable[[Conditions, Features], bool] | None = None) -> bool:
     """All of a rule's conditions hold (cheapest first; costly features are computed only if asked)."""
     return not (
         (c.has_images is not None and f.has_images != c.has_images)
@@ -48,6 +51,7 @@ def matches(c: Conditions, f: Features) -> bool:
         or (c.requirement is not None and f.requirement not in c.requirement)
         or (c.complexity is not None and not c.complexity.holds(f.complexity.value))
         or (c.prompt_tokens is not None and not c.prompt_tokens.holds(f.prompt_tokens))
+        or (c.semantic and semantic is not None and not semantic(c, f))
     )
 
 
@@ -60,8 +64,16 @@ class Router:
         # shared with health and metrics when serving; fresh (all closed) for a dry run
         self.circuits = circuits if circuits is not None else {n: Circuit(n, cfg.routing.circuit) for n in backends}
         # the built-in filters, then those of other concerns (health, quotas, budgets) in the given order
-        self.filters: tuple[Filter, ...] = (self._unavailable, self._circuit, self._abilities, self._context,
+        self.filters: tuple[Filter, ...] = (self._kind, self._unavailable, self._circuit, self._abilities, self._context,
                                             *filters)
+        try:
+            self.semantic = Semantic(cfg)
+        except ValueError as e:  # a trained router that doesn't fit its rule: as bad as a bad config
+            raise ConfigError(str(e)) from None
+
+    async def prepare(self, f: Features) -> None:
+        """Compute off the event loop what this request's route will ask for (the prompt's embedding)."""
+        await self.semantic.prepare(f.body.get("model"), f)
 
     def features(self, body: dict[str, Any], headers: Mapping[str, str], key: Key | None) -> Features:
         return Features(body, headers, key, self.scorer, open_proxy=not self.cfg.keys)
@@ -96,8 +108,9 @@ class Router:
         if not route.rules:
             call.reason = "chain"
             return list(route.chain), None
+        semantic = lambda c, f: self.semantic.holds(route.name, c, f)  # noqa: E731
         for rule in route.rules:
-            if matches(rule.when, f):
+            if matches(rule.when, f, semantic):
                 call.reason = rule.name
                 return list(rule.then), rule
         raise NoTargetAvailable(f"No rule of route '{route.name}' matches this request (add a rule without "
@@ -117,7 +130,7 @@ class Router:
                 chain.append(target)
         if not chain:
             detail = "; ".join(f"{a.target} ({a.outcome})" for a in call.attempts)
-            if all(self._abilities(self.cfg.models[n], f) for n in names):
+            if all(self._kind(self.cfg.models[n], f) or self._abilities(self.cfg.models[n], f) for n in names):
                 # no target could ever serve this request: the client's to fix, not a transient outage
                 raise InvalidRequest(f"'{call.request_model}' cannot serve this request: {detail}.", param="model",
                                      code="unsupported_capability")
@@ -133,8 +146,14 @@ class Router:
                 return why
         return None
 
+    def _kind(self, t: Target, f: Features) -> str | None:
+        kind = kind_of(t)
+        if kind == f.kind:
+            return None
+        return "an embedding model (not for chat)" if kind == "embedding" else "not an embedding model"
+
     def _unavailable(self, t: Target, f: Features) -> str | None:
-        return self.backends[t.backend].unavailable
+        return self.backends[t.backend].unavailable or t.unavailable  # no key; `model: auto` found nothing
 
     def _circuit(self, t: Target, f: Features) -> str | None:
         return self.circuits[t.backend].blocked()

@@ -20,7 +20,9 @@ from proxy.call import Call
 from proxy.config import Config
 from proxy.errors import ModelNotFound, ProxyError
 from proxy.server import validate
+from translators.inbound import chat as dialects
 from proxy.web.auth import Authenticator
+from proxy.routing.kinds import kind_of
 from proxy.server.pipeline import Completion, Pipeline, internal_error
 from proxy.web.responses import error_response, json_response, read_json, request_id
 
@@ -37,6 +39,7 @@ class OpenAIAPI:
         self.auth = auth
         self.backends = backends
         self.readiness = ready
+        self.created = int(time.time())  # /v1/models: the same `created` on every call
 
     def routes(self) -> list[Route]:
         return [
@@ -54,16 +57,18 @@ class OpenAIAPI:
         call = pipeline.new_call(request_id(request, ""))
         try:
             call.key = self.auth.authenticate(request.headers)
-            body = validate.chat_request(await read_json(request, self.cfg.server.max_body_bytes))
+            raw = await read_json(request, self.cfg.server.max_body_bytes)
+            legacy = isinstance(raw, dict) and dialects.used_functions(raw)  # answer in the functions dialect
+            body = validate.chat_request(raw)
             result = await pipeline.run(call, body, request.headers)
             if isinstance(result, Completion):
-                out = orjson.dumps(result.data)
+                out = orjson.dumps(dialects.legacy_answer(result.data) if legacy else result.data)
                 if call.usage is None:
-                    call.sent = [out]  # no usage from upstream: the ledger estimates from the answer
+                    call.record_sent(out)  # no usage from upstream: the ledger estimates from the answer
                 pipeline.finish(call, 200)
                 return Response(out, media_type="application/json", headers=call.headers())
-            return StreamingResponse(self.sse(pipeline.payloads(call, result)), media_type="text/event-stream",
-                                     headers={**_SSE_HEADERS, **call.headers()})
+            return StreamingResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
+                                     media_type="text/event-stream", headers={**_SSE_HEADERS, **call.headers()})
         except ProxyError as e:
             pipeline.finish(call, e.status, e)
             return error_response(e, call.headers())
@@ -73,10 +78,16 @@ class OpenAIAPI:
             return error_response(err, call.headers())
 
     @staticmethod
-    async def sse(payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Frame payloads as SSE; a failure after the start ends with an error event, no [DONE]."""
+    async def sse(payloads: AsyncIterator[bytes], legacy: bool = False,
+                  include_usage: bool = False) -> AsyncIterator[bytes]:
+        """Frame payloads as SSE; a failure after the start ends with an error event, no [DONE].
+        With ``include_usage`` every chunk but the usage chunk says ``"usage": null``, as OpenAI's do."""
         try:
             async for payload in payloads:
+                if legacy:
+                    payload = dialects.legacy_chunk(payload)
+                if include_usage and b'"usage"' not in payload and payload.endswith(b"}"):
+                    payload = payload[:-1] + b',"usage":null}'
                 yield b"data: " + payload + b"\n\n"
             yield b"data: [DONE]\n\n"
         except ProxyError as e:
@@ -90,7 +101,9 @@ class OpenAIAPI:
         body = validate.chat_request(await read_json(request, self.cfg.server.max_body_bytes))
         call = Call(request_model=body["model"], key=key)
         router = self.pipeline.router
-        return json_response(router.explain(call, router.features(body, request.headers, key)))
+        features = router.features(body, request.headers, key)
+        await router.prepare(features)
+        return json_response(router.explain(call, features))
 
     async def models(self, request: Request) -> Response:
         self.auth.authenticate(request.headers)
@@ -105,12 +118,13 @@ class OpenAIAPI:
         raise ModelNotFound(name)
 
     def model_list(self) -> list[dict[str, Any]]:
-        created = int(time.time())
+        created = self.created
         out = [{"id": name, "object": "model", "created": created, "owned_by": "turnout",
                 "turnout": {"kind": "route", "chain": r.chain}} for name, r in self.cfg.routes.items()]
         out += [{"id": name, "object": "model", "created": created, "owned_by": t.backend,
-                 "turnout": {"kind": "target", "backend": t.backend, "model": t.model,
-                             "available": not self.backends[t.backend].unavailable}}
+                 "turnout": {"kind": "target", "serves": kind_of(t), "backend": t.backend, "model": t.model,
+                             "available": not (self.backends[t.backend].unavailable or t.unavailable),
+                             **({"role": t.role, "auto": t.auto} if t.auto else {})}}
                 for name, t in self.cfg.models.items()]
         return out
 

@@ -1,8 +1,8 @@
 """The one assembly point: a config in, a running gateway out, every part wired here in the open.
 
-`build` makes, in order: one backend (and pool) per configured backend; a circuit breaker each;
+`build` makes, in order: the ``model: auto`` targets' choices (proxy/local/autoconfig.py); one backend (and pool) per configured backend; a circuit breaker each;
 the metrics (with the dashboard's stats) and the provider health, which both listen to the
-breakers; the state store (counters, breaker records); the usage accounts and ledger; the router with its filters (built-in, then health,
+breakers; the usage accounts and ledger; the router with its filters (built-in, then health,
 quotas and budgets); the dispatcher; the gates that run before routing (rate limits, budgets);
 the observers told of every request (metrics, health, ledger); the pipeline over all of that; and
 the HTTP routes of each API. No part appends itself to another: what listens to what is read here.
@@ -17,6 +17,7 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,6 +25,8 @@ from starlette.routing import Route
 from proxy.backends import Backend, create
 from proxy.config import Config, load
 from proxy.errors import ProxyError
+from proxy.local import api as hardware_api
+from proxy.local.autoconfig import resolve_auto
 from proxy.observability.api import ObservabilityAPI
 from proxy.observability.health import Health
 from proxy.observability.logs import setup as setup_logs
@@ -32,13 +35,16 @@ from proxy.observability.stats import Stats
 from proxy.routing.circuit import Circuit
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
+from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
 from proxy.server.app import OpenAIAPI
+from proxy.server.openai_apis import OpenAIAPIs
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.state import MemoryState, State
 from proxy.usage import api as usage_api
 from proxy.usage import tokens
 from proxy.usage.ledger import Usage, build_usage
 from proxy.web.auth import Authenticator
+from proxy.web.request_ids import RequestIds
 from proxy.web.responses import error_response
 
 
@@ -74,8 +80,9 @@ class Gateway:
 
 
 def build(cfg: Config) -> Gateway:
+    resolve_auto(cfg)  # `model: auto` targets: the best installed model for their role, or why they are skipped
     backends = {name: create(b) for name, b in cfg.backends.items()}
-    state = MemoryState()  # counters, circuit records, key-value store: proxy/state/
+    state: State = MemoryState()  # counters, circuit records, key-value store: proxy/state/
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
     stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     metrics = Metrics(cfg, circuits, stats)
@@ -92,8 +99,11 @@ def build(cfg: Config) -> Gateway:
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [], state)
     gateway.routes = [
         *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
+        *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
+        *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),
         *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
+        *hardware_api.routes(cfg, auth),
     ]
     return gateway
 
@@ -101,8 +111,11 @@ def build(cfg: Config) -> Gateway:
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return error_response(ProxyError(f"{request.method} {request.url.path}: {exc.detail}",
-                                     status=exc.status_code, type="invalid_request_error", code=code))
+    err = ProxyError(f"{request.method} {request.url.path}: {exc.detail}", status=exc.status_code,
+                     type="invalid_request_error", code=code)
+    if request.url.path.startswith("/v1/messages"):
+        return anthropic_error(err)  # Anthropic's front door answers in Anthropic's shape
+    return error_response(err)
 
 
 async def _on_proxy_error(request: Request, exc: Exception) -> Response:
@@ -121,7 +134,7 @@ def build_app(cfg: Config) -> Starlette:
         finally:
             await gateway.aclose()
 
-    app = Starlette(routes=gateway.routes, lifespan=lifespan,
+    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[Middleware(RequestIds)],
                     exception_handlers={HTTPException: _on_http_error, ProxyError: _on_proxy_error})
     app.state.turnout = gateway
     return app

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence
 import orjson
 
 from proxy.call import Call
-from proxy.config import Config
+from proxy.config import Config, Target
 from proxy.errors import ProxyError
 from proxy.observability.logs import request_line
 from proxy.routing.dispatch import Dispatcher
@@ -84,15 +84,20 @@ class Pipeline:
             o.started(call)
         return call
 
-    async def run(self, call: Call, body: dict[str, Any], headers: Mapping[str, str]) -> Completion | Stream:
-        """Route and dispatch a checked OpenAI chat body. Raises ProxyError; the caller then `finish`es."""
+    async def run(self, call: Call, body: dict[str, Any], headers: Mapping[str, str], *,
+                  restrict: Callable[[Call, list[Target]], list[Target]] | None = None) -> Completion | Stream:
+        """Route and dispatch a checked OpenAI chat body. Raises ProxyError; the caller then `finish`es.
+        `restrict`: a front door's own narrowing of the chain (e.g. Claude targets only), after filters."""
         call.request_model = body["model"]
         call.stream = bool(body.get("stream"))
         call.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         features = call.features = self.router.features(body, headers, call.key)
         for gate in self.gates:
             gate(call)
+        await self.router.prepare(features)  # a route that routes by meaning: embed off the event loop
         chain, rule = self.router.plan(call, features)
+        if restrict is not None:
+            chain = restrict(call, chain)
         deadline = self.cfg.routes[call.route].timeout if call.route else None
         if call.stream:
             first, rest = await self.dispatcher.open_stream(chain, body, call, deadline=deadline)
@@ -101,6 +106,25 @@ class Pipeline:
                                               deadline=deadline)
         call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
         return Completion(data)
+
+    async def embed(self, call: Call, req: Any, body: dict[str, Any], headers: Mapping[str, str],
+                    decode: Callable[[list[int]], str] | None = None) -> list[list[float]]:
+        """Route and dispatch an embeddings request (`translators.embeddings.EmbedRequest`) to an
+        embedding target: the same gates, filters, retries and fallback as chat; the ledger and
+        metrics see it as a request with prompt tokens only. Raises ProxyError; the caller `finish`es."""
+        call.request_model = body["model"]
+        text = "" if req.tokens else " ".join(req.inputs)
+        probe = {"model": body["model"], "messages": [{"role": "user", "content": text}],
+                 "metadata": body.get("metadata") or {}}
+        features = call.features = self.router.features(probe, headers, call.key)
+        features.kind = "embedding"
+        for gate in self.gates:
+            gate(call)
+        chain, _ = self.router.plan(call, features)
+        deadline = self.cfg.routes[call.route].timeout if call.route else None
+        vectors = await self.dispatcher.embed(chain, req, call, decode=decode, deadline=deadline)
+        call.cost_usd = pricing.cost(call.usage, self.cfg.models[call.target].price)
+        return vectors
 
     async def payloads(self, call: Call, stream: Stream) -> AsyncIterator[bytes]:
         """The stream's chunk payloads, then the usage chunk if the client asked for it.
@@ -112,9 +136,9 @@ class Pipeline:
         rest = stream.rest
         try:
             yield stream.first
-            call.sent = sent = [stream.first]  # kept for the ledger's token estimate if the stream is cut short
+            call.record_sent(stream.first)  # counted (a bounded sample kept) for the ledger's estimate
             async for payload in rest:
-                sent.append(payload)
+                call.record_sent(payload)
                 yield payload
             if call.include_usage and call.usage is not None:
                 model = call.upstream_model or self.cfg.models[call.target].model

@@ -7,8 +7,11 @@ OpenAI's wording and codes, so a client's error handling works unchanged against
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxy.errors import InvalidRequest
+from translators.common import TranslationError
+from translators.inbound import chat as dialects
 
 Json = dict[str, Any]
 
@@ -56,6 +59,23 @@ def _number(body: Json, name: str, lo: float, hi: float | None, integer: bool = 
                              param=name, code=f"{kind}_above_max_value")
 
 
+def _object(part: Json, name: str, p: str) -> None:
+    if not isinstance(part.get(name), dict):
+        raise _missing(f"{p}.{name}") if name not in part else _invalid_type(f"{p}.{name}", "an object", part[name])
+
+
+def _image_url(url: str, param: str) -> None:
+    if url.startswith("data:"):
+        return
+    try:
+        host = urlsplit(url).hostname if url.startswith(("http://", "https://")) else None
+    except ValueError:
+        host = None
+    if not host:
+        raise InvalidRequest(f"Invalid '{param}': expected a data: URL or an http(s) URL.", param=param,
+                             code="invalid_image_url")
+
+
 def _content(content: Any, param: str, role: str) -> None:
     if content is None:
         if role in ("assistant",):
@@ -80,15 +100,18 @@ def _content(content: Any, param: str, role: str) -> None:
             iu = part.get("image_url")
             if not isinstance(iu, dict) or not isinstance(iu.get("url"), str):
                 raise _missing(f"{p}.image_url.url")
-            url = iu["url"]
-            if not url.startswith(("data:", "http://", "https://")):
-                raise InvalidRequest(f"Invalid '{p}.image_url.url': expected a data: URL or an http(s) URL.",
-                                     param=f"{p}.image_url.url", code="invalid_image_url")
+            _image_url(iu["url"], f"{p}.image_url.url")
             detail = iu.get("detail")
             if detail is not None and detail not in ("auto", "low", "high"):
                 raise _invalid_value(f"{p}.image_url.detail", detail, ("auto", "low", "high"))
-        elif ptype in ("input_audio", "file", "refusal"):
-            continue
+        elif ptype in ("input_audio", "file"):
+            _object(part, ptype, p)
+            for k, v in part[ptype].items():
+                if v is not None and not isinstance(v, str):
+                    raise _invalid_type(f"{p}.{ptype}.{k}", "a string", v)
+        elif ptype == "refusal":
+            if not isinstance(part.get("refusal"), str):
+                raise _missing(f"{p}.refusal") if "refusal" not in part else _invalid_type(f"{p}.refusal", "a string", part["refusal"])
         elif ptype is None:
             raise _missing(f"{p}.type")
         else:
@@ -131,8 +154,18 @@ def _messages(messages: Any) -> None:
                         raise _missing(f"{q}.function.name")
                     if not isinstance(fn.get("arguments", ""), (str, dict)):
                         raise _invalid_type(f"{q}.function.arguments", "a string", fn.get("arguments"))
+            fc = m.get("function_call")
+            if fc is not None:
+                if not isinstance(fc, dict):
+                    raise _invalid_type(f"{p}.function_call", "an object", fc)
+                if not isinstance(fc.get("name"), str):
+                    raise _missing(f"{p}.function_call.name")
+                if not isinstance(fc.get("arguments", ""), str):
+                    raise _invalid_type(f"{p}.function_call.arguments", "a string", fc.get("arguments"))
         else:
             _content(m.get("content"), f"{p}.content", role)
+        if m.get("name") is not None and not isinstance(m["name"], str):
+            raise _invalid_type(f"{p}.name", "a string", m["name"])
         if role == "tool" and not isinstance(m.get("tool_call_id"), str):
             raise _missing(f"{p}.tool_call_id")
 
@@ -153,8 +186,8 @@ def _tools(body: Json) -> None:
                 raise _missing(f"{p}.function")
             if not isinstance(fn.get("name"), str) or not fn["name"]:
                 raise _missing(f"{p}.function.name")
-            if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
-                raise _invalid_type(f"{p}.function.parameters", "an object", fn["parameters"])
+            if fn.get("parameters") is not None:
+                _schema(fn["parameters"], f"{p}.function.parameters")
     choice = body.get("tool_choice")
     if choice is None:
         return
@@ -165,10 +198,11 @@ def _tools(body: Json) -> None:
             raise InvalidRequest("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
                                  param="tool_choice", code=None)
         return
-    if not isinstance(choice, dict) or not isinstance((choice.get("function") or {}).get("name"), str):
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise InvalidRequest("Invalid 'tool_choice': expected 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
                              param="tool_choice", code="invalid_value")
-    name = choice["function"]["name"]
+    name = fn["name"]
     if not tools or name not in {t["function"]["name"] for t in tools}:
         raise InvalidRequest(f"Invalid 'tool_choice': function '{name}' is not among the tools.", param="tool_choice",
                              code="invalid_value")
@@ -189,14 +223,78 @@ def _response_format(body: Json) -> None:
             raise _missing("response_format.json_schema")
         if not isinstance(js.get("name"), str):
             raise _missing("response_format.json_schema.name")
-        if js.get("schema") is not None and not isinstance(js["schema"], dict):
-            raise _invalid_type("response_format.json_schema.schema", "an object", js["schema"])
+        if js.get("schema") is not None:
+            _schema(js["schema"], "response_format.json_schema.schema")
+
+
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def _schema(schema: Any, param: str) -> None:
+    """A JSON schema's structural keywords have the types translators and the mock walk over
+    (``properties`` an object of schemas, ``anyOf`` an array of them …). Iterative: depth is
+    already bounded by `check_depth`, but no recursion here either way."""
+    stack: list[tuple[Any, str]] = [(schema, param)]
+    while stack:
+        s, where = stack.pop()
+        if not isinstance(s, dict):
+            if isinstance(s, bool) and where != param:
+                continue  # true / false are valid (sub)schemas
+            raise _invalid_type(where, "an object", s)
+        for k in _SCHEMA_MAPS:
+            v = s.get(k)
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                raise _invalid_type(f"{where}.{k}", "an object", v)
+            stack += [(sub, f"{where}.{k}.{name}") for name, sub in v.items()]
+        for k in _SCHEMA_LISTS:
+            v = s.get(k)
+            if v is None:
+                continue
+            if not isinstance(v, list):
+                raise _invalid_type(f"{where}.{k}", "an array", v)
+            stack += [(sub, f"{where}.{k}[{i}]") for i, sub in enumerate(v)]
+        for k in ("items", "additionalProperties", "not"):
+            v = s.get(k)
+            if v is not None and not isinstance(v, bool):
+                stack.append((v, f"{where}.{k}"))
+        for k in ("required", "enum"):
+            v = s.get(k)
+            if v is not None and not isinstance(v, list):
+                raise _invalid_type(f"{where}.{k}", "an array", v)
+        t = s.get("type")
+        if t is not None and not isinstance(t, str) and not (isinstance(t, list) and all(isinstance(x, str) for x in t)):
+            raise _invalid_type(f"{where}.type", "a string or an array of strings", t)
+
+
+def _legacy_functions(body: Json) -> None:
+    """The deprecated ``functions`` / ``function_call`` pair, checked as tools are."""
+    fns = body.get("functions")
+    if fns is not None:
+        if not isinstance(fns, list):
+            raise _invalid_type("functions", "an array", fns)
+        for i, fn in enumerate(fns):
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise _missing(f"functions[{i}].name")
+            if fn.get("parameters") is not None:
+                _schema(fn["parameters"], f"functions[{i}].parameters")
+    fc = body.get("function_call")
+    if fc is not None and not isinstance(fc, str) and not (isinstance(fc, dict) and isinstance(fc.get("name"), str)):
+        raise _invalid_type("function_call", "one of a string or an object with a name", fc)
 
 
 def chat_request(body: Any) -> Json:
-    """Raise `InvalidRequest` for the first problem in a chat completion body; return it if sound."""
+    """Raise `InvalidRequest` for the first problem in a chat completion body; return it if sound,
+    with the legacy ``functions`` dialect and ``allowed_tools`` expressed as plain tools
+    (`translators.inbound.chat`)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    try:
+        body = dialects.normalize(body)
+    except TranslationError as e:
+        raise InvalidRequest(e.message, param=e.param, code=e.code) from None
     model = body.get("model")
     if model is None:
         raise _missing("model")
@@ -232,13 +330,22 @@ def chat_request(body: Any) -> Json:
         if not body.get("stream"):
             raise InvalidRequest("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                                  param="stream_options", code="invalid_value")
-    for name in ("user",):
+    for name in ("user", "reasoning_effort", "service_tier"):
         v = body.get(name)
         if v is not None and not isinstance(v, str):
             raise _invalid_type(name, "a string", v)
     md = body.get("metadata")
-    if md is not None and not isinstance(md, dict):
-        raise _invalid_type("metadata", "an object", md)
+    if md is not None:
+        if not isinstance(md, dict):
+            raise _invalid_type("metadata", "an object", md)
+        for k, v in md.items():  # OpenAI: string values only
+            if not isinstance(v, str):
+                raise _invalid_type(f"metadata.{k}", "a string", v)
+    _legacy_functions(body)
     _tools(body)
     _response_format(body)
+    try:
+        dialects.check_tool_messages(body["messages"])
+    except TranslationError as e:
+        raise InvalidRequest(e.message, param=e.param, code=e.code) from None
     return body

@@ -4,9 +4,9 @@
 provider's usage when given; otherwise a tiktoken estimate, marked ``estimated``, of the prompt
 and of what was actually sent — a stream cut short counts the chunks that went out), prices them,
 settles what the request reserved of quotas, rate limits and budgets (`proxy.usage.quota`), and
-appends a tuple to a list: that is all the request path pays. A writer task swaps the list out every `usage.flush_interval`
-(at most 1 s) or when `usage.batch_size` rows are waiting, and a single writer thread turns the
-tuples into rows (JSON of the attempts and routing features) and inserts them in one transaction
+appends a tuple to a list: that is all the request path pays. A writer task swaps the list out
+every `usage.flush_interval` (at most 1 s) or when `usage.batch_size` rows are waiting, and a
+single writer thread turns the tuples into rows (JSON of the attempts and routing features) and inserts them in one transaction
 together with a snapshot of the quota and budget counters (also when only admissions changed
 them, so that other worker processes see requests in flight). Shutdown flushes what is left.
 
@@ -136,6 +136,18 @@ def sent_text(payloads: Iterable[bytes]) -> str:
     return "".join(parts)
 
 
+def sent_tokens(call: Call) -> int:
+    """Tokens of what the client received, from the kept sample (`Call.record_sent`) scaled by the
+    bytes sent in all: exact for answers up to the sample's size, an estimate beyond (the row is
+    marked estimated either way; `tokens.count` itself samples very long texts)."""
+    if not call.sent:
+        return 0
+    n = tokens.count(sent_text(call.sent))
+    if call.sent_bytes > call.sent_sampled:
+        n = round(n * call.sent_bytes / call.sent_sampled)
+    return n
+
+
 def measure(call: Call, price: Any) -> tuple[int, int, int, int, int, float]:
     """prompt, completion, cached, reasoning tokens, estimated (0/1) and cost in USD of a finished call."""
     u = call.usage
@@ -148,7 +160,7 @@ def measure(call: Call, price: Any) -> tuple[int, int, int, int, int, float]:
     if call.target is None or (call.sent is None and call.status != 200):
         return 0, 0, 0, 0, 0, 0.0  # nothing answered: nothing to bill
     prompt = (u or {}).get("prompt_tokens") or (call.features.prompt_tokens if call.features is not None else 0)
-    completion = tokens.count(sent_text(call.sent or ()))
+    completion = sent_tokens(call)
     completion = max(completion, (u or {}).get("completion_tokens") or 0)
     est = {"prompt_tokens": prompt, "completion_tokens": completion}
     cost = pricing.cost(est, price) if price else 0.0

@@ -1,7 +1,9 @@
 """Reading request bodies and writing JSON and error responses, shared by every endpoint.
 
 Bodies are read with the configured size limit (declared or streamed) and parsed with orjson;
-a malformed body is OpenAI's 400 ``invalid_json``. Request ids are the client's when safe, else
+a malformed body is OpenAI's 400 ``invalid_json``, one nested deeper than `MAX_DEPTH` a 400
+``nesting_too_deep`` (translators, schema walkers and the JSON encoder recurse; the bound is here, at
+the door, so none of them can hit Python's recursion limit). Request ids are the client's when safe, else
 minted, so every log line and response can be matched.
 """
 
@@ -14,9 +16,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge
+from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge, UpstreamError
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+MAX_DEPTH = 64  # JSON nesting allowed in a request body (objects and arrays); deeper is a 400
 
 
 def request_id(request: Request, fallback: str) -> str:
@@ -29,8 +32,22 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
 
 
+def should_retry(e: ProxyError) -> str | None:
+    """`x-should-retry` for an error answer (both official SDKs obey it before their own status
+    rules): "false" when another try cannot help — Turnout already walked the whole chain (its
+    502 / 503 / 504) or the request itself is wrong (4xx) — so clients do not multiply the load on
+    failing upstreams; "true" for a 429 that says when to come back; else no opinion."""
+    if e.status == 429:
+        return "true" if "retry-after" in e.headers else None
+    if isinstance(e, UpstreamError) and e.status in (502, 503, 504) or 400 <= e.status < 500 and e.status not in (408, 409):
+        return "false"
+    return None
+
+
 def error_response(e: ProxyError, headers: dict[str, str] | None = None) -> Response:
-    return Response(e.json(), status_code=e.status, headers={**(headers or {}), **e.headers},
+    hint = should_retry(e)
+    extra = {"x-should-retry": hint} if hint else {}
+    return Response(e.json(), status_code=e.status, headers={**(headers or {}), **e.headers, **extra},
                     media_type="application/json")
 
 
@@ -53,9 +70,30 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def read_json(request: Request, limit: int) -> Any:
     body = await read_body(request, limit)
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidRequest(
             "We could not parse the JSON body of your request. The API expects a JSON payload; "
             "check that the body is valid JSON and that the content type is application/json.",
             code="invalid_json") from None
+    check_depth(data, body)
+    return data
+
+
+def check_depth(data: Any, raw: bytes) -> None:
+    """Reject JSON nested deeper than `MAX_DEPTH` with a 400, before anything recurses over it.
+
+    Translators, the JSON encoder (254 levels) and the schema walkers recurse, so depth is bounded
+    at the door. Counting brackets in the raw bytes (C speed) settles almost every body; only a
+    body with more brackets than the limit is walked, with an explicit stack (no recursion).
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"The request body is nested too deeply: at most {MAX_DEPTH} levels of "
+                                 "objects and arrays are allowed.", code="nesting_too_deep")
+        children = v.values() if isinstance(v, dict) else v
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))

@@ -6,6 +6,8 @@ with Anthropic's bodies and errors — ``{"type":"error","error":{"type","messag
 with the real statuses — and its stream event sequence (message_start, content_block_start, ping,
 content_block_delta…, content_block_stop, message_delta, message_stop).
 
+``POST /v1/messages/count_tokens`` counts a Messages body (no max_tokens) as one token per word.
+
 Scripting: ``app.state.script`` is a queue of `Reply`s, one taken per request (an empty queue
 answers with ``app.state.default``, an echo unless replaced). ``app.state.requests`` keeps every accepted body and
 ``app.state.headers`` the headers of every request received (accepted or not).
@@ -36,6 +38,7 @@ MODELS = ("claude-sonnet-4-6", "claude-opus-4-6", "claude-opus-4-8", "claude-son
 API_VERSIONS = ("2023-06-01", "2023-01-01", "2026-10-21")  # 2026-10-21: what anthropic SDK 2.x sends
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+_SERVER_TOOL = re.compile(r"^(web_search|web_fetch|code_execution|bash|text_editor|computer|memory)_\d{8}$")
 _TOP_LEVEL = {"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
               "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
               "container", "mcp_servers", "output_config", "cache_control"}
@@ -285,6 +288,11 @@ def validate(body: Any, version: str = "2023-06-01") -> Json:
             if t["name"] in names:
                 raise Invalid("tools: Tool names must be unique.")
             names.add(t["name"])
+            if t.get("type") not in (None, "custom"):
+                if not _SERVER_TOOL.match(str(t["type"])):
+                    raise Invalid(f"tools.{j}: Input tag '{t['type']}' found using 'type' does not match any of "
+                                  "the expected tags")
+                continue  # a server tool (web_search_20250305, …): its own fields
             schema = t.get("input_schema")
             if not isinstance(schema, dict):
                 raise Invalid(f"tools.{j}.custom.input_schema: Field required")
@@ -568,6 +576,25 @@ def build_app(api_key: str | None = "sk-ant-test") -> Starlette:
 
         return StreamingResponse(gen(), media_type="text/event-stream", headers={"request-id": _rid()})
 
+    async def count_tokens(request: Request) -> Response:
+        """POST /v1/messages/count_tokens: the Messages body without max_tokens; one word = one token."""
+        headers_seen.append(dict(request.headers))
+        if not _authorized(request, api_key):
+            return error_response(401, "authentication_error", "invalid x-api-key")
+        try:
+            body = orjson.loads(await request.body())
+            if isinstance(body, dict) and "max_tokens" in body:
+                raise Invalid("max_tokens: Extra inputs are not permitted")
+            body = validate({**body, "max_tokens": 1} if isinstance(body, dict) else body)
+        except orjson.JSONDecodeError:
+            return error_response(400, "invalid_request_error", "the body is not valid JSON")
+        except Invalid as e:
+            return error_response(e.status, e.type, e.message)
+        body.pop("max_tokens")
+        received.append(body)
+        tools = len(orjson.dumps(body.get("tools")).split()) if body.get("tools") else 0
+        return Response(orjson.dumps({"input_tokens": _words(body) + tools}), media_type="application/json")
+
     async def models(request: Request) -> Response:
         headers_seen.append(dict(request.headers))
         if not _authorized(request, api_key):
@@ -577,6 +604,7 @@ def build_app(api_key: str | None = "sk-ant-test") -> Starlette:
                                       "last_id": MODELS[-1]}), media_type="application/json")
 
     app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"]),
+                            Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
                             Route("/v1/models", models, methods=["GET"])])
     app.state.script = script
     app.state.default = Reply()  # the answer when the script is empty

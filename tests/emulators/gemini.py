@@ -21,6 +21,11 @@ reply echoes the last user text). A reply is a dict with any of:
   ``truncate_after`` (end the body cleanly after n events), ``error_after`` (send an error event
   after n events), ``events`` (raw SSE payload dicts to send as they are), ``raw`` (a whole response).
 
+Embeddings: ``:batchEmbedContents`` (what google-genai's ``embed_content`` calls; at most 100
+requests, each naming the URL's model) and ``:embedContent`` answer deterministic vectors
+(3072 floats for ``gemini-embedding-*``, else 768); ``outputDimensionality`` truncates them without
+normalising again, as the real API does. Neither answer carries token counts.
+
 Every request received is kept in ``app.state.requests`` as ``{"path", "query", "headers", "body"}``.
 """
 
@@ -39,6 +44,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.emulators.vectors import vector
 
 Json = dict[str, Any]
 
@@ -543,6 +550,52 @@ def _events(reply: Json, body: Json, cands: list[Json], model: str, rid: str) ->
     return events
 
 
+_EMBED_KEYS = {"model", "content", "taskType", "title", "outputDimensionality"}
+_TASKS = {"TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY", "CLASSIFICATION",
+          "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY"}
+
+
+def _embedding(req: Any, model: str, where: str) -> Json:
+    """One ``ContentEmbedding`` for an ``EmbedContentRequest``, checked like the API does."""
+    if not isinstance(req, dict):
+        raise Invalid(f"Invalid value at '{where}': expected an object.")
+    _only(req, _EMBED_KEYS, where)
+    if "model" in req and req["model"] != f"models/{model}":
+        raise Invalid(f"Model name mismatch: '{where}.model' is {req['model']!r}, the URL names models/{model}.")
+    if req.get("taskType") is not None and req["taskType"] not in _TASKS:
+        raise Invalid(f"Invalid value at '{where}.task_type' (type.googleapis.com/google.ai.generativelanguage."
+                      f"v1beta.TaskType), \"{req['taskType']}\"")
+    parts = (req.get("content") or {}).get("parts") or []
+    texts = [p.get("text") for p in parts if isinstance(p, dict)]
+    if not parts or any(not isinstance(t, str) for t in texts):
+        raise Invalid(f"* {where}.content.parts: contents.parts must not be empty and hold text.")
+    text = "".join(texts)
+    if not text:
+        raise Invalid(f"* {where}.content.parts[0].text: the text to embed must not be empty.")
+    full = 3072 if model.startswith("gemini-embedding") else 768
+    dims = req.get("outputDimensionality")
+    if dims is not None and (not isinstance(dims, int) or dims < 1):
+        raise Invalid(f"Invalid value at '{where}.output_dimensionality'.")
+    return {"values": vector(text, full)[: dims or full]}
+
+
+def _embed(method: str, model: str, body: Json) -> Response:
+    try:
+        if method == "embedContent":
+            return Response(orjson.dumps({"embedding": _embedding(body, model, "request")}),
+                            media_type="application/json")
+        _only(body, {"requests"}, "request")
+        reqs = body.get("requests")
+        if not isinstance(reqs, list) or not reqs:
+            raise Invalid("* BatchEmbedContentsRequest.requests: requests must not be empty.")
+        if len(reqs) > 100:
+            raise Invalid("* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch.")
+        data = {"embeddings": [_embedding(r, model, f"requests[{i}]") for i, r in enumerate(reqs)]}
+        return Response(orjson.dumps(data), media_type="application/json")
+    except Invalid as e:
+        return _error(e.status, e.message)
+
+
 def build_gemini_emulator(api_key: str = "gemini-test-key") -> Starlette:
     """The emulator app; `app.state.script` takes scripted replies, `app.state.requests` records."""
     script: collections.deque[Json] = collections.deque()
@@ -558,7 +611,7 @@ def build_gemini_emulator(api_key: str = "gemini-test-key") -> Starlette:
         received.append({"path": request.url.path, "query": request.url.query,
                          "headers": dict(request.headers), "body": body})
         model, _, method = rest.rpartition(":")
-        if method not in ("generateContent", "streamGenerateContent") or not model:
+        if method not in ("generateContent", "streamGenerateContent", "embedContent", "batchEmbedContents") or not model:
             return _error(404, f"Method not found: {rest}")
         key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
         if not key:
@@ -574,6 +627,8 @@ def build_gemini_emulator(api_key: str = "gemini-test-key") -> Starlette:
             return _error(404, f"models/{model} is not found for API version v1beta, or is not supported for "
                                "generateContent. Call ListModels to see the list of available models and their "
                                "supported methods.")
+        if method in ("embedContent", "batchEmbedContents"):
+            return _embed(method, model, body)
         body = normalize(body)
         try:
             validate(body, model)
