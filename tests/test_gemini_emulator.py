@@ -205,3 +205,9 @@ def test_sdk_reads_recorded_events_replayed_by_the_emulator(emu):
     emu.state.script.append({"raw": rec})
     r = client(emu).models.generate_content(model="gemini-2.5-pro", contents="x")
     assert r.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS and r.candidates[0].content.parts is None
+
+
+def test_count_tokens_answers_the_sdk(emu):
+    r = client(emu).models.count_tokens(model="gemini-2.5-flash", contents="one two three")
+    assert r.total_tokens == 3
+    assert emu.state.requests[-1]["body"] == {"contents": [{"parts": [{"text": "one two three"}], "role": "user"}]}

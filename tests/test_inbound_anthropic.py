@@ -221,10 +221,17 @@ def test_claude_pass_through_streams_the_upstreams_own_events(env):
     assert final.content[0].signature == "s" and final.content[1].text == "Hi there friend"
 
 
-def test_count_tokens_asks_claude_or_estimates(env):
+def test_count_tokens_asks_claude_or_gemini_or_estimates(env):
     r = env.client.messages.with_raw_response.count_tokens(model="sonnet", messages=HI, system="Be brief.")
     assert r.parse().input_tokens == 4 and r.headers["x-turnout-token-count"] == "provider"
     assert env.claude.state.requests[-1] == {"model": SONNET, "messages": HI, "system": "Be brief."}
+    r = env.client.messages.with_raw_response.count_tokens(model="flash", messages=HI, system="Be brief.",
+                                                           tools=[WEATHER])
+    assert r.parse().input_tokens == 5 and r.headers["x-turnout-token-count"] == "provider"  # words and "."
+    got = env.gemini.state.requests[-1]
+    assert got["path"].endswith("/models/gemini-2.5-flash:countTokens")
+    assert got["body"]["generateContentRequest"]["model"] == "models/gemini-2.5-flash"
+    assert got["body"]["generateContentRequest"]["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
     r = env.client.messages.with_raw_response.count_tokens(model="mocky", messages=HI, tools=[WEATHER])
     assert r.parse().input_tokens > 10 and r.headers["x-turnout-token-count"] == "estimate"
 

@@ -204,13 +204,15 @@ class Backend(base.HTTPBackend):
         type_, code = tr.openai_error_kind(e.status, e.type)
         return self._status_error(e.status, e.message, None, type_, code)
 
-    async def count_tokens(self, target: Target, raw: base.Json, beta: str | None = None) -> int:
-        """Claude's own count of a Messages body's input tokens (``POST /v1/messages/count_tokens``)."""
+    async def count_tokens(self, target: Target, body: base.Json, call: Call) -> int:
+        """Claude's own count of the input tokens (``POST /v1/messages/count_tokens``): of the
+        client's Messages body when it came through the Anthropic front door, else of the translation."""
+        raw = call.anthropic_body if call.anthropic_body is not None else \
+            tr.to_request(body, target.model, stream=False, options=self.options)
         req = {k: v for k, v in raw.items() if k not in ("max_tokens", "stream", "temperature", "top_p", "top_k",
                                                          "stop_sequences", "metadata", "service_tier")}
         req["model"] = target.model
-        r = await self.post(self.messages_path + "/count_tokens", orjson.dumps(req),
-                            {"anthropic-beta": beta} if beta else None)
+        r = await self.post(self.messages_path + "/count_tokens", orjson.dumps(req), self._headers(call))
         if r.status_code >= 400:
             raise self._error(r)
         return int(self.json_of(r).get("input_tokens") or 0)

@@ -75,6 +75,10 @@ class Backend:
         """Models the upstream says it serves (for discovery and health probes)."""
         return []
 
+    async def count_tokens(self, target: Target, body: Json, call: Call) -> int | None:
+        """The provider's own count of a chat body's input tokens, or None where it has none."""
+        return None
+
     async def embed(self, target: Target, req: emb.EmbedRequest, call: Call,
                     decode: Callable[[list[int]], str] | None = None) -> list[list[float]]:
         """One vector per input; records the input's token count as `call.usage`. ``decode`` turns

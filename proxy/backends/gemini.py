@@ -167,6 +167,16 @@ class Backend(base.HTTPBackend):
         return UpstreamError(f"Backend '{self.name}' {what}.", status=502, code="upstream_stream_dropped",
                              retry=True, category="network", backend=self.name)
 
+    async def count_tokens(self, target: Target, body: base.Json, call: Call) -> int:
+        """Gemini's own count (``:countTokens`` over the whole generateContent request)."""
+        req = orjson.loads(await self._request(target, body))
+        name = target.model if target.model.startswith(("models/", "tunedModels/")) else "models/" + target.model
+        r = await self.post(self._path(target.model, "countTokens"),
+                            orjson.dumps({"generateContentRequest": {"model": name, **req}}))
+        if r.status_code >= 400:
+            raise self._error(r.status_code, r.content, r.headers)
+        return int(self.json_of(r).get("totalTokens") or 0)
+
     async def list_models(self) -> list[str]:
         try:
             r = await self.client.get(f"{self.prefix}/models")

@@ -167,25 +167,27 @@ class AnthropicAPI:
             await payloads.aclose()  # type: ignore[attr-defined]
 
     async def count_tokens(self, request: Request) -> Response:
-        """The input tokens of a Messages body: Claude's own count when the model's first usable
-        target is Claude, else Turnout's tokenizer estimate (``x-turnout-token-count: estimate``)."""
+        """The input tokens of a Messages body: the provider's own count when the model's first
+        usable target has one (Claude, Gemini), else Turnout's tokenizer estimate
+        (``x-turnout-token-count: estimate``)."""
         call = Call(request_model="", request_id=request_id(request, ""))
         call.request_id = call.request_id or "req_" + call.id[9:]
         try:
-            raw, body, _ = await self._read(request, call, count_tokens=True)
+            _, body, _ = await self._read(request, call, count_tokens=True)
             router = self.pipeline.router
             try:
                 chain, _ = router.plan(call, router.features(body, request.headers, call.key))
             except ProxyError:
                 chain = []  # nothing can answer now (circuits, quotas): counting needs no answer
             for target in chain[:1]:
-                backend = self.backends[target.backend]
-                if hasattr(backend, "count_tokens"):
-                    try:
-                        return _count(await backend.count_tokens(target, raw, call.anthropic_beta), "provider", call)
-                    except UpstreamError as e:
-                        log.info("%s: %s could not count tokens (%s); estimating", call.request_id, target.name,
-                                 e.code or e.type)
+                try:
+                    n = await self.backends[target.backend].count_tokens(target, body, call)
+                except UpstreamError as e:
+                    log.info("%s: %s could not count tokens (%s); estimating", call.request_id, target.name,
+                             e.code or e.type)
+                    n = None
+                if n is not None:
+                    return _count(n, "provider", call)
             return _count(tokens.count_messages(body["messages"], body.get("tools")), "estimate", call)
         except ProxyError as e:
             return anthropic_error(e, {"x-request-id": call.request_id}, call.request_id)

@@ -21,6 +21,8 @@ reply echoes the last user text). A reply is a dict with any of:
   ``truncate_after`` (end the body cleanly after n events), ``error_after`` (send an error event
   after n events), ``events`` (raw SSE payload dicts to send as they are), ``raw`` (a whole response).
 
+``:countTokens`` counts a request's contents as generateContent would (words; 258 per image).
+
 Embeddings: ``:batchEmbedContents`` (what google-genai's ``embed_content`` calls; at most 100
 requests, each naming the URL's model) and ``:embedContent`` answer deterministic vectors
 (3072 floats for ``gemini-embedding-*``, else 768); ``outputDimensionality`` truncates them without
@@ -550,6 +552,30 @@ def _events(reply: Json, body: Json, cands: list[Json], model: str, rid: str) ->
     return events
 
 
+def _count_tokens(request: Request, body: Any, model: str, api_key: str) -> Response:
+    """``:countTokens``: ``{"contents"}`` or ``{"generateContentRequest": {"model", …}}`` (checked as
+    generateContent checks it) → ``{"totalTokens", "promptTokensDetails"}``."""
+    if (request.headers.get("x-goog-api-key") or request.query_params.get("key")) != api_key:
+        return _error(400, "API key not valid. Please pass a valid API key.")
+    if not isinstance(body, dict) or set(body) - {"contents", "generateContentRequest"}:
+        return _error(400, "Invalid JSON payload received. Unknown name in countTokens request.")
+    inner = body.get("generateContentRequest")
+    if inner is not None:
+        if not isinstance(inner, dict) or inner.get("model") != f"models/{model}":
+            return _error(400, "generateContentRequest.model: must name the model, e.g. models/" + model)
+        inner = {k: v for k, v in inner.items() if k != "model"}
+    else:
+        inner = {"contents": body.get("contents")}
+    inner = normalize(inner)
+    try:
+        validate(inner, model)
+    except Invalid as e:
+        return _error(e.status, e.message)
+    n = _prompt_tokens(inner)
+    return Response(orjson.dumps({"totalTokens": n, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}]}),
+                    media_type="application/json")
+
+
 _EMBED_KEYS = {"model", "content", "taskType", "title", "outputDimensionality"}
 _TASKS = {"TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY", "CLASSIFICATION",
           "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY"}
@@ -611,6 +637,8 @@ def build_gemini_emulator(api_key: str = "gemini-test-key") -> Starlette:
         received.append({"path": request.url.path, "query": request.url.query,
                          "headers": dict(request.headers), "body": body})
         model, _, method = rest.rpartition(":")
+        if method == "countTokens" and model:
+            return _count_tokens(request, body, model, api_key)
         if method not in ("generateContent", "streamGenerateContent", "embedContent", "batchEmbedContents") or not model:
             return _error(404, f"Method not found: {rest}")
         key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
