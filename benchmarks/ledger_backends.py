@@ -2,7 +2,7 @@
 writer's default is up to 500 a second) through `Ledger.write`, as the writer thread runs them —
 off the request path, so this is CPU and time on the ledger's own thread, not request latency.
 
-    python benchmarks/ledger_backends.py --pg postgresql://postgres@127.0.0.1:5432/postgres
+    PYTHONPATH=. python benchmarks/ledger_backends.py --pg postgresql://postgres@127.0.0.1:5432/postgres
 
 Creates a throwaway database on the PostgreSQL server (dropped after) and a temporary SQLite file.
 """
@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import secrets
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from proxy.usage.ledger import Ledger
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's proxy, not an installed one
+from proxy.usage.ledger import Ledger  # noqa: E402
 
 
 def batch(n: int, now: float) -> list[tuple]:
