@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends import Backend, create
+from proxy.cache import ResponseCache
 from proxy.config import Config, load
 from proxy.errors import ProxyError
 from proxy.local import api as hardware_api
@@ -81,7 +82,8 @@ class Gateway:
 def build(cfg: Config) -> Gateway:
     resolve_auto(cfg)  # `model: auto` targets: the best installed model for their role, or why they are skipped
     backends = {name: create(b) for name, b in cfg.backends.items()}
-    state: State = MemoryState()  # counters, circuit records, key-value store: proxy/state/
+    kv_max = int((cfg.cache.max_mb if cfg.cache else 256) * 2**20)  # the response cache's bound in memory
+    state: State = MemoryState(kv_max_bytes=kv_max)  # counters, circuit records, key-value store: proxy/state/
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
     stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     metrics = Metrics(cfg, circuits, stats)
@@ -93,7 +95,9 @@ def build(cfg: Config) -> Gateway:
     router = Router(cfg, backends, circuits, filters=[health.filter, *usage.accounts.filters()])
     dispatcher = Dispatcher(router)
     observers: tuple[Observer, ...] = (metrics, health, usage.recorder)
-    pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(), observers=observers)
+    cache = ResponseCache(cfg, state)  # answers kept in the state's key-value store: proxy/cache/
+    pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(), observers=observers,
+                        cache=cache if cache.anywhere else None)
     auth = Authenticator(cfg.keys)
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [])
     gateway.routes = [

@@ -1,0 +1,177 @@
+"""The response cache through the `openai` SDK, counting the calls that reach a real HTTP upstream
+(the mock served by `turnout mock-upstream`'s app behind an `openai` backend)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.config import parse
+from proxy.server.assembly import build_app
+from tests.conftest import collect, post, sdk
+from proxy.mock.server import build_mock_upstream
+
+Q = [{"role": "user", "content": "Name a colour of the sea"}]
+
+
+def config(upstream: str, cache: Any = None, **extra: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "backends": {"up": {"type": "openai", "base_url": upstream + "/v1", "api_key": "k", "probe": False}},
+        "models": {"gpt": {"backend": "up", "model": "gpt-up", "price": {"input": 1.0, "output": 2.0}}},
+        "routes": {"auto": ["gpt"]},
+        "usage": {"ledger": None},
+        **extra,
+    }
+    if cache is not None:
+        raw["cache"] = cache
+    return raw
+
+
+@pytest.fixture
+def upstream(serve: Any) -> tuple[str, list[dict[str, Any]]]:
+    app = build_mock_upstream()
+    return serve(app), app.state.requests
+
+
+def start(serve: Any, raw: dict[str, Any]) -> str:
+    return serve(build_app(parse(raw, {})))
+
+
+def test_repeat_is_served_from_the_cache(serve: Any, upstream: Any) -> None:
+    url, seen = upstream
+    base = start(serve, config(url, {"ttl": 3600}))
+    client = sdk(base)
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=Q, temperature=0)
+    assert first.headers["x-turnout-cache"] == "miss" and len(seen) == 1
+    assert float(first.headers["x-turnout-cost-usd"]) > 0
+    again = client.chat.completions.with_raw_response.create(model="auto", messages=Q, temperature=0)
+    assert again.headers["x-turnout-cache"] == "hit" and len(seen) == 1  # no upstream call
+    assert "age" in again.headers and float(again.headers["x-turnout-cost-usd"]) == 0
+    assert again.headers["x-turnout-model"] == "gpt"
+    a, b = first.parse(), again.parse()
+    assert a.choices[0].message.content == b.choices[0].message.content and a.choices[0].message.content
+    assert a.id != b.id and b.usage is not None and b.usage.total_tokens == a.usage.total_tokens
+    # anything that changes the answer is another entry: sampling, the named route or target
+    client.chat.completions.create(model="auto", messages=Q, temperature=1)
+    client.chat.completions.create(model="gpt", messages=Q, temperature=0)
+    assert len(seen) == 3
+
+
+def test_scope_key_never_serves_another_key(serve: Any, upstream: Any) -> None:
+    url, seen = upstream
+    keys = [{"key": "sk-a", "name": "a"}, {"key": "sk-b", "name": "b"}]
+    base = start(serve, config(url, {"ttl": 60}, keys=keys))
+    sdk(base, "sk-a").chat.completions.create(model="auto", messages=Q)
+    r = sdk(base, "sk-b").chat.completions.with_raw_response.create(model="auto", messages=Q)
+    assert r.headers["x-turnout-cache"] == "miss" and len(seen) == 2
+    r = sdk(base, "sk-a").chat.completions.with_raw_response.create(model="auto", messages=Q)
+    assert r.headers["x-turnout-cache"] == "hit" and len(seen) == 2
+    # scope global: one answer for every key
+    url2 = url
+    base2 = start(serve, config(url2, {"ttl": 60, "scope": "global"}, keys=keys))
+    sdk(base2, "sk-a").chat.completions.create(model="auto", messages=Q)
+    r = sdk(base2, "sk-b").chat.completions.with_raw_response.create(model="auto", messages=Q)
+    assert r.headers["x-turnout-cache"] == "hit" and len(seen) == 3
+
+
+def test_no_cache_refreshes_and_no_store_bypasses(serve: Any, upstream: Any) -> None:
+    url, seen = upstream
+    base = start(serve, config(url, {"ttl": 60}))
+    client = sdk(base)
+    r = client.chat.completions.with_raw_response.create(model="auto", messages=Q,
+                                                         extra_headers={"cache-control": "no-store"})
+    assert r.headers["x-turnout-cache"] == "bypass" and len(seen) == 1
+    r = client.chat.completions.with_raw_response.create(model="auto", messages=Q)
+    assert r.headers["x-turnout-cache"] == "miss" and len(seen) == 2  # no-store kept nothing
+    r = client.chat.completions.with_raw_response.create(model="auto", messages=Q,
+                                                         extra_headers={"cache-control": "no-cache"})
+    assert r.headers["x-turnout-cache"] == "miss" and len(seen) == 3  # looked past the entry, refreshed it
+    r = client.chat.completions.with_raw_response.create(model="auto", messages=Q, metadata={"turnout_cache": "false"})
+    assert r.headers["x-turnout-cache"] == "bypass" and len(seen) == 4
+    r = client.chat.completions.with_raw_response.create(model="auto", messages=Q)
+    assert r.headers["x-turnout-cache"] == "hit" and len(seen) == 4
+
+
+def test_streamed_miss_is_stored_and_hits_replay_as_sse(serve: Any, upstream: Any) -> None:
+    url, seen = upstream
+    base = start(serve, config(url, {"ttl": 60}))
+    client = sdk(base)
+    msgs = [{"role": "user", "content": "Tell a long story about a lighthouse keeper"}]
+    with client.chat.completions.with_streaming_response.create(
+            model="auto", messages=msgs, stream=True, stream_options={"include_usage": True}) as r:
+        assert r.headers["x-turnout-cache"] == "miss"
+        text1, chunks1 = collect(r.parse())
+    assert len(seen) == 1 and len(chunks1) > 3 and text1
+    with client.chat.completions.with_streaming_response.create(
+            model="auto", messages=msgs, stream=True, stream_options={"include_usage": True}) as r:
+        assert r.headers["x-turnout-cache"] == "hit"
+        text2, chunks2 = collect(r.parse())
+    assert len(seen) == 1 and text2 == text1
+    assert chunks2[-1].usage is not None and chunks2[-1].usage.completion_tokens == chunks1[-1].usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks2 if c.choices][-1] == "stop"
+    raw = post(base, {"model": "auto", "messages": msgs, "stream": True}).text
+    assert raw.endswith("data: [DONE]\n\n") and '"usage"' not in raw
+    # a non-streamed request gets the answer the stream stored
+    r = client.chat.completions.with_raw_response.create(model="auto", messages=msgs)
+    assert r.headers["x-turnout-cache"] == "hit" and r.parse().choices[0].message.content == text1
+
+
+def test_tool_calls_replay_and_cut_answers_are_not_stored(serve: Any, upstream: Any) -> None:
+    url, seen = upstream
+    base = start(serve, config(url, {"ttl": 60}))
+    client = sdk(base)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    a = client.chat.completions.create(model="auto", messages=msgs, tools=tools)
+    chunks = list(client.chat.completions.create(model="auto", messages=msgs, tools=tools, stream=True))
+    assert len(seen) == 1 and a.choices[0].finish_reason == "tool_calls"
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls[0].function.name == a.choices[0].message.tool_calls[0].function.name
+    assert "".join(tc.function.arguments or "" for tc in calls) == a.choices[0].message.tool_calls[0].function.arguments
+    # finish_reason length: not stored unless the config says so
+    for _ in range(2):
+        r = client.chat.completions.create(model="auto", messages=Q, max_tokens=2)
+        assert r.choices[0].finish_reason == "length"
+    assert len(seen) == 3
+    # a failed stream stores nothing
+    bad = [{"role": "user", "content": "Fail late [mock:drop=2]"}]
+    for _ in range(2):
+        with pytest.raises(Exception):
+            collect(client.chat.completions.create(model="auto", messages=bad, stream=True))
+    assert len(seen) == 5
+
+
+def test_route_and_rule_overrides(serve: Any, upstream: Any) -> None:
+    url, seen = upstream
+    raw = config(url, None)
+    raw["routes"] = {"auto": {"chain": ["gpt"], "cache": {"ttl": 60, "length": True}},
+                     "fresh": {"rules": [{"name": "no", "when": {"task": "live"}, "then": ["gpt"], "cache": False},
+                                         {"name": "yes", "then": ["gpt"]}], "cache": True}}
+    base = start(serve, raw)
+    client = sdk(base)
+    for _ in range(2):
+        client.chat.completions.create(model="auto", messages=Q, max_tokens=2)  # length kept on this route
+    assert len(seen) == 1
+    for _ in range(2):
+        r = client.chat.completions.with_raw_response.create(model="gpt", messages=Q)  # no top-level cache
+        assert "x-turnout-cache" not in r.headers
+    assert len(seen) == 3
+    for _ in range(2):
+        client.chat.completions.create(model="fresh", messages=Q, metadata={"task": "live"})
+    assert len(seen) == 5
+    for _ in range(2):
+        client.chat.completions.create(model="fresh", messages=Q)
+    assert len(seen) == 6
+
+
+def test_config_shapes() -> None:
+    cfg = parse({"backends": {"m": {"type": "mock"}}, "models": {"a": {"backend": "m"}}, "cache": True,
+                 "routes": {"r": {"chain": ["a"], "cache": False}}}, {})
+    assert cfg.cache is not None and cfg.cache.ttl == 3600 and cfg.routes["r"].cache.enabled is False
+    with pytest.raises(ValueError, match="cache.scope"):
+        parse({"backends": {"m": {"type": "mock"}}, "cache": {"scope": "everyone"}}, {})
+    with pytest.raises(ValueError, match="cache_ttl"):
+        parse({"backends": {"m": {"type": "mock"}}, "cache": {"cache_ttl": 5}}, {})
