@@ -175,3 +175,44 @@ def test_config_shapes() -> None:
         parse({"backends": {"m": {"type": "mock"}}, "cache": {"scope": "everyone"}}, {})
     with pytest.raises(ValueError, match="cache_ttl"):
         parse({"backends": {"m": {"type": "mock"}}, "cache": {"cache_ttl": 5}}, {})
+
+
+def test_hits_in_ledger_usage_and_metrics(serve: Any, upstream: Any, tmp_path: Any) -> None:
+    url, seen = upstream
+    base = start(serve, config(url, {"ttl": 60}, usage={"ledger": str(tmp_path / "u.sqlite"), "flush_interval": 0.05}))
+    client = sdk(base)
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=Q)
+    for _ in range(3):
+        client.chat.completions.create(model="auto", messages=Q)
+    cost = float(first.headers["x-turnout-cost-usd"])
+    assert len(seen) == 1 and cost > 0
+    import time
+    deadline = time.monotonic() + 10
+    while True:
+        report = httpx.get(base + "/turnout/usage").json()
+        if report["cache"]["hits"] == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    c = report["cache"]
+    assert (c["hits"], c["misses"], c["hit_rate"]) == (3, 1, 0.75)
+    assert c["saved_usd"] == pytest.approx(3 * cost, rel=1e-6)
+    assert c["by"] == [{"route": "auto", "target": "gpt", **{k: c[k] for k in ("hits", "misses", "bypass",
+                                                                                "hit_rate", "saved_usd")}}]
+    assert report["totals"]["cost_usd"] == pytest.approx(cost, rel=1e-6)  # hits cost nothing
+    metrics = httpx.get(base + "/metrics").text
+    assert 'turnout_cache_requests_total{result="hit",route="auto",target="gpt"} 3.0' in metrics
+    saved = [l for l in metrics.splitlines() if l.startswith("turnout_cache_saved_usd_total{")]
+    assert saved and float(saved[0].split()[-1]) == pytest.approx(3 * cost, rel=1e-6)
+
+
+def test_memory_store_is_bounded_lru() -> None:
+    from proxy.state import MemoryState
+    s = MemoryState(kv_max_bytes=3 * (1000 + 2 + 100))
+    for k in ("k1", "k2", "k3"):
+        s.put(k, b"x" * 1000, 60)
+    assert s.get("k1") is not None  # k1 is now the most recently used
+    s.put("k4", b"x" * 1000, 60)
+    assert s.get("k2") is None and all(s.get(k) is not None for k in ("k1", "k3", "k4"))
+    assert s.kv_bytes <= s.kv_max_bytes
+    s.put("big", b"x" * 10_000, 60)  # larger than the bound: not kept, nothing else lost
+    assert s.get("big") is None and s.get("k4") is not None

@@ -208,6 +208,12 @@ def render(d: dict[str, Any]) -> str:
     if d["keys"]:
         lines.append("keys: " + ", ".join(f"{k['name'] or '(none)'} {k['calls']} calls {_usd(k['cost_usd'])}"
                                           for k in d["keys"]))
+    c = d.get("cache") or {}
+    if c.get("hits") or c.get("misses") or c.get("bypass"):
+        lines.append(f"cache: {c['hits']} hits, {c['misses']} misses, {c['bypass']} bypassed, hit rate "
+                     f"{100 * c['hit_rate']:.1f} %, saved {_usd(c['saved_usd'])}; "
+                     + ", ".join(f"{e['route'] or '-'}/{e['target'] or '-'} {100 * e['hit_rate']:.0f} % "
+                                 f"saved {_usd(e['saved_usd'])}" for e in c["by"]))
     for q in d["quotas"]:
         lim = ", ".join(x for x in (
             f"{q['requests_used']}/{q['requests_per_day']} requests" if q["requests_per_day"] else "",
