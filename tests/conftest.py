@@ -74,11 +74,12 @@ def serve() -> Iterator[Callable[[Any], str]]:
 
 @pytest.fixture
 def turnout(serve: Callable[[Any], str]) -> Callable[..., str]:
-    """turnout(config_dict, env={}) → base URL of Turnout serving that config."""
+    """turnout(config_dict, env={}, clock=None) → base URL of Turnout serving that config (a
+    `proxy.state.ManualClock` as `clock` moves its counters and breakers without sleeping)."""
 
-    def start(raw: dict[str, Any], env: dict[str, str] | None = None) -> str:
+    def start(raw: dict[str, Any], env: dict[str, str] | None = None, clock: Any = None) -> str:
         cfg = parse(raw, env or {})
-        return serve(build_app(cfg))
+        return serve(build_app(cfg, clock))
 
     return start
 

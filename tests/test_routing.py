@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from proxy.state import ManualClock
+
 from proxy.routing.complexity import ComplexityScorer
 from tests.conftest import post, sdk
 
@@ -191,21 +193,22 @@ def test_filters_skip_with_reasons_and_name_every_target(turnout):
 
 
 def test_circuit_opens_and_recovers(turnout):
+    clock = ManualClock()
     base = turnout({
         "routing": {"circuit": {"failures": 2, "cooldown": 1.5}},
         "backends": {"bad": {"type": "mock", "fail": {"status": 500, "times": 3}}, "good": {"type": "mock"}},
         "models": {"b": {"backend": "bad"}, "g": {"backend": "good"}},
         "routes": {"r": ["b", "g"]},
-    })
+    }, clock=clock)
     msg = {"model": "r", "messages": [user("x")]}
     outcomes = [post(base, msg).headers["x-turnout-fallbacks"] for _ in range(3)]
     assert outcomes[0] == outcomes[1] == "b: 502 upstream_500"
     assert outcomes[2].startswith("b: skipped: circuit open after 2 failures")
     assert dry_run(base, msg)["chain"][0]["reason"].startswith("circuit open")
-    time.sleep(1.6)  # cooldown over: one half-open trial, which fails (3rd scripted failure) and re-opens
+    clock.advance(1.6)  # cooldown over: one half-open trial, which fails (3rd scripted failure) and re-opens
     assert post(base, msg).headers["x-turnout-fallbacks"] == "b: 502 upstream_500"
     assert post(base, msg).headers["x-turnout-fallbacks"].startswith("b: skipped: circuit open")
-    time.sleep(1.6)  # the next trial succeeds and closes the circuit
+    clock.advance(1.6)  # the next trial succeeds and closes the circuit
     r = post(base, msg)
     assert r.headers["x-turnout-model"] == "b" and "x-turnout-fallbacks" not in r.headers
     assert dry_run(base, msg)["chain"][0]["status"] == "candidate"

@@ -40,7 +40,7 @@ from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
 from proxy.server.app import OpenAIAPI
 from proxy.server.openai_apis import OpenAIAPIs
 from proxy.server.pipeline import Observer, Pipeline
-from proxy.state import MemoryState, State
+from proxy.state import Clock, MemoryState, State
 from proxy.usage import api as usage_api
 from proxy.usage import tokens
 from proxy.usage.ledger import Usage, build_usage
@@ -79,11 +79,12 @@ class Gateway:
             await b.aclose()
 
 
-def build(cfg: Config) -> Gateway:
+def build(cfg: Config, clock: Clock | None = None) -> Gateway:
+    """`clock`: the time every counter and breaker reads (tests move a manual one instead of sleeping)."""
     resolve_auto(cfg)  # `model: auto` targets: the best installed model for their role, or why they are skipped
     backends = {name: create(b) for name, b in cfg.backends.items()}
     kv_max = int((cfg.cache.max_mb if cfg.cache else 256) * 2**20)  # the response cache's bound in memory
-    state: State = MemoryState(kv_max_bytes=kv_max)  # counters, circuit records, key-value store: proxy/state/
+    state: State = MemoryState(clock, kv_max_bytes=kv_max)  # counters, circuit records, key-value store: proxy/state/
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
     stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     metrics = Metrics(cfg, circuits, stats)
@@ -126,8 +127,8 @@ async def _on_proxy_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-def build_app(cfg: Config) -> Starlette:
-    gateway = build(cfg)
+def build_app(cfg: Config, clock: Clock | None = None) -> Starlette:
+    gateway = build(cfg, clock)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
