@@ -34,6 +34,7 @@ from proxy.observability.logs import setup as setup_logs
 from proxy.observability.metrics import Metrics, register_usage_sources
 from proxy.observability.stats import Stats
 from proxy.routing.circuit import Circuit
+from proxy.routing.consensus import ConsensusRunner
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
 from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
@@ -98,7 +99,7 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
     observers: tuple[Observer, ...] = (metrics, health, usage.recorder)
     cache = ResponseCache(cfg, state)  # answers kept in the state's key-value store: proxy/cache/
     pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(), observers=observers,
-                        cache=cache if cache.anywhere else None)
+                        cache=cache if cache.anywhere else None, consensus=ConsensusRunner(cfg, router, dispatcher))
     auth = Authenticator(cfg.keys)
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [])
     gateway.routes = [

@@ -23,6 +23,7 @@ from proxy.call import Call
 from proxy.config import Config, Target
 from proxy.errors import ProxyError
 from proxy.observability.logs import request_line
+from proxy.routing.consensus import ConsensusRunner, config_for
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
 from proxy.usage import pricing
@@ -69,9 +70,11 @@ def internal_error(call: Call, e: BaseException, where: str = "") -> ProxyError:
 
 class Pipeline:
     def __init__(self, cfg: Config, router: Router, dispatcher: Dispatcher, gates: Sequence[Gate],
-                 observers: Sequence[Observer], cache: ResponseCache | None = None) -> None:
+                 observers: Sequence[Observer], cache: ResponseCache | None = None,
+                 consensus: ConsensusRunner | None = None) -> None:
         self.cfg = cfg
         self.cache = cache  # None: no route caches answers
+        self.consensus = consensus  # None: no rule or route asks several targets
         self.router = router
         self.dispatcher = dispatcher
         self.gates = tuple(gates)
@@ -106,6 +109,13 @@ class Pipeline:
             if hit is not None:
                 return self._replay(call, hit) if call.stream else Completion(hit)
         deadline = self.cfg.routes[call.route].timeout if call.route else None
+        consensus = config_for(self.cfg, call.route, rule) if self.consensus is not None else None
+        if consensus is not None and self.consensus is not None:  # several targets at once, the majority's answer (replayed to a stream)
+            data = await self.consensus.run(call, body, consensus)
+            if cache is not None and call.cache_plan is not None:
+                cache.store(call, data)
+                call.cache_plan = None
+            return self._replay(call, data) if call.stream else Completion(data)
         if call.stream:
             first, rest = await self.dispatcher.open_stream(chain, body, call, deadline=deadline)
             return Stream(first, rest)
@@ -181,7 +191,7 @@ class Pipeline:
             raise internal_error(call, e, " in stream") from None
         finally:
             await rest.aclose()
-            if call.usage is not None and call.cache != "hit":
+            if call.usage is not None and call.cache != "hit" and call.consensus is None:
                 call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
             if plan is not None and status == 200 and self.cache is not None:
                 self.cache.store(call)

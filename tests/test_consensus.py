@@ -1,0 +1,103 @@
+"""Consensus through the `openai` SDK: three real HTTP upstreams (the mock upstream, each with its
+own scripted `reply`), counting the calls each one gets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from proxy.config import parse
+from proxy.mock.server import build_mock_upstream
+from proxy.server.assembly import build_app
+from tests.conftest import collect, sdk
+
+Q = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def upstreams(serve: Any, replies: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    backends, seen = {}, {}
+    for name, opts in replies.items():
+        app = build_mock_upstream(opts)
+        backends[name] = {"type": "openai", "base_url": serve(app) + "/v1", "api_key": "k", "probe": False}
+        seen[name] = app.state.requests
+    return backends, seen
+
+
+def config(backends: dict[str, Any], consensus: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    models = {n: {"backend": n, "model": f"m-{n}", "price": {"input": 1.0, "output": 1.0}} for n in backends}
+    return {"backends": backends, "models": models, "usage": {"ledger": None},
+            "routes": {"critical": {"chain": [next(iter(backends))], "consensus": consensus}}, **extra}
+
+
+def test_majority_wins_and_is_reported(serve: Any) -> None:
+    backends, seen = upstreams(serve, {
+        "a": {"reply": "The capital of France is Paris."},
+        "b": {"reply": "Lyon, obviously."},
+        "c": {"reply": "the capital of france is paris"}})
+    base = serve(build_app(parse(config(backends, {"targets": ["b", "a", "c"], "agree": 0.66}), {})))
+    r = sdk(base).chat.completions.with_raw_response.create(model="critical", messages=Q)
+    assert all(len(v) == 1 for v in seen.values())  # each asked once, in parallel
+    assert r.headers["x-turnout-consensus"] == "2/3 agree (a, c); dissent: b"
+    assert r.headers["x-turnout-model"] == "a"
+    assert r.parse().choices[0].message.content == "The capital of France is Paris."
+    one = r.parse().usage
+    assert float(r.headers["x-turnout-cost-usd"]) > (one.prompt_tokens + one.completion_tokens) / 1e6  # all three paid
+    # streamed: the chosen answer replayed as SSE once decided
+    text, chunks = collect(sdk(base).chat.completions.create(model="critical", messages=Q, stream=True))
+    assert text == "The capital of France is Paris." and all(len(v) == 2 for v in seen.values())
+    metrics = httpx.get(base + "/metrics").text
+    assert 'turnout_consensus_total{outcome="agree",route="critical"} 2.0' in metrics
+
+
+def test_tool_calls_agree_by_canonical_equality(serve: Any) -> None:
+    backends, seen = upstreams(serve, {"a": {"tool_arguments": '{"city": "Paris", "unit": "c"}'},
+                                       "b": {"tool_arguments": '{"unit":"c","city":"Paris"}'},
+                                       "c": {"tool_arguments": '{"city": "Lyon"}'}})
+    base = serve(build_app(parse(config(backends, {"targets": ["c", "a", "b"]}), {})))
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    r = sdk(base).chat.completions.with_raw_response.create(model="critical", messages=Q, tools=tools)
+    assert r.headers["x-turnout-consensus"] == "2/3 agree (a, b); dissent: c"
+    assert r.parse().choices[0].message.tool_calls[0].function.arguments == '{"city": "Paris", "unit": "c"}'
+
+
+def test_failing_member_and_disagreement(serve: Any) -> None:
+    backends, seen = upstreams(serve, {
+        "a": {"reply": "Paris."}, "b": {"fail": {"status": 500}}, "c": {"reply": "Paris"}, "d": {"reply": "Lyon"},
+        "j": {"reply": "Answer 2 is best."}})
+    cfg = config(backends, {"targets": ["a", "b", "c"]})
+    cfg["routes"]["split"] = {"chain": ["a"], "consensus": {"targets": ["a", "b", "d"], "on_disagreement": "first"}}
+    cfg["routes"]["strict"] = {"chain": ["a"], "consensus": {"targets": ["a", "d"], "agree": 1,
+                                                              "on_disagreement": "error"}}
+    cfg["routes"]["judged"] = {"chain": ["a"], "consensus": {"targets": ["d", "a"], "agree": 1,
+                                                              "on_disagreement": "judge", "judge": "j"}}
+    base = serve(build_app(parse(cfg, {})))
+    client = sdk(base)
+    r = client.chat.completions.with_raw_response.create(model="critical", messages=Q)
+    assert r.headers["x-turnout-consensus"] == "2/3 agree (a, c); dissent: b (502 upstream_500)"
+    assert len(seen["b"]) == 1
+    r = client.chat.completions.with_raw_response.create(model="split", messages=Q)
+    assert r.headers["x-turnout-consensus"].startswith("no agreement: 1/3 at most, 0.66 needed; first: a")
+    assert r.parse().choices[0].message.content == "Paris."
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="strict", messages=Q)
+    assert e.value.status_code == 502 and e.value.body["code"] == "no_consensus"
+    assert e.value.response.headers["x-turnout-consensus"].startswith("no agreement: 1/2 at most")
+    r = client.chat.completions.with_raw_response.create(model="judged", messages=Q)
+    assert "judge j chose a" in r.headers["x-turnout-consensus"] and len(seen["j"]) == 1
+    assert r.parse().choices[0].message.content == "Paris." and "Answer 1" in str(seen["j"][0]["messages"])
+
+
+def test_consensus_config_is_checked() -> None:
+    raw = {"backends": {"m": {"type": "mock"}}, "models": {"a": {"backend": "m"}},
+           "routes": {"r": {"chain": ["a"], "consensus": {"targets": ["a", "nope"]}}}}
+    with pytest.raises(ValueError, match="routes.r.consensus.targets"):
+        parse(raw, {})
+    raw["routes"]["r"]["consensus"] = {"targets": ["a", "a"], "on_disagreement": "judge"}
+    with pytest.raises(ValueError, match="consensus.judge: required"):
+        parse(raw, {})
+    raw["routes"]["r"]["consensus"] = {"targets": ["a"]}
+    with pytest.raises(ValueError, match="consensus.targets"):
+        parse(raw, {})
