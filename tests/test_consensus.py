@@ -101,3 +101,35 @@ def test_consensus_config_is_checked() -> None:
     raw["routes"]["r"]["consensus"] = {"targets": ["a"]}
     with pytest.raises(ValueError, match="consensus.targets"):
         parse(raw, {})
+
+
+def test_route_explains_and_simulate_prices(tmp_path: Any) -> None:
+    from proxy.backends import create
+    from proxy.call import Call
+    from proxy.routing.router import Router
+    from proxy.usage import simulate
+
+    raw = {"backends": {"m": {"type": "mock"}},
+           "models": {n: {"backend": "m", "price": {"input": p, "output": p}} for n, p in (("a", 1), ("b", 2), ("c", 3))},
+           "routes": {"auto": {"chain": ["a"], "cache": {"ttl": 60}},
+                      "critical": {"chain": ["a"], "consensus": {"targets": ["a", "b", "c"]}}}}
+    cfg = parse(raw, {})
+    router = Router(cfg, {name: create(b) for name, b in cfg.backends.items()})
+    body = {"model": "critical", "messages": Q, "max_tokens": 100}
+    x = router.explain(Call(request_model="critical"), router.features(body, {}, None))
+    assert x["consensus"]["calls"] == 3 and x["cache"]["applies"] is False
+    assert x["consensus"]["estimated_cost_usd"] == pytest.approx(sum(x["consensus"]["estimated_cost_per_target_usd"].values()))
+    body = {"model": "auto", "messages": Q}
+    x = router.explain(Call(request_model="auto"), router.features(body, {"cache-control": "no-cache"}, None))
+    assert x["cache"] == {"applies": True, "action": "refresh (no-cache)", "ttl": 60.0, "scope": "key",
+                          "store_length": False} and x["consensus"] is None
+    mix = tmp_path / "mix.yaml"
+    mix.write_text("model: critical\nrequests_per_day: 10\ndays: 1\ntasks:\n"
+                   "  - {name: chat, share: 1.0, prompt_tokens: 1000, completion_tokens: 1000}\n")
+    d = simulate.run_mix(cfg, str(mix)).as_dict()
+    assert d["totals"]["cost_usd"] == pytest.approx(10 * 2000 * (1 + 2 + 3) / 1e6)  # three calls each
+    assert d["consensus_requests"] == 10 and {t["name"]: t["calls"] for t in d["targets"]} == {"a": 10, "b": 10, "c": 10}
+    mix.write_text(mix.read_text().replace("critical", "auto"))
+    d = simulate.run_mix(cfg, str(mix), cache_hit_rate=0.3).as_dict()
+    assert d["totals"]["cost_usd"] == pytest.approx(0.7 * 10 * 2000 / 1e6)
+    assert d["cache"]["saved_usd"] == pytest.approx(0.3 * 10 * 2000 / 1e6)

@@ -63,6 +63,25 @@ def _merge(p: Policy, o: CacheOverride | None) -> Policy:
                   o.length if o.length is not None else p.length)
 
 
+def policy_of(cfg: Config, route: str | None, rule: Rule | None) -> Policy:
+    """The cache policy of a request routed by `route` (None: a target named directly) and `rule`."""
+    top = cfg.cache or CacheConfig(enabled=False)
+    p = Policy(top.enabled, top.ttl, top.scope, top.length)
+    if route:
+        p = _merge(p, cfg.routes[route].cache)
+    return _merge(p, rule.cache if rule is not None else None)
+
+
+def explain(cfg: Config, route: str | None, rule: Rule | None, headers: Mapping[str, str], body: Json) -> Json:
+    """Would the cache apply to this request, and how (for `turnout route` and /turnout/route)."""
+    p = policy_of(cfg, route, rule)
+    if not p.enabled:
+        return {"applies": False, "reason": "no cache on this route" if cfg.cache is None else "turned off here"}
+    said = directives(headers, body)
+    how = "bypass (no-store)" if "no-store" in said else "refresh (no-cache)" if "no-cache" in said else "lookup"
+    return {"applies": True, "action": how, "ttl": p.ttl, "scope": p.scope, "store_length": p.length}
+
+
 def directives(headers: Mapping[str, str], body: Json) -> set[str]:
     """The client's cache directives: ``no-cache`` (don't serve, do store) and ``no-store`` (neither)."""
     out = {d.strip().lower().split("=")[0] for d in (headers.get("cache-control") or "").split(",")}
@@ -88,9 +107,8 @@ class ResponseCache:
     def __init__(self, cfg: Config, state: State) -> None:
         self.cfg = cfg
         self.state = state
-        top = cfg.cache or CacheConfig(enabled=False)
-        self.default = Policy(top.enabled, top.ttl, top.scope, top.length)
-        self.routes = {name: _merge(self.default, r.cache) for name, r in cfg.routes.items()}
+        self.default = policy_of(cfg, None, None)
+        self.routes = {name: policy_of(cfg, name, None) for name in cfg.routes}
 
     @property
     def anywhere(self) -> bool:
