@@ -216,3 +216,37 @@ def test_memory_store_is_bounded_lru() -> None:
     assert s.kv_bytes <= s.kv_max_bytes
     s.put("big", b"x" * 10_000, 60)  # larger than the bound: not kept, nothing else lost
     assert s.get("big") is None and s.get("k4") is not None
+
+
+def test_anthropic_front_door_is_cached_but_not_a_claude_pass_through(serve: Any) -> None:
+    import anthropic
+
+    from tests.emulators.anthropic import build_app as build_claude
+    from tests.emulators.gemini import build_gemini_emulator
+
+    claude, gemini = build_claude(api_key="sk-ant"), build_gemini_emulator("g-key")
+    curl, gurl = serve(claude), serve(gemini)
+    claude.state.url = curl
+    raw = {"backends": {"claude": {"type": "anthropic", "base_url": curl, "api_key": "sk-ant", "probe": False},
+                        "gem": {"type": "gemini", "base_url": gurl, "api_key": "g-key", "probe": False}},
+           "models": {"sonnet": {"backend": "claude", "model": "claude-sonnet-4-5"},
+                      "flash": {"backend": "gem", "model": "gemini-2.5-flash"}},
+           "cache": {"ttl": 60}, "usage": {"ledger": None}}
+    base = start(serve, raw)
+    client = anthropic.Anthropic(base_url=base, api_key="x", max_retries=0)
+    msgs = [{"role": "user", "content": "Hello there"}]
+    texts = []
+    for _ in range(2):
+        r = client.messages.with_raw_response.create(model="flash", max_tokens=100, messages=msgs)
+        texts.append(r.parse().content[0].text)
+    assert r.headers["x-turnout-cache"] == "hit" and len(gemini.state.requests) == 1 and texts[0] == texts[1]
+    with client.messages.stream(model="flash", max_tokens=100, messages=msgs) as s:
+        assert "".join(s.text_stream) == texts[0]
+    assert len(gemini.state.requests) == 1
+    # Anthropic's own fields are part of the key: a system prompt makes another entry
+    client.messages.create(model="flash", max_tokens=100, messages=msgs, system="Be brief")
+    assert len(gemini.state.requests) == 2
+    for _ in range(2):  # Claude's own Message goes through as it came: never stored
+        r = client.messages.with_raw_response.create(model="sonnet", max_tokens=100, messages=msgs)
+        assert r.headers["x-turnout-cache"] == "miss"
+    assert len(claude.state.requests) == 2

@@ -97,6 +97,9 @@ def request_key(body: Json, call: Call, scope: str) -> str:
     canon["model"] = body.get("model")
     if call.reason == "override" and call.chain:
         canon["forced"] = call.chain[0]
+    if call.anthropic_body is not None:  # Anthropic's front door: its own fields (thinking, cache_control …) count
+        own = {k: v for k, v in call.anthropic_body.items() if k not in ("stream", "metadata")}
+        canon["anthropic"] = [own, call.anthropic_beta]
     if scope == "key":
         canon["key"] = call.key.name if call.key is not None else None
     digest = hashlib.sha256(orjson.dumps(canon, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -127,7 +130,7 @@ class ResponseCache:
         if not p.enabled:
             return None
         said = directives(headers, body)
-        if "no-store" in said or call.anthropic_body is not None:  # a Claude pass-through is not a chat answer
+        if "no-store" in said:
             call.cache = "bypass"
             return None
         key = request_key(body, call, p.scope)
@@ -155,6 +158,8 @@ class ResponseCache:
         """Keep a finished request's answer (`data`, or what its stream told) if it is complete."""
         plan: Plan | None = call.cache_plan
         if plan is None or call.status != 200 or call.error is not None or call.target is None:
+            return False
+        if call.anthropic_answer is not None:  # Claude's own Message (signatures, citations): not a chat answer to keep
             return False
         if data is None:
             data = plan.acc.completion(call.id, call.created, call.usage) if plan.acc is not None else None
