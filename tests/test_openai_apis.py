@@ -184,3 +184,49 @@ def test_chat_gaps_found_with_real_clients(turnout):
     first = client.models.list().data
     time.sleep(1.05)
     assert [m.created for m in client.models.list().data] == [m.created for m in first]
+
+
+def test_declared_kind_wins_over_the_name(turnout):
+    cfg = config()
+    cfg["models"]["vec"] = {"backend": "mock", "model": "custom-vectors", "kind": "embedding"}
+    cfg["models"]["embedchat"] = {"backend": "mock", "model": "embed-looking-chat", "kind": "chat"}
+    client = sdk(turnout(cfg))
+    assert len(client.embeddings.create(model="vec", input="x").data[0].embedding) == 256
+    assert client.chat.completions.create(model="embedchat", messages=[{"role": "user", "content": "x"}]).choices
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="embedchat", input="x")
+    models = {m.id: m.model_extra["turnout"] for m in client.models.list().data}
+    assert models["vec"]["serves"] == "embedding" and models["embedchat"]["serves"] == "chat"
+
+
+def test_parse_with_nested_pydantic_models_and_enums(turnout):
+    """`parse()` with nested models and an enum ($defs/$ref/anyOf, as pydantic writes them) on the mock,
+    and the quality check reads the same schema (an answer that breaks it is escalated past)."""
+    import enum
+
+    import pydantic
+
+    from proxy.routing.quality import schema_error
+
+    class Mood(str, enum.Enum):
+        happy = "happy"
+        sad = "sad"
+
+    class Friend(pydantic.BaseModel):
+        name: str
+        mood: Mood
+
+    class Character(pydantic.BaseModel):
+        name: str
+        friends: list[Friend]
+        mentor: Friend | None
+
+    client = sdk(turnout(config()))
+    r = client.chat.completions.parse(model="chat", response_format=Character,
+                                      messages=[{"role": "user", "content": "Create wise old dragon mentor"}])
+    c = r.choices[0].message.parsed
+    assert isinstance(c, Character) and c.friends[0].mood is Mood.happy and isinstance(c.mentor, Friend)
+    schema = Character.model_json_schema()
+    assert "$defs" in schema and schema_error({"name": "x", "friends": [{"name": "y", "mood": "angry"}],
+                                               "mentor": None}, schema) == "$.friends[0].mood is not one of ['happy', 'sad']"
+    assert schema_error({"name": "x", "friends": [], "mentor": {"name": "m", "mood": "sad"}}, schema) is None

@@ -117,6 +117,22 @@ def parse_arguments(arguments: Any, param: str) -> Any:
                                code="invalid_tool_arguments") from None
 
 
+def resolve_ref(schema: Any, root: Any, depth: int = 0) -> Any:
+    """A JSON schema with its local ``$ref`` (``#/$defs/X``, ``#/definitions/X``) followed, as
+    pydantic and zod write nested models and enums; anything else is returned as it is."""
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and depth < 32:
+        ref = schema["$ref"]
+        if not ref.startswith("#"):
+            return schema
+        target: Any = root
+        for part in [p for p in ref[1:].split("/") if p]:
+            target = target.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            return schema
+        schema, depth = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}, depth + 1
+    return schema
+
+
 def stop_list(stop: Any) -> list[str] | None:
     if stop is None:
         return None

@@ -35,6 +35,7 @@ from translators.common import (
     max_tokens_of,
     message,
     new_tool_call_id,
+    resolve_ref,
     stop_list,
     tool_call,
     tool_call_delta,
@@ -159,8 +160,11 @@ class Reply:
     tokens: list[str] = field(default_factory=list)
 
 
-def _sample(schema: Any, text: str, depth: int = 0) -> Any:
-    """A value that satisfies a (simple) JSON schema, deterministic for the same prompt."""
+def _sample(schema: Any, text: str, depth: int = 0, root: Any = None) -> Any:
+    """A value that satisfies a (simple) JSON schema, deterministic for the same prompt; local
+    ``$ref``s (pydantic's and zod's ``$defs``) are followed, ``anyOf`` takes its first non-null branch."""
+    root = schema if root is None else root
+    schema = resolve_ref(schema, root)
     if not isinstance(schema, dict) or depth > 6:
         return text
     if "enum" in schema and schema["enum"]:
@@ -169,15 +173,16 @@ def _sample(schema: Any, text: str, depth: int = 0) -> Any:
         return schema["const"]
     for key in ("anyOf", "oneOf", "allOf"):
         if schema.get(key):
-            return _sample(schema[key][0], text, depth + 1)
+            branches = [b for b in schema[key] if resolve_ref(b, root).get("type") != "null"] or schema[key]
+            return _sample(branches[0], text, depth + 1, root)
     t = schema.get("type")
     if isinstance(t, list):
         t = next((x for x in t if x != "null"), "string")
     if t == "object" or "properties" in schema:
         props = schema.get("properties") or {}
-        return {k: _sample(v, text, depth + 1) for k, v in props.items()}
+        return {k: _sample(v, text, depth + 1, root) for k, v in props.items()}
     if t == "array":
-        return [_sample(schema.get("items") or {"type": "string"}, text, depth + 1)]
+        return [_sample(schema.get("items") or {"type": "string"}, text, depth + 1, root)]
     if t == "integer":
         return max(1, int(schema.get("minimum", 1)))
     if t == "number":

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from translators.common import resolve_ref
+
 Json = dict[str, Any]
 
 REFUSAL = re.compile(
@@ -24,10 +26,22 @@ REFUSAL = re.compile(
 _TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
-def schema_error(value: Any, schema: Any, path: str = "$") -> str | None:
-    """The first way `value` breaks a (common subset of) JSON schema, or None."""
+def schema_error(value: Any, schema: Any, path: str = "$", root: Any = None) -> str | None:
+    """The first way `value` breaks a (common subset of) JSON schema, or None. Local ``$ref``s
+    (``$defs``) are followed and ``anyOf`` / ``oneOf`` / ``allOf`` checked, as pydantic and zod write them."""
+    root = schema if root is None else root
+    schema = resolve_ref(schema, root)
     if not isinstance(schema, dict):
         return None
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            errors = [schema_error(value, s, path, root) for s in schema[key]]
+            if all(errors):
+                return errors[0]
+    for s in schema.get("allOf") or ():
+        err = schema_error(value, s, path, root)
+        if err:
+            return err
     if "enum" in schema and value not in schema["enum"]:
         return f"{path} is not one of {schema['enum']}"
     t = schema.get("type")
@@ -49,14 +63,14 @@ def schema_error(value: Any, schema: Any, path: str = "$") -> str | None:
         props = schema.get("properties") or {}
         for k, v in value.items():
             if k in props:
-                err = schema_error(v, props[k], f"{path}.{k}")
+                err = schema_error(v, props[k], f"{path}.{k}", root)
                 if err:
                     return err
             elif schema.get("additionalProperties") is False:
                 return f"{path}.{k} is not allowed"
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):
-            err = schema_error(item, schema["items"], f"{path}[{i}]")
+            err = schema_error(item, schema["items"], f"{path}[{i}]", root)
             if err:
                 return err
     return None

@@ -28,10 +28,13 @@ import orjson
 from translators.common import Json, TranslationError
 
 
-def _legacy_messages(messages: list[Json]) -> list[Json]:
-    out: list[Json] = []
+def _legacy_messages(messages: list[Any]) -> list[Any]:
+    out: list[Any] = []
     pending: dict[str, str] = {}  # function name → id of its latest call
     for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            out.append(m)  # validation names it
+            continue
         if m.get("role") == "assistant" and isinstance(m.get("function_call"), dict) and not m.get("tool_calls"):
             fc = m["function_call"]
             cid = f"call_fn_{i}"
@@ -48,7 +51,7 @@ def _legacy_messages(messages: list[Json]) -> list[Json]:
 
 def normalize(body: Json) -> Json:
     """The body with legacy functions and allowed_tools expressed as tools (unchanged if neither)."""
-    msgs = body.get("messages") or []
+    msgs = body.get("messages") if isinstance(body.get("messages"), list) else []
     legacy = "functions" in body or "function_call" in body or any(
         isinstance(m, dict) and (m.get("role") == "function" or "function_call" in m) for m in msgs)
     choice = body.get("tool_choice")
@@ -61,8 +64,9 @@ def normalize(body: Json) -> Json:
             raise TranslationError("Use either 'tools' or the deprecated 'functions', not both.", param="functions")
         fns = out.pop("functions", None)
         if fns is not None:
-            if not isinstance(fns, list):
-                raise TranslationError("Invalid type for 'functions': expected an array.", param="functions")
+            if not isinstance(fns, list) or not all(isinstance(f, dict) for f in fns):
+                raise TranslationError("Invalid type for 'functions': expected an array of objects.",
+                                       param="functions", code="invalid_type")
             out["tools"] = [{"type": "function", "function": f} for f in fns]
             out["parallel_tool_calls"] = False  # the functions dialect has one call per answer
         fc = out.pop("function_call", None)
@@ -71,15 +75,23 @@ def normalize(body: Json) -> Json:
                 out["tool_choice"] = {"type": "function", "function": {"name": fc.get("name")}}
             else:
                 out["tool_choice"] = fc
-        out["messages"] = _legacy_messages([m for m in msgs if isinstance(m, dict)])
+        if msgs:
+            out["messages"] = _legacy_messages(msgs)
     if allowed:
-        spec = choice.get("allowed_tools") or {}
-        names = {(t.get("function") or {}).get("name") for t in spec.get("tools") or [] if isinstance(t, dict)}
+        spec = choice.get("allowed_tools")
+        listed = spec.get("tools") if isinstance(spec, dict) else None
+        if not isinstance(listed, list):
+            raise TranslationError("Missing required parameter: 'tool_choice.allowed_tools.tools'.",
+                                   param="tool_choice.allowed_tools.tools", code="missing_required_parameter")
+        names = {(t.get("function") or {}).get("name") for t in listed
+                 if isinstance(t, dict) and isinstance(t.get("function"), dict)}
         mode = spec.get("mode", "auto")
         if mode not in ("auto", "required"):
             raise TranslationError(f"Invalid value: '{mode}'. Supported values are: 'auto' and 'required'.",
                                    param="tool_choice.allowed_tools.mode", code="invalid_value")
-        out["tools"] = [t for t in body.get("tools") or [] if (t.get("function") or {}).get("name") in names]
+        tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+        out["tools"] = [t for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+                        and t["function"].get("name") in names]
         if not out["tools"]:
             raise TranslationError("Invalid 'tool_choice.allowed_tools.tools': none of them is among 'tools'.",
                                    param="tool_choice.allowed_tools.tools", code="invalid_value")

@@ -51,17 +51,22 @@ def _part(p: Any, where: str) -> Json:
     if isinstance(p, str):
         return {"type": "text", "text": p}
     t = p.get("type") if isinstance(p, dict) else None
-    if t in ("input_text", "output_text", "text"):
-        return {"type": "text", "text": str(p.get("text", ""))}
-    if t == "refusal":
-        return {"type": "text", "text": str(p.get("refusal", ""))}
+    if t in ("input_text", "output_text", "text", "refusal"):
+        text = p.get("refusal" if t == "refusal" else "text")
+        if not isinstance(text, str):
+            raise TranslationError(f"Invalid type for '{where}.text': expected a string.", param=f"{where}.text",
+                                   code="invalid_type")
+        return {"type": "text", "text": text}
     if t == "input_image":
         url = p.get("image_url")
+        if url is not None and not isinstance(url, str):
+            raise TranslationError(f"Invalid type for '{where}.image_url': expected a string.",
+                                   param=f"{where}.image_url", code="invalid_type")
         if not url:
             raise TranslationError("Turnout accepts images by image_url (a URL or data URL), not by file_id.",
                                    param=where, code="unsupported_value")
         image: Json = {"url": url}
-        if p.get("detail"):
+        if p.get("detail") is not None:
             image["detail"] = p["detail"]
         return {"type": "image_url", "image_url": image}
     raise TranslationError(f"Unsupported content part type {t!r} at '{where}'.", param=where,
@@ -79,12 +84,13 @@ def _content(content: Any, where: str) -> str | list[Json]:
     return parts
 
 
-def _output_text(output: Any) -> str:
+def _output_text(output: Any, where: str) -> str:
     if isinstance(output, str):
         return output
     if isinstance(output, list):
-        return "\n".join(str(p.get("text", "")) for p in output if isinstance(p, dict))
-    return orjson.dumps(output).decode()
+        return "\n".join(_part(p, f"{where}[{i}]").get("text", "") for i, p in enumerate(output))
+    raise TranslationError(f"Invalid type for '{where}': expected a string or an array of content parts.",
+                           param=where, code="invalid_type")
 
 
 def input_messages(input: Any) -> list[Json]:
@@ -110,8 +116,10 @@ def input_messages(input: Any) -> list[Json]:
         elif t == "function_call":
             call = {"id": item.get("call_id") or item.get("id"), "type": "function",
                     "function": {"name": item.get("name"), "arguments": item.get("arguments") or "{}"}}
-            if not call["id"] or not call["function"]["name"]:
-                raise TranslationError(f"'{where}' needs call_id and name.", param=where)
+            if not all(isinstance(v, str) and v for v in (call["id"], call["function"]["name"],
+                                                          call["function"]["arguments"])):
+                raise TranslationError(f"'{where}' needs call_id, name and arguments as strings.", param=where,
+                                       code="invalid_value")
             last = out[-1] if out else None
             if last and last["role"] == "assistant" and last.get("tool_calls") is not None:
                 last["tool_calls"].append(call)
@@ -120,9 +128,11 @@ def input_messages(input: Any) -> list[Json]:
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif t == "function_call_output":
-            if not item.get("call_id"):
-                raise TranslationError(f"'{where}.call_id' is required.", param=f"{where}.call_id")
-            out.append({"role": "tool", "tool_call_id": item["call_id"], "content": _output_text(item.get("output"))})
+            if not isinstance(item.get("call_id"), str) or not item["call_id"]:
+                raise TranslationError(f"'{where}.call_id' is required.", param=f"{where}.call_id",
+                                       code="missing_required_parameter")
+            out.append({"role": "tool", "tool_call_id": item["call_id"],
+                        "content": _output_text(item.get("output"), f"{where}.output")})
         elif t == "reasoning":
             continue
         else:
@@ -133,13 +143,18 @@ def input_messages(input: Any) -> list[Json]:
 
 
 def _tools(tools: Any) -> list[Json]:
+    if tools is not None and not isinstance(tools, list):
+        raise TranslationError("Invalid type for 'tools': expected an array.", param="tools", code="invalid_type")
     out = []
     for i, t in enumerate(tools or []):
         if not isinstance(t, dict) or t.get("type") != "function":
             kind = t.get("type") if isinstance(t, dict) else t
             raise TranslationError(f"Unsupported tool type {kind!r} at 'tools[{i}]': Turnout offers function "
                                    "tools only.", param=f"tools[{i}].type", code="unsupported_value")
-        fn: Json = {"name": t.get("name")}
+        if not isinstance(t.get("name"), str) or not t["name"]:
+            raise TranslationError(f"Missing required parameter: 'tools[{i}].name'.", param=f"tools[{i}].name",
+                                   code="missing_required_parameter")
+        fn: Json = {"name": t["name"]}
         for k in ("description", "parameters", "strict"):
             if t.get(k) is not None:
                 fn[k] = t[k]
@@ -152,16 +167,21 @@ def _tool_choice(choice: Any, tools: list[Json]) -> tuple[Any, list[Json]]:
     if choice is None or isinstance(choice, str):
         return choice, tools
     t = choice.get("type") if isinstance(choice, dict) else None
-    if t == "function":
-        return {"type": "function", "function": {"name": choice.get("name")}}, tools
-    if t == "allowed_tools":
-        names = {x.get("name") for x in choice.get("tools") or [] if isinstance(x, dict)}
+    if t == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}, tools
+    if t == "allowed_tools" and isinstance(choice.get("tools"), list):
+        names = {x.get("name") for x in choice["tools"] if isinstance(x, dict)}
         return choice.get("mode", "auto"), [x for x in tools if x["function"]["name"] in names]
     raise TranslationError(f"Unsupported tool_choice type {t!r}.", param="tool_choice", code="unsupported_value")
 
 
 def _response_format(text: Any) -> Json | None:
-    fmt = (text or {}).get("format") if isinstance(text, dict) else None
+    if text is not None and not isinstance(text, dict):
+        raise TranslationError("Invalid type for 'text': expected an object.", param="text", code="invalid_type")
+    fmt = (text or {}).get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise TranslationError("Invalid type for 'text.format': expected an object.", param="text.format",
+                               code="invalid_type")
     if not fmt or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_object":
@@ -198,8 +218,15 @@ def to_chat(body: Json, history: list[Json] | None = None) -> Json:
     fmt = _response_format(body.get("text"))
     if fmt:
         out["response_format"] = fmt
-    effort = (body.get("reasoning") or {}).get("effort")
-    if effort:
+    reasoning = body.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, dict):
+        raise TranslationError("Invalid type for 'reasoning': expected an object.", param="reasoning",
+                               code="invalid_type")
+    effort = (reasoning or {}).get("effort")
+    if effort is not None:
+        if not isinstance(effort, str):
+            raise TranslationError("Invalid type for 'reasoning.effort': expected a string.",
+                                   param="reasoning.effort", code="invalid_type")
         out["reasoning_effort"] = effort
     if body.get("max_output_tokens") is not None:
         out["max_completion_tokens"] = body["max_output_tokens"]
@@ -255,7 +282,7 @@ def skeleton(request: Json, id: str, created_at: int, model: str, status: str = 
     """A Response with the request's settings echoed and no output yet."""
     tools = [{"type": "function", "name": t.get("name"), "description": t.get("description"),
               "parameters": t.get("parameters"), "strict": t.get("strict", True)} for t in request.get("tools") or []]
-    effort = (request.get("reasoning") or {}).get("effort")
+    effort = (request.get("reasoning") or {}).get("effort") if isinstance(request.get("reasoning"), dict) else None
     return {
         "id": id, "object": "response", "created_at": created_at, "status": status, "background": False,
         "error": None, "incomplete_details": None, "instructions": request.get("instructions"),
