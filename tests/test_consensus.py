@@ -133,3 +133,21 @@ def test_route_explains_and_simulate_prices(tmp_path: Any) -> None:
     d = simulate.run_mix(cfg, str(mix), cache_hit_rate=0.3).as_dict()
     assert d["totals"]["cost_usd"] == pytest.approx(0.7 * 10 * 2000 / 1e6)
     assert d["cache"]["saved_usd"] == pytest.approx(0.3 * 10 * 2000 / 1e6)
+
+
+def test_prose_compared_by_meaning_with_the_embedding_engine() -> None:
+    from proxy.routing.consensus import Member, embeddings, groups
+
+    def answer(text: str) -> dict:
+        return {"choices": [{"message": {"role": "assistant", "content": text}}]}
+
+    members = [Member("a", answer("The meeting is moved to Friday afternoon.")),
+               Member("b", answer("We rescheduled the meeting; it now takes place on Friday after lunch.")),
+               Member("c", answer("Bananas are rich in potassium."))]
+    assert [len(g) for g in groups(members, 0.8)] == [1, 1, 1]  # as text, nobody agrees
+    import asyncio
+    vectors = asyncio.run(embeddings(members))
+    sims = {t: float(vectors["a"] @ v) for t, v in vectors.items()}
+    assert sims["b"] > sims["c"]
+    threshold = (sims["b"] + sims["c"]) / 2
+    assert [[m.target for m in g] for g in groups(members, 0.8, vectors, threshold)] == [["a", "b"], ["c"]]

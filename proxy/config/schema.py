@@ -230,6 +230,8 @@ class Consensus(Section):
     judge: Text | None = None  # the target that picks among the answers when on_disagreement is judge
     timeout: Positive | None = None  # seconds each member may take (default: its target's own)
     similarity: Annotated[float, Meta(ge=0, le=1)] = 0.8  # prose answers this similar count as the same
+    semantic: Annotated[float, Meta(ge=-1, le=1, description="a cosine similarity, at most 1")] | None = None
+    # also the same when the local embedding engine (turnout[semantic]) puts them at least this close
 
 
 class Rule(Section):

@@ -22,11 +22,19 @@ from typing import Any
 import orjson
 
 from proxy.call import Attempt, Call
-from proxy.config import Config, Consensus, Rule
+from proxy.config import Config, ConfigError, Consensus, Rule
 from proxy.errors import ProxyError, UpstreamError
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
 from proxy.usage import pricing
+
+try:
+    from proxy import semantic as sem
+except ImportError as e:  # the extra is not installed: prose is compared as text only
+    sem = None  # type: ignore[assignment]
+    MISSING = str(e)
+else:
+    MISSING = ""
 
 Json = dict[str, Any]
 MAX_PARALLEL = 8  # members asked at once; more wait their turn
@@ -79,7 +87,10 @@ def shape(answer: Json) -> tuple[str, Any]:
     return "text", " ".join(_WORD.findall(text.lower()))
 
 
-def similar(a: tuple[str, Any], b: tuple[str, Any], threshold: float) -> bool:
+def similar(a: tuple[str, Any], b: tuple[str, Any], threshold: float, cosine: float | None = None,
+            semantic: float | None = None) -> bool:
+    """Same kind and: equal (tools, JSON), or prose at least `threshold` alike as text, or (with the
+    embedding engine) at least `semantic` close in meaning (`cosine` of the two answers)."""
     if a[0] != b[0]:
         return False
     if a[0] != "text":
@@ -88,23 +99,39 @@ def similar(a: tuple[str, Any], b: tuple[str, Any], threshold: float) -> bool:
         return True
     sa, sb = set(a[1].split()), set(b[1].split())
     jaccard = len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-    return max(jaccard, difflib.SequenceMatcher(None, a[1], b[1]).ratio()) >= threshold
+    if max(jaccard, difflib.SequenceMatcher(None, a[1], b[1]).ratio()) >= threshold:
+        return True
+    return semantic is not None and cosine is not None and cosine >= semantic
 
 
-def groups(members: list[Member], threshold: float) -> list[list[Member]]:
-    """Answers grouped greedily (each joins the first group whose first answer it matches), in target order."""
+def groups(members: list[Member], threshold: float, vectors: dict[str, Any] | None = None,
+           semantic: float | None = None) -> list[list[Member]]:
+    """Answers grouped greedily (each joins the first group whose first answer it matches), in target
+    order. `vectors`: the prose answers' unit embeddings by target, when compared by meaning too."""
     out: list[tuple[tuple[str, Any], list[Member]]] = []
     for m in members:
         if m.answer is None:
             continue
         s = shape(m.answer)
         for rep, g in out:
-            if similar(rep, s, threshold):
+            cos = None
+            if vectors and g[0].target in vectors and m.target in vectors:
+                cos = float(vectors[g[0].target] @ vectors[m.target])
+            if similar(rep, s, threshold, cos, semantic):
                 g.append(m)
                 break
         else:
             out.append((s, [m]))
     return [g for _, g in out]
+
+
+async def embeddings(members: list[Member]) -> dict[str, Any]:
+    """Unit vectors of the prose answers, from the local engine (off the event loop)."""
+    prose = [(m.target, shape(m.answer)[1]) for m in members if m.answer is not None and shape(m.answer)[0] == "text"]
+    if sem is None or len(prose) < 2:
+        return {}
+    vectors = await sem.shared().aembed([t for _, t in prose])
+    return {target: vectors[i] for i, (target, _) in enumerate(prose)}
 
 
 def _add_usage(total: Json | None, u: Json | None) -> Json | None:
@@ -121,6 +148,11 @@ class ConsensusRunner:
         self.cfg = cfg
         self.router = router
         self.dispatcher = dispatcher
+        wants = [n for n, r in cfg.routes.items() for c in (r.consensus, *(x.consensus for x in r.rules))
+                 if c is not None and c.semantic is not None]
+        if wants and sem is None:
+            raise ConfigError(f"routes.{wants[0]}: consensus.semantic needs the embedding engine: "
+                              f"pip install 'turnout[semantic]' ({MISSING})")
 
     async def _ask(self, call: Call, target: str, body: Json, timeout: float | None, gate: asyncio.Semaphore) -> Member:
         m = Member(target, call=Call(request_model=target, key=call.key, request_id=call.request_id))
@@ -151,7 +183,8 @@ class ConsensusRunner:
                 cost += pricing.of_call(m.call, self.cfg.models[m.target].price)
                 usage = _add_usage(usage, m.call.usage)
         n = len(members)
-        gs = sorted(groups(members, c.similarity), key=len, reverse=True)  # stable: ties keep target order
+        vectors = await embeddings(members) if c.semantic is not None else None
+        gs = sorted(groups(members, c.similarity, vectors, c.semantic), key=len, reverse=True)  # stable: ties keep target order
         failed = [f"{m.target} ({m.error})" for m in members if m.answer is None]
         if not gs:  # nobody answered: the first member's error (a client error stays one)
             call.consensus = f"0/{n} answered; dissent: " + ", ".join(failed)
