@@ -250,3 +250,17 @@ def test_anthropic_front_door_is_cached_but_not_a_claude_pass_through(serve: Any
         r = client.messages.with_raw_response.create(model="sonnet", max_tokens=100, messages=msgs)
         assert r.headers["x-turnout-cache"] == "miss"
     assert len(claude.state.requests) == 2
+
+
+def test_responses_and_legacy_completions_front_doors_share_the_cache(serve: Any, upstream: Any) -> None:
+    url, seen = upstream
+    base = start(serve, config(url, {"ttl": 60}))
+    client = sdk(base)
+    texts = []
+    for _ in range(2):
+        r = client.responses.with_raw_response.create(model="auto", input="Name a colour of the sea", store=False)
+        texts.append(r.parse().output_text)
+    assert r.headers["x-turnout-cache"] == "hit" and len(seen) == 1 and texts[0] == texts[1] and texts[0]
+    for _ in range(2):
+        r = client.completions.with_raw_response.create(model="auto", prompt="Once upon a time", max_tokens=50)
+    assert r.headers["x-turnout-cache"] == "hit" and len(seen) == 2
