@@ -26,6 +26,7 @@ from proxy.observability.logs import request_line
 from proxy.routing.consensus import ConsensusRunner, config_for
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
+from proxy.server.shutdown import Drain
 from proxy.usage import pricing
 from translators.common import usage_chunk
 
@@ -79,6 +80,7 @@ class Pipeline:
         self.dispatcher = dispatcher
         self.gates = tuple(gates)
         self.observers = tuple(observers)
+        self.drain = Drain(cfg.server.drain_seconds)  # graceful shutdown: proxy/server/shutdown.py
 
     def new_call(self, request_id: str, api: str = "chat") -> Call:
         """The record of a request that just arrived; observers learn of it at once."""
@@ -93,6 +95,7 @@ class Pipeline:
                   restrict: Callable[[Call, list[Target]], list[Target]] | None = None) -> Completion | Stream:
         """Route and dispatch a checked OpenAI chat body. Raises ProxyError; the caller then `finish`es.
         `restrict`: a front door's own narrowing of the chain (e.g. Claude targets only), after filters."""
+        self.drain.check_open()
         call.request_model = body["model"]
         call.stream = bool(body.get("stream"))
         call.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -110,7 +113,7 @@ class Pipeline:
                 return self._replay(call, hit) if call.stream else Completion(hit)
         deadline = self.cfg.routes[call.route].timeout if call.route else None
         consensus = config_for(self.cfg, call.route, rule) if self.consensus is not None else None
-        if consensus is not None and self.consensus is not None:  # several targets at once, the majority's answer (replayed to a stream)
+        if consensus is not None and self.consensus is not None:  # several targets, the majority's answer
             data = await self.consensus.run(call, body, consensus)
             if cache is not None and call.cache_plan is not None:
                 cache.store(call, data)
@@ -151,6 +154,7 @@ class Pipeline:
         features.kind = "embedding"
         for gate in self.gates:
             gate(call)
+        await self.router.prepare(features)
         chain, _ = self.router.plan(call, features)
         deadline = self.cfg.routes[call.route].timeout if call.route else None
         vectors = await self.dispatcher.embed(chain, req, call, decode=decode, deadline=deadline)
@@ -166,12 +170,15 @@ class Pipeline:
         status, error = 200, None
         rest = stream.rest
         plan = call.cache_plan  # a miss to store once complete: its chunks are folded as they pass
+        drain = self.drain
+        drain.streams += 1
         try:
             yield stream.first
             call.record_sent(stream.first)  # counted (a bounded sample kept) for the ledger's estimate
             if plan is not None:
                 plan.feed(stream.first)
             async for payload in rest:
+                drain.check_stream()
                 call.record_sent(payload)
                 if plan is not None:
                     plan.feed(payload)
@@ -190,6 +197,7 @@ class Pipeline:
             status = 500
             raise internal_error(call, e, " in stream") from None
         finally:
+            drain.streams -= 1
             await rest.aclose()
             if call.usage is not None and call.cache != "hit" and call.consensus is None:
                 call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
