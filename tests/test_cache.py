@@ -199,6 +199,8 @@ def test_hits_in_ledger_usage_and_metrics(serve: Any, upstream: Any, tmp_path: A
     assert c["by"] == [{"route": "auto", "target": "gpt", **{k: c[k] for k in ("hits", "misses", "bypass",
                                                                                 "hit_rate", "saved_usd")}}]
     assert report["totals"]["cost_usd"] == pytest.approx(cost, rel=1e-6)  # hits cost nothing
+    from proxy.usage.cli import render
+    assert "cache: 3 hits, 1 misses, 0 bypassed, hit rate 75.0 %" in render(report)  # `turnout usage`
     metrics = httpx.get(base + "/metrics").text
     assert 'turnout_cache_requests_total{result="hit",route="auto",target="gpt"} 3.0' in metrics
     saved = [l for l in metrics.splitlines() if l.startswith("turnout_cache_saved_usd_total{")]
