@@ -38,6 +38,8 @@ from proxy.routing.router import Router
 from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
 from proxy.server.app import OpenAIAPI
 from proxy.server.openai_apis import OpenAIAPIs
+from proxy.server.protocol import BoundedReadProtocol
+from proxy.web.browser import BrowserGuard
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.state import Clock, MemoryState, State
 from proxy.usage import api as usage_api
@@ -102,7 +104,7 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
         *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),
-        *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
+        *ObservabilityAPI(cfg, auth, backends, metrics, health, record=usage.recorder.finished).routes(),
         *hardware_api.routes(cfg, auth),
     ]
     return gateway
@@ -129,12 +131,16 @@ def build_app(cfg: Config, clock: Clock | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        gateway.pipeline.drain.install()  # SIGTERM drains first (proxy/server/shutdown.py)
         try:
             yield
         finally:
             await gateway.aclose()
 
-    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[Middleware(RequestIds)],
+    s = cfg.server
+    guard = Middleware(BrowserGuard, open_mode=not cfg.keys, server_host=s.host, allowed_hosts=s.allowed_hosts,
+                       cors_origins=s.cors_origins)  # CSRF, DNS rebinding, CORS: proxy/web/browser.py
+    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[guard, Middleware(RequestIds)],
                     exception_handlers={HTTPException: _on_http_error, ProxyError: _on_proxy_error})
     app.state.turnout = gateway
     return app
@@ -145,4 +151,5 @@ def create_app() -> Starlette:
     $TURNOUT_CONFIG, logging as the config says."""
     cfg = load(os.environ.get("TURNOUT_CONFIG") or "proxy.yaml")
     setup_logs(cfg.server.log_level, cfg.server.log_format)
+    BoundedReadProtocol.read_timeout = cfg.server.read_timeout  # this worker's connections
     return build_app(cfg)
