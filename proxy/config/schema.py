@@ -104,6 +104,8 @@ class BackendConfig(Section):
     timeout: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     probe: ProbePolicy = field(default_factory=ProbePolicy)
+    # upstream connections open at once (one per open stream): more wait for a free one
+    max_connections: Count = 1000
     quota: Quota | None = None  # a daily allowance shared by all its targets
     options: dict[str, Any] = {}  # type-specific settings
     unavailable: str | None = None  # why it cannot be used (e.g. a missing key), None when usable

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends.base import Backend
@@ -25,7 +25,7 @@ from proxy.web.auth import Authenticator
 from proxy.routing.kinds import kind_of
 from proxy.server.pipeline import Completion, Pipeline, internal_error
 from proxy.web.disconnect import unless_client_leaves
-from proxy.web.responses import error_response, json_response, read_json, request_id
+from proxy.web.responses import SSEResponse, error_response, json_response, read_json, request_id
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -68,8 +68,8 @@ class OpenAIAPI:
                     call.record_sent(out)  # no usage from upstream: the ledger estimates from the answer
                 pipeline.finish(call, 200)
                 return Response(out, media_type="application/json", headers=call.headers())
-            return StreamingResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
-                                     media_type="text/event-stream", headers={**_SSE_HEADERS, **call.headers()})
+            return SSEResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
+                               headers={**_SSE_HEADERS, **call.headers()})
         except ProxyError as e:
             pipeline.finish(call, e.status, e)
             return error_response(e, call.headers())
