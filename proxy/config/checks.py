@@ -97,6 +97,7 @@ def _target(name: str, t: Raw, backends: dict[str, Raw]) -> Raw:
     spec = SPECS[backends[t["backend"]]["type"]]
     # every current Claude and Gemini model reads images; elsewhere it varies, so it must be declared
     t.setdefault("vision", spec.vision)
+    t.setdefault("logprobs", spec.logprobs)
     if len(spec.kinds) == 1:  # a type that serves one kind (semantic: embeddings) makes it the default
         t.setdefault("kind", spec.kinds[0])
         if t["kind"] != spec.kinds[0]:

@@ -133,16 +133,19 @@ class ProviderSpec:
     vision: bool  # its models read images unless a target says otherwise
     options: type[Section]
     kinds: tuple[str, ...] = ("chat", "embedding")  # what its targets may serve (`models.x.kind`)
+    logprobs: bool = False  # its chat answers can carry token log probabilities (`logprobs: true`)
 
 
 SPECS: dict[str, ProviderSpec] = {s.type: s for s in (
     ProviderSpec("mock", None, "none", True, False, MockOptions),
-    ProviderSpec("openai", "https://api.openai.com/v1", "optional", False, False, NoOptions),
+    ProviderSpec("openai", "https://api.openai.com/v1", "optional", False, False, NoOptions, logprobs=True),
     # every current Claude and Gemini model reads images; elsewhere it varies, so it must be declared
     ProviderSpec("anthropic", "https://api.anthropic.com", "required", False, True, AnthropicOptions),
-    ProviderSpec("gemini", "https://generativelanguage.googleapis.com", "required", False, True, GeminiOptions),
+    ProviderSpec("gemini", "https://generativelanguage.googleapis.com", "required", False, True, GeminiOptions,
+                 logprobs=True),
+    # Ollama's /api/chat has logprobs since 0.12, not translated yet: its targets are skipped when asked
     ProviderSpec("ollama", "http://localhost:11434", "none", True, False, OllamaOptions),
-    ProviderSpec("llamacpp", None, "none", True, False, LlamacppOptions),
+    ProviderSpec("llamacpp", None, "none", True, False, LlamacppOptions, logprobs=True),
     # the in-process embedding engine: no HTTP, no key, embeddings only
     ProviderSpec("semantic", None, "none", True, False, SemanticOptions, kinds=("embedding",)),
 )}

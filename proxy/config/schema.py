@@ -131,6 +131,7 @@ class Target(Section):
     vision: bool = False  # default: the backend type's (Claude and Gemini read images)
     tools: bool = True
     json_schema: bool = True
+    logprobs: bool = False  # answers with token log probabilities (default: the backend type's)
     kind: Literal["chat", "embedding"] | None = None  # what it serves; default: inferred from the model name
     options: dict[str, Any] = {}  # per-target provider options (they override the backend's)
     timeout: Positive | None = None  # seconds for one call to this target (to the first token for streams)
