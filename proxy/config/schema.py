@@ -338,6 +338,14 @@ class UsageConfig(Section):
     retention_days: Count | None = None  # delete ledger rows older than this (None: keep them all)
 
 
+class ResponsesConfig(Section):
+    """`responses:` — stored Responses (`/v1/responses` with `store`, `previous_response_id`, GET and
+    DELETE by id), kept in the usage ledger's database (proxy/usage/stored.py)."""
+
+    store: bool = True  # keep responses when the ledger is on; false: never (an explicit store: true is a 400)
+    ttl_days: Annotated[float, Meta(gt=0, description="a number of days above 0")] = 30.0  # then they expire
+
+
 class Config(Section):
     """The whole config: what `load()` and `parse()` return."""
 
@@ -351,4 +359,5 @@ class Config(Section):
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
     aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     path: str | None = None  # the file it was read from
