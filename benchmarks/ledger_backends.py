@@ -24,7 +24,7 @@ from proxy.usage.ledger import Ledger  # noqa: E402
 
 def batch(n: int, now: float) -> list[tuple]:
     return [(now - i * 0.01, f"r{i}", "alice", "auto", "auto", "rest", "paid", "cloud", 200, None, 0, 1, 120, 80, 0,
-             0, 0, 0.0002, 5.0, None, ["paid"], [], None) for i in range(n)]
+             0, 0, 0.0002, 5.0, None, None, None, ["paid"], [], None) for i in range(n)]
 
 
 def measure(url: str, rows: int, rounds: int) -> tuple[float, float]:

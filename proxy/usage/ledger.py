@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS requests (
     prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER, reasoning_tokens INTEGER,
     estimated INTEGER,             -- 1: tokens are a tiktoken estimate (no usage from the provider)
     cost_usd {real}, latency_ms {real}, ttft_ms {real},
+    cache TEXT, saved_usd {real},  -- the response cache: hit | miss | bypass (NULL: none); what a hit saved
     features TEXT                  -- JSON of the routing features, for replays
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
@@ -80,7 +81,7 @@ CREATE TABLE IF NOT EXISTS ledger_schema (  -- the schema's version: MIGRATIONS[
 """
 COLUMNS = ("ts", "request_id", "key", "model", "route", "rule", "chain", "attempts", "target", "backend",
            "status", "error", "stream", "chunks", "prompt_tokens", "completion_tokens", "cached_tokens",
-           "reasoning_tokens", "estimated", "cost_usd", "latency_ms", "ttft_ms", "features")
+           "reasoning_tokens", "estimated", "cost_usd", "latency_ms", "ttft_ms", "cache", "saved_usd", "features")
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 BUCKET = 900  # seconds per rollup bucket: day and month starts fall on one in every time zone
 OK = "SUM(CASE WHEN status = 200 THEN 1 ELSE 0 END)"  # SQLite could sum booleans; PostgreSQL cannot
@@ -110,7 +111,15 @@ def _v1(db: Db) -> None:
         db.execute("INSERT INTO rollup " + ROLLUP_FROM_ROWS.format(bucket=db.bucket("ts", BUCKET)))
 
 
-MIGRATIONS: list[Callable[[Db], None]] = [_v1]  # MIGRATIONS[i] takes the schema from version i to i + 1; append only
+def _v2(db: Db) -> None:
+    """The response cache's columns, for a ledger made before them."""
+    cols = db.columns("requests")
+    for col, typ in (("cache", "TEXT"), ("saved_usd", db.types["real"])):
+        if col not in cols:
+            db.execute(f"ALTER TABLE requests ADD COLUMN {col} {typ}")
+
+
+MIGRATIONS: list[Callable[[Db], None]] = [_v1, _v2]  # MIGRATIONS[i]: schema version i to i + 1; append only
 
 
 def migrate(db: Db) -> int:
@@ -400,7 +409,7 @@ class Recorder:
             call.route, call.reason, call.target, target.backend if target else None, call.status, call.error,
             int(call.stream), call.chunks, p, c, cached, reasoning, est, cost, round(latency * 1000, 3),
             round((call.first_token_at - call.started) * 1000, 3) if call.first_token_at else None,
-            call.chain, call.walked(), call.features))
+            call.cache, call.saved_usd or None, call.chain, call.walked(), call.features))
         call.sent = None
         if len(self.pending) >= self.batch_size and self.wake is not None:
             self.wake.set()
