@@ -318,6 +318,24 @@ class UsageConfig(Section):
     retention_days: Count | None = None  # delete ledger rows older than this (None: keep them all)
 
 
+class RedisConfig(Section):
+    """`state.redis`: counters, circuit breakers and the key-value store shared by every replica
+    (proxy/state/redis.py). `on_error`: what a replica does while Redis cannot be reached — `local`
+    carries on with its own counters (limits then hold per replica), `reject` refuses the requests
+    that need a shared limit (503). `timeout`: seconds any one Redis call may take."""
+
+    url: Text = "redis://127.0.0.1:6379/0"
+    prefix: str = "turnout:"  # every key starts with this (several gateways may share one Redis)
+    on_error: Literal["local", "reject"] = "local"
+    timeout: Annotated[float, Meta(ge=0.001, le=10)] = 0.05
+
+
+class StateConfig(Section):
+    """`state:`: where counters, breakers and cached values live. None: in this process (MemoryState)."""
+
+    redis: RedisConfig | None = None
+
+
 class Config(Section):
     """The whole config: what `load()` and `parse()` return."""
 
@@ -329,5 +347,6 @@ class Config(Section):
     keys: list[Key] = []
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)
     path: str | None = None  # the file it was read from
