@@ -61,6 +61,7 @@ class Call:
     sent_bytes: int = 0  # every payload byte sent
     sent_sampled: int = 0  # bytes kept in `sent`
     sent_count: int = 0  # payloads sent (stream chunks)
+    hold: Any = None  # proxy.state.Hold: what the request reserved of quotas, budgets and rate limits
 
     # the client's own Messages body and anthropic-beta header (Anthropic's front door): Claude targets
     # get it as it came (native pass-through), every other target the OpenAI body translated from it

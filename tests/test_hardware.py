@@ -260,6 +260,9 @@ def test_written_config_passes_check_config_and_serves_plan(serve, turnout, bind
     cfg = load(out_file)
     assert cfg.routes["plan"].rules[0].then == ["local-planner", "gemini-flash"]
     assert cfg.routes["plan"].rules[1].then == ["local-executor", "local-planner", "gemini-flash"]
+    assert [(r.name, r.then) for r in cfg.routes["auto"].rules] == [
+        ("vision", ["local-vision", "gemini-flash"]), ("complex", ["local-planner", "gemini-flash"]),
+        ("simple", ["local-executor", "local-planner", "gemini-flash"])]
 
     raw = yaml.safe_load(text)
     base = turnout(raw, {})

@@ -237,8 +237,7 @@ def config_text(s: Survey, env: Mapping[str, str], ollama_url: str) -> str:
     if "local-vision" in local or cloud_vision:
         lines.append(f"      - {{name: vision,  when: {{has_images: true}},       then: "
                      f"{chain('local-vision' if 'local-vision' in local else '', *cloud_vision)}}}")
-    lines += [f"      - {{name: complex, when: {{complexity: {{gte: 0.5}}}}, then: {chain(*cloud, 'local-planner')}}}"
-              if cloud else f"      - {{name: complex, when: {{complexity: {{gte: 0.5}}}}, then: {planner_chain}}}",
+    lines += [f"      - {{name: complex, when: {{complexity: {{gte: 0.5}}}}, then: {planner_chain}}}",
               f"      - {{name: simple,  then: {chain(executor, 'local-planner', *cloud)}}}", ""]
     return "\n".join(lines)
 

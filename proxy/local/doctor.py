@@ -15,6 +15,7 @@ fit the memory budget, and the recommended models (proxy/local/recommend.py). `-
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -75,7 +76,10 @@ def probe(b: BackendConfig, *, timeout: float = 2.0, full: bool = False, show: b
                 r = c.get("/api/ps")
                 if r.status_code == 200:
                     p.loaded = list(r.json().get("models") or [])
+            deadline = time.monotonic() + 2 * timeout  # all /api/show calls together, however many models
             for m in p.installed[:MAX_SHOW] if show else []:
+                if time.monotonic() > deadline:
+                    break
                 name = m.get("model") or m.get("name")
                 r = c.post("/api/show", json={"model": name})
                 body = r.json() if r.status_code == 200 else None

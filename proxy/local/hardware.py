@@ -85,7 +85,10 @@ def run_tool(args: list[str], timeout: float = TOOL_TIMEOUT) -> str:
             os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             proc.kill()
-        proc.communicate()
+        try:
+            proc.communicate(timeout=1.0)  # reap it; never wait on a pipe something else still holds
+        except subprocess.TimeoutExpired:
+            pass
         raise ToolError(f"{args[0]} did not answer within {timeout:g} s (killed)") from None
     if proc.returncode != 0:
         said = (err or out).decode("utf-8", "replace").strip().splitlines()

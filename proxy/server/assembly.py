@@ -63,6 +63,7 @@ class Gateway:
     usage: Usage
     observers: tuple[Observer, ...]
     routes: list[Route]
+    state: State
 
     async def start(self) -> None:
         tokens.preload()  # in a thread, off the request path: the first routing decision needs no 0.2 s load
@@ -89,14 +90,14 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
     health = Health(cfg.models, backends, circuits, metrics)
     for circuit in circuits.values():
         circuit.listeners += [metrics.circuit_changed, health.circuit_changed]
-    usage = build_usage(cfg)
+    usage = build_usage(cfg, state)
     register_usage_sources(metrics, usage)  # quotas and budgets as gauges
     router = Router(cfg, backends, circuits, filters=[health.filter, *usage.accounts.filters()])
-    dispatcher = Dispatcher(router)
+    dispatcher = Dispatcher(router, admit=usage.accounts.try_gate())  # quotas admitted per try
     observers: tuple[Observer, ...] = (metrics, health, usage.recorder)
     pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(), observers=observers)
     auth = Authenticator(cfg.keys)
-    gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [])
+    gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [], state)
     gateway.routes = [
         *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),

@@ -40,6 +40,7 @@ from proxy.call import Call
 from proxy.routing.complexity import Score
 from proxy.config import TURNS, Config, ConfigError
 from proxy.errors import ProxyError
+from proxy.state import ManualClock, MemoryState
 from proxy.usage.quota import Accounts, day_bounds
 from proxy.routing.router import Router
 from proxy.usage.api import baseline, export_bounds, price_tokens
@@ -129,7 +130,8 @@ def simulate(cfg: Config, requests: Iterable[Request], *, source: str, days: flo
              baseline_model: str | None = None) -> Result:
     base_name, base_price, base_src = baseline(cfg, baseline_model)
     router = Router(cfg, {name: None for name in cfg.backends})  # type: ignore[misc]
-    quotas = Accounts(cfg).target_quotas  # fresh counters: simulated days start empty
+    clock = ManualClock()  # the replayed requests' own times
+    quotas = Accounts(cfg, MemoryState(clock)).target_quotas  # fresh counters: simulated days start empty
     res = Result(config=cfg.path or "(inline)", source=source, days=days, baseline_model=base_name,
                  baseline_source=base_src)
     recorded = 0.0
@@ -154,7 +156,8 @@ def simulate(cfg: Config, requests: Iterable[Request], *, source: str, days: flo
                 continue
             if router._abilities(t, r.features) or router._context(t, r.features):  # type: ignore[arg-type]
                 continue
-            if any(q.shortage(r.ts) for q in quotas.get(name, ())):
+            clock.now = r.ts
+            if any(q.shortage() for q in quotas.get(name, ())):
                 continue
             chosen = t
             break
@@ -162,9 +165,7 @@ def simulate(cfg: Config, requests: Iterable[Request], *, source: str, days: flo
             res.unserved["no target left"] = res.unserved.get("no target left", 0) + 1
             continue
         for q in quotas.get(chosen.name, ()):
-            q.c.roll(r.ts)
-            q.c.requests += 1
-            q.c.tokens += r.prompt + r.completion
+            q.add(1, r.prompt + r.completion)
         cost = price_tokens(chosen.price, r.prompt, r.completion, r.cached)
         base = price_tokens(base_price, r.prompt, r.completion, r.cached)
         res.targets.setdefault(chosen.name, Line()).add(r, cost, base)
