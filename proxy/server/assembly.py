@@ -40,6 +40,7 @@ from proxy.server.app import OpenAIAPI
 from proxy.server.openai_apis import OpenAIAPIs
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.state import Clock, MemoryState, State
+from proxy.state.redis import RedisState
 from proxy.usage import api as usage_api
 from proxy.usage import tokens
 from proxy.usage.ledger import Usage, build_usage
@@ -77,17 +78,31 @@ class Gateway:
             await o.aclose()
         for b in self.backends.values():
             await b.aclose()
+        close = getattr(self.state, "close", None)  # a shared state's connections and probe thread
+        if close is not None:
+            close()
+
+
+def build_state(cfg: Config, clock: Clock | None = None) -> State:
+    """In this process (`MemoryState`), or shared by every replica in Redis (`state.redis`)."""
+    r = cfg.state.redis
+    if r is None:
+        return MemoryState(clock)
+    return RedisState(r.url, r.prefix, r.on_error, r.timeout, clock)
 
 
 def build(cfg: Config, clock: Clock | None = None) -> Gateway:
     """`clock`: the time every counter and breaker reads (tests move a manual one instead of sleeping)."""
     resolve_auto(cfg)  # `model: auto` targets: the best installed model for their role, or why they are skipped
     backends = {name: create(b) for name, b in cfg.backends.items()}
-    state: State = MemoryState(clock)  # counters, circuit records, key-value store: proxy/state/
+    state = build_state(cfg, clock)  # counters, circuit records, key-value store: proxy/state/
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
     stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    metrics = Metrics(cfg, circuits, stats)
-    health = Health(cfg.models, backends, circuits, metrics)
+    shared = state.describe if isinstance(state, RedisState) else None  # Redis reachable or not
+    metrics = Metrics(cfg, circuits, stats, shared)
+    health = Health(cfg.models, backends, circuits, metrics, shared)
+    if isinstance(state, RedisState):
+        state.listeners.append(metrics.state_error)  # turnout_state_errors_total
     for circuit in circuits.values():
         circuit.listeners += [metrics.circuit_changed, health.circuit_changed]
     usage = build_usage(cfg, state)
@@ -99,7 +114,7 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
     auth = Authenticator(cfg.keys)
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [], state)
     gateway.routes = [
-        *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
+        *OpenAIAPI(cfg, pipeline, auth, backends, health.ready, shared).routes(),  # ready: a key, not down, answering probes
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
         *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),

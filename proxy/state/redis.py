@@ -91,6 +91,7 @@ class RedisState:
         self._failure = self.client.register_script(lua.BREAKER_FAILURE)
         self._success = self.client.register_script(lua.BREAKER_SUCCESS)
         self._expire = self.client.register_script(lua.BREAKER_EXPIRE)
+        self._merge = self.client.register_script(lua.MERGE)
         self.windows: dict[str, Window] = {}  # declared counters
         self.seen: dict[str, tuple[float, float, float, float]] = {}  # counter → (start, r, t, u), fleet-wide
         self.records: dict[str, tuple[int, float | None, float | None]] = {}  # breaker → (failures, opened, trial)
@@ -98,7 +99,8 @@ class RedisState:
         self.fresh = -1e9  # monotonic time of the last mirror refresh
         self.local = MemoryState(self.clock)  # what this replica uses while Redis is unreachable
         self.degraded: str | None = None  # why sharing is off now, or None
-        self.errors = 0  # failed Redis calls, ever (turnout_state_errors_total)
+        self.errors = 0  # failed Redis calls, ever
+        self.listeners: list[Callable[[], None]] = []  # called on each failed call (turnout_state_errors_total)
         self._back = threading.Event()  # set by the probe thread when Redis answers again
         self._closed = threading.Event()
         self._probe: threading.Thread | None = None
@@ -128,8 +130,13 @@ class RedisState:
             self._fail(e)
             return fallback()
 
-    def _fail(self, e: BaseException) -> None:
+    def _error(self) -> None:
         self.errors += 1
+        for f in self.listeners:
+            f()
+
+    def _fail(self, e: BaseException) -> None:
+        self._error()
         if self.degraded is not None:
             return
         self.degraded = f"redis unreachable ({type(e).__name__}: {str(e)[:120]})"
@@ -154,7 +161,7 @@ class RedisState:
             try:
                 self.client.ping()
             except (redis.RedisError, OSError):
-                self.errors += 1
+                self._error()
                 continue
             self._back.set()
             return
@@ -164,19 +171,21 @@ class RedisState:
         if not self._back.is_set():
             return False
         self._back.clear()
+        now = self.clock.time()
         own = [row for row in self.local.snapshot() if any(row[2:])]
         try:
             pipe = self.client.pipeline(transaction=False)
             for name, start, r, t, u in own:
                 window = self.windows[name]
-                key = self.key("c", name, str(int(start)))
-                for f, v in (("r", r), ("t", t), ("u", u)):
-                    if v:
-                        pipe.hincrbyfloat(key, f, v)
-                pipe.expireat(key, int(window.bounds(start)[1]) + KEEP)
+                if window.bounds(now)[0] != start:
+                    continue  # counted in a period that has ended
+                total = self.local.usage(name, window)
+                self._merge(keys=[self.key("c", name, str(int(start)))],
+                            args=[total.requests, total.tokens, repr(total.usd), r, t, repr(u),
+                                  int(window.bounds(start)[1]) + KEEP], client=pipe)
             pipe.execute()
         except (redis.RedisError, OSError) as e:
-            self.errors += 1
+            self._error()
             log.debug("shared state: still unreachable (%s)", type(e).__name__)
             self._probe = threading.Thread(target=self._ping, name="turnout-state-probe", daemon=True)
             self._probe.start()
@@ -305,6 +314,9 @@ class RedisState:
             delta = [real[i] - ask.amount[i] for i in range(3)]
             if not any(delta):
                 continue
+            seen = self.seen.get(ask.counter)
+            if seen is not None and seen[0] == mark.start:  # the mirror follows at once
+                self.seen[ask.counter] = (seen[0], *(seen[i + 1] + delta[i] for i in range(3)))
             keys += mark.keys
             args += [mark.kind, mark.id, *(repr(float(d)) for d in delta)]
             args[0] += 1

@@ -172,3 +172,19 @@ local edge = tonumber(ARGV[1]) - tonumber(ARGV[2])
 if o and o > edge then redis.call('HSET', KEYS[1], 'o', tostring(edge)) end
 return rec(0)
 """
+
+# After an outage: what a replica counted on its own goes back into a calendar counter. KEYS[1]: the
+# counter; ARGV: its totals as this replica last knew them plus its own (r t u), its own alone (r t u),
+# expire-at. A counter Redis no longer has (restarted without persistence) takes the totals; one it
+# has (another replica came back first, or Redis kept it) takes only this replica's own counts.
+MERGE = """
+local F = {'r', 't', 'u'}
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
+for f = 1, 3 do
+  local v = tonumber(ARGV[fresh and f or f + 3])
+  if v ~= 0 then redis.call('HINCRBYFLOAT', KEYS[1], F[f], v) end
+end
+redis.call('HSETNX', KEYS[1], 'r', 0)
+redis.call('EXPIREAT', KEYS[1], ARGV[7])
+return 1
+"""

@@ -1,0 +1,262 @@
+"""Issue 14: several replicas share their limits and breakers through Redis (proxy/state/redis.py).
+
+Three real `turnout serve` processes on three ports (as three hosts would be), one SQLite ledger
+each, one Redis (127.0.0.1:6379, a DB and key prefix of their own), one counting upstream in the
+test process. Driven concurrently over HTTP: what reaches the upstream is counted there.
+Then Redis goes away mid-run (a private redis-server on another port) and comes back.
+
+Outside CI (env CI unset) the tests skip, saying why, when Redis is missing; in CI they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = "redis://127.0.0.1:6379/11"  # the machine's Redis; this file's own DB number and key prefixes
+
+
+def need_redis(url: str = SHARED) -> None:
+    try:
+        redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
+    except (redis.RedisError, OSError) as e:
+        why = f"no Redis at {url} ({type(e).__name__}); .ci/run starts one"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def counting_upstream(seen: Counter[str]) -> Starlette:
+    """An OpenAI-compatible upstream that counts requests per model; `flaky-model` answers 500."""
+
+    async def chat(request: Request) -> JSONResponse:
+        body = json.loads(await request.body())
+        seen[body["model"]] += 1
+        if body["model"] == "flaky-model":
+            return JSONResponse({"error": {"message": "boom", "type": "server_error", "param": None, "code": None}},
+                                status_code=500)
+        return JSONResponse({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+class Replica:
+    """One `turnout serve` process."""
+
+    def __init__(self, cfg: dict[str, Any], tmp: Path, name: str) -> None:
+        self.log = tmp / f"{name}.log"
+        path = tmp / f"{name}.json"  # JSON is YAML
+        cfg = {**cfg, "usage": {**cfg.get("usage", {}), "ledger": str(tmp / f"{name}.sqlite")}}
+        path.write_text(json.dumps(cfg))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port",
+                                      str(self.port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log, "wb"))
+
+    def wait(self) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "turnout did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def replicas(cfg: dict[str, Any], tmp: Path, n: int) -> list[Replica]:
+    out = [Replica(cfg, tmp, f"replica{i}") for i in range(n)]  # started together, waited for together
+    for r in out:
+        r.wait()
+    return out
+
+
+def fleet_config(upstream: str, url: str) -> dict[str, Any]:
+    up = {"type": "openai", "base_url": upstream + "/v1", "api_key": "sk-up"}
+    return {
+        "server": {"log_level": "warning"},
+        "state": {"redis": {"url": url, "prefix": f"t{uuid.uuid4().hex[:8]}:"}},
+        "keys": [{"name": "open", "key": "sk-open"},
+                 {"name": "rl", "key": "sk-rl", "rate_limit": {"requests_per_minute": 10}},
+                 {"name": "spender", "key": "sk-spender", "budget": {"daily": 0.001, "on_exceeded": "reject"}}],
+        "backends": {"quota": {**up, "quota": {"requests_per_day": 100}}, "plain": up,
+                     "flaky": {**up, "probe": False}},
+        "routing": {"circuit": {"failures": 2, "cooldown": 60}},
+        "models": {"q": {"backend": "quota", "model": "q-model"},
+                   "free": {"backend": "plain", "model": "free-model"},
+                   "paid": {"backend": "plain", "model": "paid-model", "price": {"input": 10, "output": 10}},
+                   "flaky": {"backend": "flaky", "model": "flaky-model"}},
+    }
+
+
+def chat(model: str) -> dict[str, Any]:
+    return {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def drive(urls: list[str], n: int, model: str, key: str) -> list[int]:
+    """`n` requests at once, spread over the replicas; their statuses."""
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as c:
+        rs = await asyncio.gather(*(c.post(urls[i % len(urls)] + "/v1/chat/completions", json=chat(model),
+                                           headers={"authorization": f"Bearer {key}"}) for i in range(n)))
+    return [r.status_code for r in rs]
+
+
+def post(url: str, model: str, key: str) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", json=chat(model), headers={"authorization": f"Bearer {key}"},
+                      timeout=30)
+
+
+@pytest.fixture
+def fleet(serve, tmp_path) -> Iterator[tuple[list[Replica], Counter[str]]]:
+    need_redis()
+    seen: Counter[str] = Counter()
+    upstream = serve(counting_upstream(seen))
+    rs = replicas(fleet_config(upstream, SHARED), tmp_path, 3)
+    yield rs, seen
+    for r in rs:
+        r.stop()
+
+
+def test_three_replicas_share_quota_rate_limit_budget_and_circuits(fleet) -> None:
+    rs, seen = fleet
+    urls = [r.url for r in rs]
+
+    # a 100/day quota: exactly 100 of 300 concurrent requests reach its backend
+    statuses = asyncio.run(drive(urls, 300, "q", "sk-open"))
+    assert seen["q-model"] == 100, seen
+    assert statuses.count(200) == 100 and 500 not in statuses, Counter(statuses)
+
+    # a 10/minute key rate limit: exactly 10 of 30 concurrent requests
+    statuses = asyncio.run(drive(urls, 30, "free", "sk-rl"))
+    assert seen["free-model"] == 10, seen
+    assert statuses.count(200) == 10 and statuses.count(429) == 20, Counter(statuses)
+
+    # a $0.001/day budget at $0.0002 a request: 5 requests, whichever replica they reach; then refused everywhere
+    answers = [post(urls[i % 3], "paid", "sk-spender") for i in range(9)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429] * 4, [a.text[:200] for a in answers]
+    assert seen["paid-model"] == 5
+    for url in urls:
+        r = post(url, "paid", "sk-spender")
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text
+    assert seen["paid-model"] == 5
+
+    # a circuit opened through one replica (2 failures) is honoured by the others within a second
+    for _ in range(2):
+        assert post(urls[0], "flaky", "sk-open").status_code >= 500
+    assert seen["flaky-model"] == 2
+    time.sleep(1.0)
+    for url in urls:
+        r = post(url, "flaky", "sk-open")
+        assert r.status_code == 503 and "circuit open" in r.text, r.text
+        m = httpx.get(url + "/metrics", timeout=10).text
+        assert 'turnout_circuit_state{backend="flaky"} 2.0' in m  # read from the shared state
+        assert 'turnout_quota_remaining{kind="requests",name="quota",scope="backend"} 0.0' in m
+    assert seen["flaky-model"] == 2, "a replica sent to a backend whose circuit another replica opened"
+
+
+# --- Redis stopped mid-run and restarted -------------------------------------------------------------
+
+
+class PrivateRedis:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_timeout=1).ping()
+                return
+            except (redis.RedisError, OSError):
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def test_redis_stopped_mid_run_and_restarted(serve, tmp_path) -> None:
+    if shutil.which("redis-server") is None:
+        why = "no redis-server binary; .ci/run installs it"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    db = PrivateRedis()
+    db.start()
+    seen: Counter[str] = Counter()
+    upstream = serve(counting_upstream(seen))
+    rs = replicas(fleet_config(upstream, f"redis://127.0.0.1:{db.port}/0"), tmp_path, 2)
+    urls = [r.url for r in rs]
+    try:
+        statuses = asyncio.run(drive(urls, 20, "q", "sk-open"))
+        db.stop()  # mid-run
+        statuses += asyncio.run(drive(urls, 20, "q", "sk-open"))
+        statuses += asyncio.run(drive(urls, 20, "free", "sk-rl"))  # a shared rate limit, now per replica
+        assert all(s < 500 for s in statuses), Counter(statuses)
+        assert statuses.count(200) >= 50, Counter(statuses)
+        for r in rs:
+            ready = httpx.get(r.url + "/ready", timeout=10)
+            assert ready.status_code == 200 and ready.json()["state"]["status"] == "degraded", ready.text
+            providers = httpx.get(r.url + "/turnout/providers", headers={"authorization": "Bearer sk-open"}).json()
+            assert providers["status"] == "degraded" and providers["state"]["status"] == "degraded"
+            m = httpx.get(r.url + "/metrics", timeout=10).text
+            errors = [line for line in m.splitlines() if line.startswith("turnout_state_errors_total{")]
+            assert errors and float(errors[0].split()[-1]) >= 1, errors
+            assert r.log.read_text().count("shared state: redis unreachable") == 1  # one warning, not one a request
+
+        db.start()  # back, empty (no persistence): the replicas merge what they counted meanwhile
+        deadline = time.monotonic() + 15
+        while any(httpx.get(u + "/ready", timeout=10).json()["state"]["status"] != "ok" for u in urls):
+            assert time.monotonic() < deadline, "the replicas did not reconnect"
+            asyncio.run(drive(urls, 2, "q", "sk-open"))  # a request notices the probe's news
+            time.sleep(0.2)
+        counter = [k for k in redis.Redis(port=db.port).keys("*quota:backend:quota*")]
+        assert counter, "nothing merged back"
+        before = float(redis.Redis(port=db.port).hget(counter[0], "r"))
+        assert before >= 35  # what the fleet had counted (40, each seed as last seen), merged into the empty Redis
+        statuses = asyncio.run(drive(urls, 10, "q", "sk-open"))
+        assert statuses == [200] * 10
+        assert float(redis.Redis(port=db.port).hget(counter[0], "r")) == before + 10  # shared again
+    finally:
+        for r in rs:
+            r.stop()
+        db.stop()
