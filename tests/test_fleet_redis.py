@@ -36,14 +36,22 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = "redis://127.0.0.1:6379/11"  # the machine's Redis; this file's own DB number and key prefixes
 
 
+def missing(why: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
 def need_redis(url: str = SHARED) -> None:
     try:
         redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
     except (redis.RedisError, OSError) as e:
-        why = f"no Redis at {url} ({type(e).__name__}); .ci/run starts one"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+        missing(f"no Redis at {url} ({type(e).__name__}); .ci/run starts one")
+
+
+def need_redis_server() -> None:
+    if shutil.which("redis-server") is None:
+        missing("no redis-server binary (Debian's redis-server package); .ci/run installs it")
 
 
 def counting_upstream(seen: Counter[str]) -> Starlette:
@@ -215,11 +223,7 @@ class PrivateRedis:
 
 
 def test_redis_stopped_mid_run_and_restarted(serve, tmp_path) -> None:
-    if shutil.which("redis-server") is None:
-        why = "no redis-server binary; .ci/run installs it"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    need_redis_server()
     db = PrivateRedis()
     db.start()
     seen: Counter[str] = Counter()
@@ -259,4 +263,33 @@ def test_redis_stopped_mid_run_and_restarted(serve, tmp_path) -> None:
     finally:
         for r in rs:
             r.stop()
+        db.stop()
+
+
+def test_on_error_reject_refuses_only_what_needs_a_shared_limit_and_a_frozen_redis_does_not_hang(
+        turnout, tmp_path) -> None:
+    need_redis_server()
+    db = PrivateRedis()
+    db.start()
+    raw = {"state": {"redis": {"url": f"redis://127.0.0.1:{db.port}/0", "on_error": "reject"}},
+           "usage": {"ledger": "off"},
+           "keys": [{"name": "open", "key": "sk-open"},
+                    {"name": "rl", "key": "sk-rl", "rate_limit": {"requests_per_minute": 100}}],
+           "backends": {"m": {"type": "mock"}}, "models": {"a": {"backend": "m"}}}
+    url = turnout(raw)
+    try:
+        assert post(url, "a", "sk-rl").status_code == 200
+        os.kill(db.proc.pid, 19)  # SIGSTOP: Redis accepts nothing and answers nothing
+        try:
+            r = httpx.post(url + "/v1/chat/completions", json=chat("a"), timeout=5,
+                           headers={"authorization": "Bearer sk-rl"})  # answered within the state timeout, not hung
+        finally:
+            os.kill(db.proc.pid, 18)  # SIGCONT
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "shared_state_unavailable" and "Redis" in err["message"]
+        assert post(url, "a", "sk-open").status_code == 200  # no shared limit needed: served
+        ready = httpx.get(url + "/ready").json()
+        assert ready["status"] == "degraded" and ready["state"]["on_error"] == "reject"
+    finally:
         db.stop()
