@@ -74,7 +74,7 @@ def counting_upstream(seen: Counter[str]) -> Starlette:
 class Replica:
     """One `turnout serve` process."""
 
-    def __init__(self, cfg: dict[str, Any], tmp: Path, name: str) -> None:
+    def __init__(self, cfg: dict[str, Any], tmp: Path, name: str, *args: str) -> None:
         self.log = tmp / f"{name}.log"
         path = tmp / f"{name}.json"  # JSON is YAML
         cfg = {**cfg, "usage": {**cfg.get("usage", {}), "ledger": str(tmp / f"{name}.sqlite")}}
@@ -82,7 +82,7 @@ class Replica:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port",
-                                      str(self.port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                      str(self.port), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                                      stderr=open(self.log, "wb"))
 
     def wait(self) -> None:
@@ -195,6 +195,22 @@ def test_three_replicas_share_quota_rate_limit_budget_and_circuits(fleet) -> Non
     assert seen["flaky-model"] == 2, "a replica sent to a backend whose circuit another replica opened"
 
 
+def test_serve_workers_share_the_same_redis_state(serve, tmp_path) -> None:
+    """`turnout serve --workers 2`: each worker builds its app from the config, so all use Redis."""
+    need_redis()
+    seen: Counter[str] = Counter()
+    cfg = fleet_config(serve(counting_upstream(seen)), SHARED)
+    cfg["backends"]["quota"]["quota"] = {"requests_per_day": 20}
+    r = Replica(cfg, tmp_path, "workers", "--workers", "2")
+    try:
+        r.wait()
+        statuses = asyncio.run(drive([r.url], 60, "q", "sk-open"))
+        assert seen["q-model"] == 20 and statuses.count(200) == 20, (seen, Counter(statuses))
+        assert "state: shared by every replica in Redis at redis://127.0.0.1:6379/11" in r.log.read_text()
+    finally:
+        r.stop()
+
+
 # --- Redis stopped mid-run and restarted -------------------------------------------------------------
 
 
@@ -245,7 +261,8 @@ def test_redis_stopped_mid_run_and_restarted(serve, tmp_path) -> None:
             m = httpx.get(r.url + "/metrics", timeout=10).text
             errors = [line for line in m.splitlines() if line.startswith("turnout_state_errors_total{")]
             assert errors and float(errors[0].split()[-1]) >= 1, errors
-            assert r.log.read_text().count("shared state: redis unreachable") == 1  # one warning, not one a request
+            warning = f"shared state: redis at redis://127.0.0.1:{db.port}/0 unreachable"
+            assert r.log.read_text().count(warning) == 1  # one warning, not one a request
 
         db.start()  # back, empty (no persistence): the replicas merge what they counted meanwhile
         deadline = time.monotonic() + 15

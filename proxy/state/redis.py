@@ -35,6 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -111,7 +112,7 @@ class RedisState:
 
     def describe(self) -> dict[str, Any]:
         """For /ready and /turnout/providers: where the shared state is and whether it is shared now."""
-        return {"backend": "redis", "status": "degraded" if self.degraded else "ok", "reason": self.degraded,
+        return {"backend": "redis", "url": public(self.url), "status": "degraded" if self.degraded else "ok", "reason": self.degraded,
                 "on_error": self.on_error, "errors": self.errors}
 
     def close(self) -> None:
@@ -139,7 +140,7 @@ class RedisState:
         self._error()
         if self.degraded is not None:
             return
-        self.degraded = f"redis unreachable ({type(e).__name__}: {str(e)[:120]})"
+        self.degraded = f"redis at {public(self.url)} unreachable ({type(e).__name__}: {str(e)[:120]})"
         then = ("carrying on with this replica's own counters (limits hold per replica until it is back)"
                 if self.on_error == "local" else "refusing requests that need a shared limit (503)")
         log.warning("shared state: %s; %s", self.degraded, then)
@@ -417,6 +418,15 @@ class RedisState:
     def delete(self, key: str) -> None:
         self.local.delete(key)
         self._run(lambda: self.client.delete(self.key("kv", key)), lambda: 0)
+
+
+def public(url: str) -> str:
+    """The URL without a password, for banners and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")).geturl()
 
 
 def _text(x: Any) -> str:
