@@ -210,3 +210,32 @@ def test_intent_examples_from_a_file(tmp_path, turnout):
     assert dry_run(base, {"model": "r", "messages": [user("Refactor this class for testability")]})["rule"] == "else"
     r = httpx.post(base + "/turnout/route", json={"model": "r"})
     assert r.status_code == 400
+
+
+def test_without_the_extra_a_semantic_route_answers_503_naming_it():
+    """numpy and tokenizers made unimportable in a child process: the config loads, other routes work."""
+    code = """
+import asyncio, json, sys
+sys.modules["numpy"] = None
+sys.modules["tokenizers"] = None
+from proxy.call import Call
+from proxy.config import parse
+from proxy.errors import ProxyError
+from proxy.routing.router import Router
+SEMANTIC = json.loads(sys.argv[1])
+router = Router(parse(SEMANTIC, {}), {})
+f = router.features({"model": "plain", "messages": [{"role": "user", "content": "hi"}]}, {}, None)
+asyncio.run(router.prepare(f))
+print(router.choose(Call(request_model="plain"), f)[0])
+f = router.features({"model": "auto-semantic", "messages": [{"role": "user", "content": "hi"}]}, {}, None)
+try:
+    asyncio.run(router.prepare(f))
+except ProxyError as e:
+    print(e.status, e.code, e.message)
+"""
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(SEMANTIC)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "['llama-fast']"
+    assert out.stdout.splitlines()[1].startswith("503 semantic_extra_missing Route 'auto-semantic' routes by meaning")
+    assert "pip install 'turnout[semantic]'" in out.stdout

@@ -2,103 +2,12 @@
 
 Pure functions over plain dicts: `to_request` builds the Messages body from an OpenAI chat body,
 `from_response` turns a Message into a ``chat.completion``, `StreamState.feed` turns each stream
-event into ``chat.completion.chunk``s, `error_from` reads an Anthropic error body.
+event into ``chat.completion.chunk``s, `error_from` reads an Anthropic error body (HTTP status or a
+mid-stream ``event: error``; see `proxy.errors.upstream_status_error`). Default max_tokens when
+neither the client nor the config gives one: `DEFAULT_MAX_TOKENS`.
 
-Request (OpenAI → Anthropic)
-
-| OpenAI (client)                                   | Anthropic Messages API                                        |
-|---------------------------------------------------|---------------------------------------------------------------|
-| model (route or target)                           | model = the target's upstream model                           |
-| system / developer messages (any number, anywhere)| top-level `system`: one text block per message, in order     |
-| user / assistant messages                         | `messages`; consecutive same-role turns merged into one turn  |
-| content string / text parts                       | text blocks; empty text is never sent (the API rejects it)    |
-| part `cache_control` (text, image)                | kept on the block (prompt caching)                            |
-| (options.cache_control, e.g. {type: ephemeral})   | top-level cache_control: automatic prompt caching             |
-| image_url `data:<type>;base64,…`                  | image block, source `{"type":"base64","media_type","data"}`   |
-| image_url `http(s)://…`                           | image block, source `{"type":"url","url"}`                    |
-| file part with a PDF / text `data:` URL           | document block, base64 source                                 |
-| assistant `tool_calls`                            | text block (if any text) then `tool_use` blocks; `arguments`  |
-|                                                   | parsed to an object (invalid JSON or non-object → 400)        |
-| consecutive `tool` messages                       | one user turn of `tool_result` blocks (`tool_use_id` = id),   |
-|                                                   | before any user text that follows; content string or parts    |
-| trailing assistant message                        | prefill (trailing whitespace trimmed, as the API requires)    |
-| max_completion_tokens, else max_tokens            | max_tokens (capped at the target's max_output_tokens)         |
-| (neither)                                         | max_tokens = target max_output_tokens, else options           |
-|                                                   | `max_tokens`, else the model's own output limit (table below) |
-| n > 1                                             | 400: the Messages API returns one answer                      |
-| stop (string or list)                             | stop_sequences; whitespace-only ones (a newline), which the   |
-|                                                   | API rejects, are applied by Turnout: text cut, finish stop    |
-| temperature (OpenAI 0–2)                          | temperature, capped at 1 (Anthropic's range is 0–1)           |
-| top_p                                             | top_p, only when no temperature is given (current models take |
-|                                                   | one of the two, never both)                                   |
-| (models that reject sampling: NO_SAMPLING, a 400  | temperature and top_p left out (the backend learns a model    |
-| "`temperature` is deprecated", options.sampling)  | from that 400 and retries once without them)                  |
-| user                                              | metadata.user_id                                              |
-| tools[].function {name, description, parameters}  | tools[] {name, description, input_schema}                     |
-| tool_choice auto / none / required / {function}   | {"type":"auto"} / {"type":"none"} / {"type":"any"} /          |
-|                                                   | {"type":"tool","name"}                                        |
-| parallel_tool_calls: false                        | tool_choice.disable_parallel_tool_use: true                   |
-| tool calls in history but no `tools`              | minimal tool definitions for the names used + tool_choice none|
-|                                                   | (the API rejects tool blocks without tools)                   |
-| response_format json_schema                       | a tool named after the schema (input_schema = the schema),    |
-|                                                   | forced with tool_choice; its input comes back as the content  |
-| response_format json_object                       | the same with a free-form object schema named `json_object`   |
-| (json + client tools, tool_choice auto/required)  | tool_choice any: the model calls a client tool or answers     |
-| reasoning_effort / options.thinking               | thinking {"type":"enabled","budget_tokens"} (THINKING_BUDGET, |
-|                                                   | capped below max_tokens, dropped under 1024); for adaptive-   |
-|                                                   | only models thinking {"type":"adaptive"} + output_config      |
-|                                                   | {"effort"}; temperature and top_p are then left out; not sent |
-|                                                   | with a forced tool or while a tool loop is open (no signed    |
-|                                                   | thinking block to send back); reasoning_effort none → off     |
-| stream                                            | stream                                                        |
-| seed, presence/frequency_penalty, logprobs,       | dropped (no Anthropic equivalent)                             |
-| logit_bias, stream_options, store, metadata, …    |                                                               |
-
-Response (Anthropic → OpenAI)
-
-| Anthropic                                         | OpenAI                                                        |
-|---------------------------------------------------|---------------------------------------------------------------|
-| text blocks                                       | message.content (joined) / `content` deltas                   |
-| tool_use blocks                                   | message.tool_calls (id kept, input → arguments JSON string) / |
-|                                                   | a `tool_calls` delta with index, id, name once, then argument |
-|                                                   | deltas from input_json_delta                                  |
-| the response_format tool's tool_use               | message.content = its input as JSON; finish_reason stop       |
-| thinking blocks / thinking_delta                  | message.reasoning_content / `reasoning_content` deltas, never |
-|                                                   | content; signatures and redacted_thinking dropped             |
-| message_start                                     | nothing yet: the role chunk goes out with the first content   |
-|                                                   | block, so an early `error` event can still fall back          |
-| ping, content_block_stop, signature/citations     | nothing                                                       |
-| message_delta                                     | the last chunk: empty delta with finish_reason                |
-| message_stop                                      | end of stream (one that ends before message_delta: an error)  |
-| stop_reason end_turn, stop_sequence, pause_turn   | finish_reason stop                                            |
-| stop_reason max_tokens,                           | length                                                        |
-| model_context_window_exceeded                     |                                                               |
-| stop_reason tool_use                              | tool_calls                                                    |
-| stop_reason refusal                               | content_filter                                                |
-| usage input_tokens + cache_creation_input_tokens  | prompt_tokens                                                 |
-| + cache_read_input_tokens                         |                                                               |
-| usage cache_read_input_tokens                     | prompt_tokens_details.cached_tokens                           |
-| usage output_tokens                               | completion_tokens (the app sends the usage chunk when the     |
-|                                                   | client set stream_options.include_usage)                      |
-| usage output_tokens_details.thinking_tokens       | completion_tokens_details.reasoning_tokens                    |
-| id, model                                         | id = Turnout's chatcmpl-… id, created = now, model = upstream |
-
-Errors (HTTP status or a mid-stream ``event: error``; see `proxy.errors.upstream_status_error`)
-
-| Anthropic                         | client sees                              | dispatcher          |
-|-----------------------------------|------------------------------------------|---------------------|
-| 400 invalid_request_error         | 400 invalid_request_error, message kept  | no retry, no fallback|
-| 401 authentication_error          | 502 upstream_auth_error (Turnout's key)  | fallback            |
-| 403 permission_error              | 502 upstream_auth_error                  | fallback            |
-| 402 billing_error                 | 502 upstream_error / upstream_billing    | fallback            |
-| 404 not_found_error               | 404 model_not_found                      | fallback            |
-| 413 request_too_large             | 413 request_too_large                    | no                  |
-| 429 rate_limit_error              | 429 rate_limit_error, retry-after kept   | retry, fallback     |
-| 500 api_error                     | 502 upstream_error                       | retry, fallback     |
-| 529 overloaded_error              | 502 upstream_error, code upstream_overloaded | retry, fallback |
-| `error` event after the first chunk | the stream ends with an OpenAI error payload the SDK raises |  |
-
-Default max_tokens when neither the client nor the config gives one: `DEFAULT_MAX_TOKENS`.
+The field-by-field mapping (request, response, stream, finish reasons, usage, errors) is the table
+in docs/anthropic.md, each row tested in tests/test_anthropic.py.
 """
 
 from __future__ import annotations

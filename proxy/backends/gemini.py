@@ -1,4 +1,4 @@
-"""`type: gemini`: the Gemini API over pooled httpx, in its own wire format.
+"""`type: gemini`: the Gemini API over the pooled client (`proxy.http`), in its own wire format.
 
 ``POST {base_url}/v1beta/models/{model}:generateContent`` and
 ``:streamGenerateContent?alt=sse``, the key in the ``x-goog-api-key`` header (never in a URL, so
@@ -27,45 +27,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping
 from urllib.parse import quote
 
-import httpx
 import orjson
 
 from proxy.backends import base
 from proxy.call import Call
-from proxy.config import ConfigError, Target
-from proxy.errors import UpstreamError
+from proxy.http import Response
+from proxy.config import Target
+from proxy.config.providers import SPECS
+from proxy.errors import TransportError, UpstreamError
 from proxy.backends.images import ImageFetcher, ImagePolicy
 from translators import embeddings as emb
 from translators import gemini as tr
 
-# backend options; include_thoughts and thought_signature_fallback may also be set per target
-_OPTIONS = ("api_version", "images", "include_thoughts", "thought_signature_fallback")
-
 
 class Backend(base.HTTPBackend):
     type = "gemini"
-    default_base_url = "https://generativelanguage.googleapis.com"
+    default_base_url = SPECS[type].base_url
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        where = f"backends.{cfg.name}"
-        for k in cfg.options:
-            if k not in _OPTIONS:
-                raise ConfigError(f"{where}.{k}: unknown field for a gemini backend (expected one of: "
-                                  f"{', '.join(sorted(_OPTIONS))})")
+        # the options were checked against providers.GeminiOptions when the config was loaded
         version = cfg.options.get("api_version", "v1beta")
-        if not isinstance(version, str) or not version.strip("/"):
-            raise ConfigError(f"{where}.api_version: expected a string such as v1beta, got {version!r}")
         tail = self.base_url.rsplit("/", 1)[-1]
         self.prefix = "" if tail.startswith("v1") else f"/{version.strip('/')}"
-        try:
-            self.policy = ImagePolicy.from_options(cfg.options)
-        except (TypeError, ValueError, AttributeError):
-            raise ConfigError(f"{where}.images: expected a mapping of max_bytes, timeout, allow_private, "
-                              "max_redirects") from None
+        self.policy = ImagePolicy.from_options(cfg.options)
         self.images: ImageFetcher | None = None
 
     def auth_headers(self) -> dict[str, str]:
@@ -97,7 +85,7 @@ class Backend(base.HTTPBackend):
         options = {**self.cfg.options, **target.options}
         return orjson.dumps(tr.to_request(body, target.model, images, options))
 
-    def _error(self, status: int, content: bytes, headers: httpx.Headers | None = None) -> UpstreamError:
+    def _error(self, status: int, content: bytes, headers: Mapping[str, str] | None = None) -> UpstreamError:
         return self.fault_error(tr.error_from(status, content), headers)
 
     embed_batch = emb.BATCH["gemini"]
@@ -108,7 +96,7 @@ class Backend(base.HTTPBackend):
     def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
         return emb.gemini_vectors(data)
 
-    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+    def embed_error(self, target: Target, r: Response) -> UpstreamError:
         return self._error(r.status_code, r.content, r.headers)
 
     def _blocked(self, b: tr.Blocked) -> UpstreamError:
@@ -156,7 +144,7 @@ class Backend(base.HTTPBackend):
                         call.usage = state.usage
                     for c in chunks:
                         yield orjson.dumps(c)
-        except httpx.HTTPError as e:
+        except TransportError as e:
             if state.first:
                 raise self.transport_error(e) from None
             raise self._dropped(f"dropped the stream ({type(e).__name__})") from None
@@ -180,7 +168,7 @@ class Backend(base.HTTPBackend):
     async def list_models(self) -> list[str]:
         try:
             r = await self.client.get(f"{self.prefix}/models")
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
         if r.status_code >= 400:
             raise self._error(r.status_code, r.content, r.headers)

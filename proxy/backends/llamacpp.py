@@ -29,35 +29,20 @@ import os
 import shutil
 import signal
 import time
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
-import httpx
 
 from proxy.local import models as model_cache
 from proxy.backends import openai
 from proxy.backends.base import Json
 from proxy.call import Call
 from proxy.config import BackendConfig, ConfigError, Target
-from proxy.errors import UpstreamError
+from proxy.config.providers import LlamacppOptions
+from proxy.errors import TransportError, UpstreamError
+from proxy.http import HTTPClient
 from proxy.local.llamacpp_server import Child, make_workdir, sweep_workdirs
 
 log = logging.getLogger("turnout.llamacpp")
-
-_OPTIONS = {"model_path", "n_ctx", "threads", "parallel", "concurrency", "startup_timeout", "restart",
-            "restart_backoff", "restart_backoff_max", "health_interval", "log_file", "verbose", "alias"}
-
-
-def _int(v: Any, where: str, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(f"{where}: expected an integer of at least {minimum}, got {v!r}")
-    return v
-
-
-def _float(v: Any, where: str, minimum: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < minimum:
-        raise ConfigError(f"{where}: expected a number of at least {minimum}, got {v!r}")
-    return float(v)
-
 
 class Backend(openai.Backend):
     type = "llamacpp"
@@ -66,40 +51,28 @@ class Backend(openai.Backend):
     def __init__(self, cfg: BackendConfig) -> None:
         super().__init__(cfg)
         where = f"backends.{cfg.name}"
-        o = cfg.options
-        unknown = sorted(set(o) - _OPTIONS)
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown field for a llamacpp backend "
-                              f"(expected one of: {', '.join(sorted(_OPTIONS))})")
+        # the options' names and types were checked against providers.LlamacppOptions at load
+        o = LlamacppOptions(**cfg.options)
         if cfg.base_url:
             raise ConfigError(f"{where}.base_url: a llamacpp backend runs its own server; to use a llama.cpp "
                               "server that is already running, use type: openai with its base_url")
-        spec = o.get("model_path")
-        if not isinstance(spec, str) or not spec:
-            raise ConfigError(f"{where}.model_path: required: a GGUF file, or a cached model name "
-                              f"({', '.join(model_cache.KNOWN)}; see `turnout models fetch`)")
+        spec = o.model_path
         self.model_spec = spec
         self.model_file = model_cache.resolve(spec)
-        self.n_ctx = _int(o.get("n_ctx", 4096), f"{where}.n_ctx", 256)
-        self.threads = _int(o.get("threads", min(os.cpu_count() or 2, 8)), f"{where}.threads", 1)
-        self.parallel = _int(o.get("parallel", 1), f"{where}.parallel", 1)
+        self.n_ctx = o.n_ctx
+        self.threads = o.threads or min(os.cpu_count() or 2, 8)
+        self.parallel = o.parallel
         # requests Turnout has open to the server at once; the rest wait here (within the first-token
         # timeout, then fall back), so the server always has an HTTP thread free to answer /health
-        self.concurrency = _int(o.get("concurrency", max(16, self.parallel)), f"{where}.concurrency", 1)
-        self.startup_timeout = _float(o.get("startup_timeout", 120), f"{where}.startup_timeout", 1)
-        self.restart = o.get("restart", True)
-        if not isinstance(self.restart, bool):
-            raise ConfigError(f"{where}.restart: expected true or false, got {self.restart!r}")
-        self.backoff = _float(o.get("restart_backoff", 1.0), f"{where}.restart_backoff", 0.01)
-        self.backoff_max = _float(o.get("restart_backoff_max", 30.0), f"{where}.restart_backoff_max", 0.01)
-        self.health_interval = _float(o.get("health_interval", 5.0), f"{where}.health_interval", 0.1)
-        self.log_file = o.get("log_file")
-        if self.log_file is not None and not isinstance(self.log_file, str):
-            raise ConfigError(f"{where}.log_file: expected a file path, got {self.log_file!r}")
-        self.verbose = o.get("verbose", False)
-        if not isinstance(self.verbose, bool):
-            raise ConfigError(f"{where}.verbose: expected true or false, got {self.verbose!r}")
-        self.alias = str(o.get("alias") or (spec if spec in model_cache.KNOWN else self.model_file.stem))
+        self.concurrency = o.concurrency or max(16, self.parallel)
+        self.startup_timeout = o.startup_timeout
+        self.restart = o.restart
+        self.backoff = o.restart_backoff
+        self.backoff_max = o.restart_backoff_max
+        self.health_interval = o.health_interval
+        self.log_file = o.log_file
+        self.verbose = o.verbose
+        self.alias = o.alias or (spec if spec in model_cache.KNOWN else self.model_file.stem)
 
         self.child: Child | None = None
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -223,7 +196,8 @@ class Backend(openai.Backend):
                  self.model_file, log_path)
         started = time.monotonic()
         deadline = started + self.startup_timeout
-        async with httpx.AsyncClient(timeout=2, trust_env=False) as probe:
+        probe = HTTPClient(timeout=2.0)
+        try:
             while True:
                 rc = child.poll()
                 if rc is not None:
@@ -238,6 +212,8 @@ class Backend(openai.Backend):
                     await self._stop_child()
                     return f"llama.cpp server did not become healthy within {self.startup_timeout:g}s"
                 await asyncio.sleep(0.05)
+        finally:
+            await probe.aclose()
         self.base_url = url + "/v1"
         self.client.base_url = self.base_url
         log.info("backend %s: llama.cpp server pid %d ready at %s in %.1fs", self.name, child.pid, url,
@@ -245,10 +221,10 @@ class Backend(openai.Backend):
         return None
 
     @staticmethod
-    async def _healthy(probe: httpx.AsyncClient, url: str) -> bool:
+    async def _healthy(probe: HTTPClient, url: str) -> bool:
         try:
             r = await probe.get(url + "/health")
-        except httpx.HTTPError:
+        except TransportError:
             return False
         return r.status_code == 200
 
@@ -258,7 +234,8 @@ class Backend(openai.Backend):
         assert child is not None and child.url is not None
         misses = 0
         next_probe = time.monotonic() + self.health_interval
-        async with httpx.AsyncClient(timeout=max(2.0, self.health_interval), trust_env=False) as probe:
+        probe = HTTPClient(timeout=max(2.0, self.health_interval))
+        try:
             while True:
                 rc = child.poll()
                 if rc is not None:
@@ -277,6 +254,8 @@ class Backend(openai.Backend):
                         await self._stop_child()
                         return "llama.cpp server stopped answering /health"
                 await asyncio.sleep(0.1)
+        finally:
+            await probe.aclose()
 
     async def _supervise(self, first: asyncio.Future[None]) -> None:
         failures = 0  # consecutive failed launches or short-lived servers, for the backoff

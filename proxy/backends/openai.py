@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-import httpx
 import orjson
 
 from proxy.backends import base
 from proxy.call import Call
+from proxy.http import Response
 from proxy.config import Target
-from proxy.errors import UpstreamError
+from proxy.config.providers import SPECS
+from proxy.errors import TransportError, UpstreamError
 from translators import embeddings as emb
 from translators import openai as tr
 
@@ -22,12 +23,12 @@ from translators import openai as tr
 
 class Backend(base.HTTPBackend):
     type = "openai"
-    default_base_url = "https://api.openai.com/v1"
+    default_base_url = SPECS[type].base_url
 
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
 
-    def _error(self, r: httpx.Response) -> UpstreamError:
+    def _error(self, r: Response) -> UpstreamError:
         return self.fault_error(tr.error_from(r.status_code, r.content), r.headers)
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
@@ -67,7 +68,7 @@ class Backend(base.HTTPBackend):
                         if usage_only:
                             continue
                     yield payload
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
 
     embed_batch = emb.BATCH["openai"]
@@ -79,7 +80,7 @@ class Backend(base.HTTPBackend):
     def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
         return emb.openai_vectors(data)
 
-    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+    def embed_error(self, target: Target, r: Response) -> UpstreamError:
         return self._error(r)
 
     def _stream_error(self, payload: bytes) -> UpstreamError:
@@ -90,7 +91,7 @@ class Backend(base.HTTPBackend):
     async def list_models(self) -> list[str]:
         try:
             r = await self.client.get("/models")
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
         if r.status_code >= 400:
             raise self._error(r)

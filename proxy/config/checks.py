@@ -217,6 +217,14 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"aliases.{name}: a route or model target has the same name")
         if to not in cfg.models and to not in cfg.routes:
             raise ConfigError(f"aliases.{name}: {to!r} is not a route or model target")
+    for where, access in [*((f"keys[{i}]", k) for i, k in enumerate(cfg.keys)),
+                          *((f"tiers.{t}", a) for t, a in cfg.tiers.items())]:
+        for name in sorted(access.routes or ()):
+            if name not in cfg.routes:
+                raise ConfigError(f"{where}.routes: {name!r} is not a route")
+        for name in sorted(access.targets or ()):
+            if name not in cfg.models:
+                raise ConfigError(f"{where}.targets: {name!r} is not a model target")
     for i, k in enumerate(cfg.keys):
         if k.rate_limit is not None and k.rate_limit.requests_per_minute is None \
                 and k.rate_limit.tokens_per_minute is None:
@@ -250,7 +258,8 @@ def _semantic(c: Conditions, where: str) -> None:
                 raise ConfigError(f"{w}.file: {i.file!r} has no examples")
     m = c.classifier.model if c.classifier is not None else "builtin"
     if m != "builtin" and not Path(m).is_file():
-        raise ConfigError(f"{where}.classifier.model: no file {m!r} (train one with `turnout train routes.jsonl -o FILE`)")
+        raise ConfigError(f"{where}.classifier.model: no file {m!r} "
+                          "(train one with `turnout train routes.jsonl -o FILE`)")
 
 
 def _chain(chain: list[str], where: str, cfg: Config) -> None:

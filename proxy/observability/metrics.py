@@ -19,19 +19,17 @@ increment per metric (measured in docs/observability.md).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import socket
 from typing import Any, Callable, Iterable
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from proxy import __version__
 from proxy.call import Attempt, Call
-from proxy.config import BackendConfig, Config, Target
+from proxy.config import BackendConfig, Config, Target, prices, providers
 from proxy.observability.stats import Stats
 
 log = logging.getLogger("turnout.metrics")
@@ -41,7 +39,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # LLM calls take from tens of milliseconds (a cached local answer) to minutes (a long reasoning stream)
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
-LOCAL_TYPES = ("ollama", "llamacpp")
 CIRCUIT_CODES = {"closed": 0, "half_open": 1, "open": 2}
 NONE = "none"  # the label value when a request has no route, rule or target
 
@@ -53,23 +50,10 @@ _SKIPS = (("circuit", "circuit_open"), ("no API key", "no_key"), ("unavailable",
 
 
 def is_local(backend: BackendConfig, target: Target) -> bool:
-    """Local vs cloud, for the share panels: Ollama and llama.cpp backends are local; so is a mock
-    or an OpenAI-compatible backend on a loopback or private address, when its target is free."""
-    if backend.type in LOCAL_TYPES:
-        return True
-    free = not (target.price.input or target.price.output)
-    if backend.type == "mock":
-        return free
-    if backend.type == "openai" and free and backend.base_url:
-        host = urlsplit(backend.base_url).hostname or ""
-        if host == "localhost":
-            return True
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return ip.is_loopback or ip.is_private
-    return False
+    """Local vs cloud, for the share panels: a target is local when its backend is (the one rule,
+    `providers.is_local`) and it costs nothing; a priced target of a local backend stands in for a
+    cloud model (the demo's priced mocks)."""
+    return providers.is_local(backend) and prices.free(target)
 
 
 def reason_of(a: Attempt) -> str:

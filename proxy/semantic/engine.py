@@ -2,8 +2,9 @@
 
 Static token embeddings distilled from all-MiniLM-L6-v2 (see distil.py) and that model's own
 WordPiece tokenizer, both shipped in data/: a text's embedding is the mean of its tokens' rows,
-less the direction all such means share, normalised. About 0.1 ms for a 500-token prompt, so it can sit in front of every request; the
-figures and the comparison with running the transformer are in docs/semantic.md.
+less the direction all such means share, normalised. About 1 ms for a 500-token prompt, so it can
+sit in front of every request; the figures and the comparison with running the transformer are in
+docs/semantic.md.
 
 Input is bounded: a text longer than `max_chars` is cut to its head (three quarters) and tail
 (the ask is often at the end), then the same way to `max_tokens` tokens, so a huge prompt costs no more than

@@ -44,7 +44,7 @@ def train_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"turnout train: {e}")
         return 2
-    label = args.label or clf.labels[-1]
+    label = args.label or ("cloud" if "cloud" in clf.labels else clf.labels[-1])
     if label not in clf.labels:
         print(f"turnout train: --label {label!r} is not one of {clf.labels}")
         return 2

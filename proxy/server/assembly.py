@@ -38,6 +38,8 @@ from proxy.routing.router import Router
 from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
 from proxy.server.app import OpenAIAPI
 from proxy.server.openai_apis import OpenAIAPIs
+from proxy.server.protocol import BoundedReadProtocol
+from proxy.web.browser import BrowserGuard
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.state import Clock, MemoryState, State
 from proxy.state.redis import RedisState
@@ -78,9 +80,8 @@ class Gateway:
             await o.aclose()
         for b in self.backends.values():
             await b.aclose()
-        close = getattr(self.state, "close", None)  # a shared state's connections and probe thread
-        if close is not None:
-            close()
+        if isinstance(self.state, RedisState):
+            self.state.close()  # its connections and reconnect probe
 
 
 def build_state(cfg: Config, clock: Clock | None = None) -> State:
@@ -114,11 +115,12 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
     auth = Authenticator(cfg.keys)
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [], state)
     gateway.routes = [
-        *OpenAIAPI(cfg, pipeline, auth, backends, health.ready, shared).routes(),  # ready: a key, not down, answering probes
+        # ready: a key, not down, answering probes; and whether the shared state is reachable
+        *OpenAIAPI(cfg, pipeline, auth, backends, health.ready, shared).routes(),
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
         *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),
-        *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
+        *ObservabilityAPI(cfg, auth, backends, metrics, health, record=usage.recorder.finished).routes(),
         *hardware_api.routes(cfg, auth),
     ]
     return gateway
@@ -145,12 +147,16 @@ def build_app(cfg: Config, clock: Clock | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        gateway.pipeline.drain.install()  # SIGTERM drains first (proxy/server/shutdown.py)
         try:
             yield
         finally:
             await gateway.aclose()
 
-    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[Middleware(RequestIds)],
+    s = cfg.server
+    guard = Middleware(BrowserGuard, open_mode=not cfg.keys, server_host=s.host, allowed_hosts=s.allowed_hosts,
+                       cors_origins=s.cors_origins)  # CSRF, DNS rebinding, CORS: proxy/web/browser.py
+    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[guard, Middleware(RequestIds)],
                     exception_handlers={HTTPException: _on_http_error, ProxyError: _on_proxy_error})
     app.state.turnout = gateway
     return app
@@ -161,4 +167,5 @@ def create_app() -> Starlette:
     $TURNOUT_CONFIG, logging as the config says."""
     cfg = load(os.environ.get("TURNOUT_CONFIG") or "proxy.yaml")
     setup_logs(cfg.server.log_level, cfg.server.log_format)
+    BoundedReadProtocol.read_timeout = cfg.server.read_timeout  # this worker's connections
     return build_app(cfg)
