@@ -310,3 +310,15 @@ def test_on_error_reject_refuses_only_what_needs_a_shared_limit_and_a_frozen_red
         assert ready["status"] == "degraded" and ready["state"]["on_error"] == "reject"
     finally:
         db.stop()
+
+
+def test_state_config_is_checked() -> None:
+    from proxy.config import ConfigError, parse
+
+    base = {"backends": {"m": {"type": "mock"}}, "models": {"a": {"backend": "m"}}}
+    cfg = parse({**base, "state": {"redis": {"url": "redis://127.0.0.1:6379/2"}}}, {})
+    assert (cfg.state.redis.prefix, cfg.state.redis.on_error, cfg.state.redis.timeout) == ("turnout:", "local", 0.05)
+    for bad, where in (({"url": "http://x"}, "state.redis.url"), ({"on_error": "ignore"}, "state.redis.on_error"),
+                       ({"timeout": 0}, "state.redis.timeout"), ({"urll": "redis://x"}, "state.redis")):
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            parse({**base, "state": {"redis": bad}}, {})
