@@ -192,6 +192,9 @@ def test_three_replicas_share_quota_rate_limit_budget_and_circuits(fleet) -> Non
         m = httpx.get(url + "/metrics", timeout=10).text
         assert 'turnout_circuit_state{backend="flaky"} 2.0' in m  # read from the shared state
         assert 'turnout_quota_remaining{kind="requests",name="quota",scope="backend"} 0.0' in m
+        stats = httpx.get(url + "/turnout/stats", headers={"authorization": "Bearer sk-open"}, timeout=10).json()
+        left = [g["value"] for g in stats["gauges"] if g["name"] == "turnout_quota_remaining"]
+        assert left == [0.0] and stats["health"]["state"]["status"] == "ok"  # the dashboard: the fleet's view
     assert seen["flaky-model"] == 2, "a replica sent to a backend whose circuit another replica opened"
 
 
@@ -258,6 +261,8 @@ def test_redis_stopped_mid_run_and_restarted(serve, tmp_path) -> None:
             assert ready.status_code == 200 and ready.json()["state"]["status"] == "degraded", ready.text
             providers = httpx.get(r.url + "/turnout/providers", headers={"authorization": "Bearer sk-open"}).json()
             assert providers["status"] == "degraded" and providers["state"]["status"] == "degraded"
+            stats = httpx.get(r.url + "/turnout/stats", headers={"authorization": "Bearer sk-open"}).json()
+            assert stats["health"]["state"]["status"] == "degraded"  # the dashboard's shared-state tile
             m = httpx.get(r.url + "/metrics", timeout=10).text
             errors = [line for line in m.splitlines() if line.startswith("turnout_state_errors_total{")]
             assert errors and float(errors[0].split()[-1]) >= 1, errors
@@ -300,13 +305,14 @@ def test_on_error_reject_refuses_only_what_needs_a_shared_limit_and_a_frozen_red
         try:
             r = httpx.post(url + "/v1/chat/completions", json=chat("a"), timeout=5,
                            headers={"authorization": "Bearer sk-rl"})  # answered within the state timeout, not hung
+            open_key = post(url, "a", "sk-open").status_code
+            ready = httpx.get(url + "/ready").json()
         finally:
             os.kill(db.proc.pid, 18)  # SIGCONT
         assert r.status_code == 503, r.text
         err = r.json()["error"]
         assert err["code"] == "shared_state_unavailable" and "Redis" in err["message"]
-        assert post(url, "a", "sk-open").status_code == 200  # no shared limit needed: served
-        ready = httpx.get(url + "/ready").json()
+        assert open_key == 200  # no shared limit needed: served
         assert ready["status"] == "degraded" and ready["state"]["on_error"] == "reject"
     finally:
         db.stop()
