@@ -328,3 +328,53 @@ def test_state_config_is_checked() -> None:
                        ({"timeout": 0}, "state.redis.timeout"), ({"urll": "redis://x"}, "state.redis")):
         with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
             parse({**base, "state": {"redis": bad}}, {})
+
+
+def test_two_states_on_one_redis_share_windows_and_one_half_open_trial() -> None:
+    """RedisState against RedisState, in this process, on a manual clock: calendar and sliding windows,
+    settle and refund, a circuit opened by one seen by the other, and one trial for the fleet."""
+    need_redis()
+    from proxy.state import Amount, Ask, Hold, Limit, ManualClock, Refused, Window
+    from proxy.state.redis import REFRESH, RedisState
+
+    clock, prefix = ManualClock(), f"t{uuid.uuid4().hex[:8]}:"
+    a, b = (RedisState(SHARED, prefix, clock=clock, timeout=1.0) for _ in range(2))
+    day = Window("day", "Asia/Kolkata", 5)
+    quota = Ask("quota:x", day, Amount(1, 100), Limit(3, None))
+    holds = [s.admit([quota]) for s in (a, b, a)]
+    assert all(isinstance(h, Hold) for h in holds)
+    refused = b.admit([quota])
+    assert isinstance(refused, Refused) and refused.field == "requests"
+    assert refused.resets_at == day.bounds(clock.time())[1]  # the next 05:00 in Kolkata
+    a.settle(holds[0], [Amount(1, 7)])
+    b.refund(holds[1])
+    assert isinstance(a.admit([quota]), Hold)  # the refund made room
+    clock.advance(REFRESH)
+    assert (b.usage("quota:x", day).requests, b.usage("quota:x", day).tokens) == (3, 207)
+
+    rate = Ask("rate:k", Window("minute"), Amount(1, 0), Limit(2, None))
+    assert isinstance(a.admit([rate]), Hold)
+    clock.advance(30)
+    assert isinstance(b.admit([rate]), Hold)
+    late = a.admit([rate])
+    assert isinstance(late, Refused) and late.retry_after == 30.0  # when the first leaves the minute
+    clock.advance(30.5)
+    assert isinstance(a.admit([rate]), Hold)
+
+    for _ in range(2):
+        a.breaker_failure("up", 2)
+    clock.advance(REFRESH)
+    assert b.breaker("up").opened_ago is not None and not b.breaker_begin("up", 10)
+    clock.advance(10)
+    assert [a.breaker_begin("up", 10), b.breaker_begin("up", 10)] == [True, False]  # one trial for the fleet
+    opened, now = a.breaker_failure("up", 2)
+    assert now and opened.opened_ago == 0.0  # the trial failed: open again
+    clock.advance(10)
+    assert b.breaker_begin("up", 10)
+    assert b.breaker_success("up").trial and a.breaker_begin("up", 10)  # closed for everyone
+    a.put("k", b"v", 5)
+    assert b.get("k") == b"v"
+    for s in (a, b):
+        s.close()
+    client = redis.Redis.from_url(SHARED)
+    client.delete(*client.scan_iter(prefix + "*"))

@@ -177,8 +177,8 @@ class RedisState:
         try:
             pipe = self.client.pipeline(transaction=False)
             for name, start, r, t, u in own:
-                window = self.windows[name]
-                if window.bounds(now)[0] != start:
+                window = self.windows.get(name)
+                if window is None or window.bounds(now)[0] != start:
                     continue  # counted in a period that has ended
                 total = self.local.usage(name, window)
                 self._merge(keys=[self.key("c", name, str(int(start)))],
@@ -287,6 +287,8 @@ class RedisState:
             raise StateUnavailable("Turnout cannot reach its shared state (Redis) to check this request's limits; "
                                    "try again shortly.", headers={"retry-after": "1"})
         local = self.local
+        for ask in asks:
+            self.windows.setdefault(ask.counter, ask.window)
         got = local.admit(asks)
         if isinstance(got, Refused):
             return got
