@@ -278,7 +278,9 @@ def test_redis_stopped_mid_run_and_restarted(serve, tmp_path) -> None:
         counter = [k for k in redis.Redis(port=db.port).keys("*quota:backend:quota*")]
         assert counter, "nothing merged back"
         before = float(redis.Redis(port=db.port).hget(counter[0], "r"))
-        assert before >= 35  # what the fleet had counted (40, each seed as last seen), merged into the empty Redis
+        # merged into the empty Redis: the 20 counted during the outage, on top of the fleet total the first
+        # replica back had last seen (at least its own 10 of the 20 before: each admission returns the total)
+        assert before >= 30
         statuses = asyncio.run(drive(urls, 10, "q", "sk-open"))
         assert statuses == [200] * 10
         assert float(redis.Redis(port=db.port).hget(counter[0], "r")) == before + 10  # shared again
