@@ -41,7 +41,7 @@ SKIP = [
 # commands that write a file the others read (./proxy.yaml): run after them, one by one
 WRITES = re.compile(r"--write\b")
 # commands that read no ./proxy.yaml: run once (with the shipped proxy.yaml), not once per config
-CONFIG_FREE = re.compile(r"^turnout (?:models|mock-upstream|demo)\b|--config proxy/demo\.yaml")
+CONFIG_FREE = re.compile(r"^turnout (?:models|mock-upstream|demo|train)\b|--config proxy/demo\.yaml")
 PLACEHOLDERS = {"CONFIG": "proxy.yaml", "FILE": "written.yaml", "N": "2"}  # FILE: only `doctor --write FILE` keeps it
 OLLAMA_MODELS = ["llama3.2:3b", "llama3.1:8b", "qwen2.5vl:7b"]  # proxy.yaml's local targets
 
@@ -99,13 +99,14 @@ def ollama() -> str:
 
 def workdir(tmp: Path, config: str, ollama_url: str) -> tuple[Path, dict[str, str]]:
     """A directory with `config` as ./proxy.yaml (and proxy.new.yaml), proxy/demo.yaml, the docs'
-    traffic.yaml, and `turnout` on PATH running this checkout."""
+    traffic.yaml, the shipped labelled prompts as routes.jsonl, and `turnout` on PATH running this checkout."""
     (tmp / "proxy").mkdir()
     shutil.copy(REPO / "proxy" / "demo.yaml", tmp / "proxy" / "demo.yaml")
     for name in ("proxy.yaml", "proxy.new.yaml"):
         shutil.copy(REPO / config, tmp / name)
     usage_doc = (REPO / "docs" / "usage.md").read_text()
     (tmp / "traffic.yaml").write_text(re.search(r"```yaml\n(# traffic\.yaml\n.*?)```", usage_doc, re.S).group(1))
+    shutil.copy(REPO / "proxy" / "semantic" / "data" / "routes.jsonl", tmp / "routes.jsonl")  # `turnout train`'s input
     bindir = tmp / "bin"
     bindir.mkdir()
     shim = bindir / "turnout"
