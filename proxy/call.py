@@ -70,6 +70,14 @@ class Call:
     anthropic_beta: str | None = None
     anthropic_answer: tuple[str, dict[str, Any]] | None = None  # (target, its Message) from a pass-through
 
+    # the response cache (proxy/cache/): hit | miss | bypass (None: no cache here), the age of a hit,
+    # what a hit saved (the original answer's cost), and the entry a miss will be stored under
+    cache: str | None = None
+    cache_age: float | None = None
+    saved_usd: float = 0.0
+    cache_plan: Any = None
+    consensus: str | None = None  # the x-turnout-consensus header: who agreed, who dissented
+
     def record_sent(self, payload: bytes) -> None:
         """Count a payload that went to the client; keep it only while the sample is not full."""
         if self.sent is None:
@@ -113,4 +121,10 @@ class Call:
                 h["x-turnout-escalated"] = ", ".join(escalated)
         if self.cost_usd is not None:
             h["x-turnout-cost-usd"] = f"{self.cost_usd:.8f}"
+        if self.cache is not None:
+            h["x-turnout-cache"] = self.cache
+            if self.cache_age is not None:
+                h["age"] = str(int(self.cache_age))
+        if self.consensus is not None:
+            h["x-turnout-consensus"] = self.consensus
         return h

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS requests (
     prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER, reasoning_tokens INTEGER,
     estimated INTEGER,             -- 1: tokens are a tiktoken estimate (no usage from the provider)
     cost_usd REAL, latency_ms REAL, ttft_ms REAL,
+    cache TEXT, saved_usd REAL,    -- the response cache: hit | miss | bypass (NULL: none); what a hit saved
     features TEXT                  -- JSON of the routing features, for replays
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
@@ -72,7 +73,7 @@ CREATE TABLE IF NOT EXISTS counters (  -- quota and budget counts of each proces
 """
 COLUMNS = ("ts", "request_id", "key", "model", "route", "rule", "chain", "attempts", "target", "backend",
            "status", "error", "stream", "chunks", "prompt_tokens", "completion_tokens", "cached_tokens",
-           "reasoning_tokens", "estimated", "cost_usd", "latency_ms", "ttft_ms", "features")
+           "reasoning_tokens", "estimated", "cost_usd", "latency_ms", "ttft_ms", "cache", "saved_usd", "features")
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 BUCKET = 900  # seconds per rollup bucket: day and month starts fall on one in every time zone
 ROLLUP_FROM_ROWS = (
@@ -108,6 +109,10 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     if cols and "worker" not in cols:  # an early development schema: the counters are derived again from the rows
         conn.execute("DROP TABLE counters")
     conn.executescript(SCHEMA)
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
+    for col, typ in (("cache", "TEXT"), ("saved_usd", "REAL")):  # a ledger from before the response cache
+        if col not in cols:
+            conn.execute(f"ALTER TABLE requests ADD COLUMN {col} {typ}")
     if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM rollup)").fetchone()[0]:
         conn.execute(f"INSERT INTO rollup {ROLLUP_FROM_ROWS}")  # a ledger from before the rollup: build it once
     return conn
@@ -372,7 +377,7 @@ class Recorder:
             call.route, call.reason, call.target, target.backend if target else None, call.status, call.error,
             int(call.stream), call.chunks, p, c, cached, reasoning, est, cost, round(latency * 1000, 3),
             round((call.first_token_at - call.started) * 1000, 3) if call.first_token_at else None,
-            call.chain, call.walked(), call.features))
+            call.cache, call.saved_usd or None, call.chain, call.walked(), call.features))
         call.sent = None
         if len(self.pending) >= self.batch_size and self.wake is not None:
             self.wake.set()
