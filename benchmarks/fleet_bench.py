@@ -207,10 +207,16 @@ async def fleet(port: int, n: int, ramp: float, seconds: float, plain_url: str |
     peak_rss = 0.0
     stop = asyncio.Event()
 
+    clients: list[StreamClient] = []
+
+    def client(fut: asyncio.Future) -> StreamClient:
+        clients.append(StreamClient(req, fut))
+        return clients[-1]
+
     async def open_one() -> None:
         fut = loop.create_future()
         try:
-            await loop.create_connection(lambda: StreamClient(req, fut), "127.0.0.1", port)
+            await loop.create_connection(lambda: client(fut), "127.0.0.1", port)
             futures.append(fut)
         except OSError as e:
             connect_errors.append(type(e).__name__)
@@ -258,7 +264,10 @@ async def fleet(port: int, n: int, ramp: float, seconds: float, plain_url: str |
     errors = len(connect_errors) + sum(1 for r in results if r.error) + late
     if late:
         connect_errors.append(f"{late} not finished in time")
-    ttfb = [r.ttfb * 1000 for r in results if r.ttfb is not None]
+    ttfb = [c.ttfb * 1000 for c in clients if c.ttfb is not None]  # finished in time or not
+    for c in clients:
+        if not c.done.done():
+            c.t.close()
     return {"n": n, "errors": errors, "connect_errors": len(connect_errors), "ramp_s": ramped, "ttfb": ttfb,
             "plain": plain, "plain_errors": plain_errors, "peak_rss": peak_rss,
             "error_kinds": sorted({r.error for r in results if r.error} | set(connect_errors))[:5]}
