@@ -44,6 +44,7 @@ from proxy.server.protocol import BoundedReadProtocol
 from proxy.web.browser import BrowserGuard
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.state import Clock, MemoryState, State
+from proxy.state.redis import RedisState
 from proxy.usage import api as usage_api
 from proxy.usage import tokens
 from proxy.usage.ledger import Usage, build_usage
@@ -81,6 +82,17 @@ class Gateway:
             await o.aclose()
         for b in self.backends.values():
             await b.aclose()
+        if isinstance(self.state, RedisState):
+            self.state.close()  # its connections and reconnect probe
+
+
+def build_state(cfg: Config, clock: Clock | None = None, kv_max_bytes: int = 256 * 2**20) -> State:
+    """In this process (`MemoryState`, its key-value store bounded in memory), or shared by every
+    replica in Redis (`state.redis`)."""
+    r = cfg.state.redis
+    if r is None:
+        return MemoryState(clock, kv_max_bytes=kv_max_bytes)
+    return RedisState(r.url, r.prefix, r.on_error, r.timeout, clock)
 
 
 def build(cfg: Config, clock: Clock | None = None) -> Gateway:
@@ -88,11 +100,14 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
     resolve_auto(cfg)  # `model: auto` targets: the best installed model for their role, or why they are skipped
     backends = {name: create(b) for name, b in cfg.backends.items()}
     kv_max = int((cfg.cache.max_mb if cfg.cache else 256) * 2**20)  # the response cache's bound in memory
-    state: State = MemoryState(clock, kv_max_bytes=kv_max)  # counters, circuit records, key-value store: proxy/state/
+    state = build_state(cfg, clock, kv_max)  # counters, circuit records, key-value store: proxy/state/
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
     stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    metrics = Metrics(cfg, circuits, stats)
-    health = Health(cfg.models, backends, circuits, metrics)
+    shared = state.describe if isinstance(state, RedisState) else None  # Redis reachable or not
+    metrics = Metrics(cfg, circuits, stats, shared)
+    health = Health(cfg.models, backends, circuits, metrics, shared)
+    if isinstance(state, RedisState):
+        state.listeners.append(metrics.state_error)  # turnout_state_errors_total
     for circuit in circuits.values():
         circuit.listeners += [metrics.circuit_changed, health.circuit_changed]
     usage = build_usage(cfg, state)
@@ -106,7 +121,8 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
     auth = Authenticator(cfg.keys)
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [], state)
     gateway.routes = [
-        *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
+        # ready: a key, not down, answering probes; and whether the shared state is reachable
+        *OpenAIAPI(cfg, pipeline, auth, backends, health.ready, shared).routes(),
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
         *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),
