@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,10 +39,12 @@ from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
 from proxy.server.app import OpenAIAPI
 from proxy.server.openai_apis import OpenAIAPIs
 from proxy.server.pipeline import Observer, Pipeline
+from proxy.server.reload import Reloader, Switch, carry_over
 from proxy.state import Clock, MemoryState, State
 from proxy.usage import api as usage_api
 from proxy.usage import tokens
-from proxy.usage.ledger import Usage, build_usage
+from proxy.usage.ledger import Recorder, Usage, build_usage
+from proxy.usage.quota import Accounts
 from proxy.web.auth import Authenticator
 from proxy.web.request_ids import RequestIds
 from proxy.web.responses import error_response
@@ -63,40 +65,59 @@ class Gateway:
     usage: Usage
     observers: tuple[Observer, ...]
     routes: list[Route]
+    state: State | None = None
+    # a reload's hand-over (proxy/server/reload.py): parts started by the previous gateway, and parts
+    # this one handed on to the next (ids): neither started twice nor closed while still in use
+    inherited: set[int] = field(default_factory=set)
+    handed_on: set[int] = field(default_factory=set)
 
     async def start(self) -> None:
         tokens.preload()  # in a thread, off the request path: the first routing decision needs no 0.2 s load
         for b in self.backends.values():
-            await b.start()
+            if id(b) not in self.inherited:
+                await b.start()
         for o in self.observers:
-            await o.start()
+            if id(o) not in self.inherited:
+                await o.start()
 
     async def aclose(self) -> None:
         for o in reversed(self.observers):
-            await o.aclose()
+            if id(o) not in self.handed_on:
+                await o.aclose()
         for b in self.backends.values():
-            await b.aclose()
+            if id(b) not in self.handed_on:
+                await b.aclose()
 
 
-def build(cfg: Config, clock: Clock | None = None) -> Gateway:
-    """`clock`: the time every counter and breaker reads (tests move a manual one instead of sleeping)."""
+def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = None) -> Gateway:
+    """`clock`: the time every counter and breaker reads (tests move a manual one instead of sleeping).
+    `previous`: the running gateway a reload replaces; what survives is taken from it (`_hand_over`)."""
     resolve_auto(cfg)  # `model: auto` targets: the best installed model for their role, or why they are skipped
-    backends = {name: create(b) for name, b in cfg.backends.items()}
-    state: State = MemoryState(clock)  # counters, circuit records, key-value store: proxy/state/
+    old = previous.backends if previous is not None else {}
+    # an unchanged backend is the same object on a reload: its pool and health go on
+    backends = {name: old[name] if name in old and old[name].cfg == b else create(b) for name, b in cfg.backends.items()}
+    state: State = previous.state if previous is not None and previous.state is not None \
+        else MemoryState(clock)  # counters, circuit records, key-value store: proxy/state/
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
-    stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    metrics = Metrics(cfg, circuits, stats)
+    if previous is None:
+        stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        metrics = Metrics(cfg, circuits, stats)
+    else:
+        metrics = previous.metrics  # counters keep counting across reloads
+        metrics.rebind(cfg, circuits)
     health = Health(cfg.models, backends, circuits, metrics)
     for circuit in circuits.values():
         circuit.listeners += [metrics.circuit_changed, health.circuit_changed]
-    usage = build_usage(cfg)
+    usage = build_usage(cfg) if previous is None else _carried_usage(cfg, previous)
     register_usage_sources(metrics, usage)  # quotas and budgets as gauges
     router = Router(cfg, backends, circuits, filters=[health.filter, *usage.accounts.filters()])
     dispatcher = Dispatcher(router)
     observers: tuple[Observer, ...] = (metrics, health, usage.recorder)
     pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(), observers=observers)
     auth = Authenticator(cfg.keys)
-    gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [])
+    gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [], state)
+    if previous is not None:
+        _hand_over(previous, gateway)
     gateway.routes = [
         *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
@@ -106,6 +127,28 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
         *hardware_api.routes(cfg, auth),
     ]
     return gateway
+
+
+def _carried_usage(cfg: Config, previous: Gateway) -> Usage:
+    """A reload's usage: counters carried over where their settings are unchanged; the same ledger
+    and recorder (its queue and writer) when the ledger file is the same."""
+    if cfg.usage.ledger != previous.cfg.usage.ledger:
+        usage = build_usage(cfg)
+        carry_over(usage.accounts, previous.usage.accounts)
+        return usage
+    accounts = Accounts(cfg)
+    carry_over(accounts, previous.usage.accounts)
+    recorder: Recorder = previous.usage.recorder
+    recorder.models, recorder.accounts = cfg.models, accounts
+    return Usage(accounts, recorder, previous.usage.ledger)
+
+
+def _hand_over(previous: Gateway, new: Gateway) -> None:
+    """Mark what `new` took from `previous`: started already, and not to be closed by `previous`."""
+    kept: list[Any] = [b for name, b in new.backends.items() if previous.backends.get(name) is b]
+    kept += [o for o in new.observers if any(o is p for p in previous.observers)]
+    new.inherited = {id(x) for x in kept}
+    previous.handed_on = set(new.inherited)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -125,18 +168,26 @@ async def _on_proxy_error(request: Request, exc: Exception) -> Response:
 
 def build_app(cfg: Config, clock: Clock | None = None) -> Starlette:
     gateway = build(cfg, clock)
+    switch = Switch(gateway.routes)  # every request goes to the current gateway (a reload swaps it)
+    reloader = Reloader(gateway, switch, lambda c, previous: build(c, clock, previous), cfg.path,
+                        on_swap=lambda g: setattr(app.state, "turnout", g))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        hup = reloader.install_sighup()
         try:
             yield
         finally:
-            await gateway.aclose()
+            if hup:
+                reloader.remove_sighup()
+            await reloader.aclose()
+            await reloader.gateway.aclose()
 
-    app = Starlette(routes=gateway.routes, lifespan=lifespan, middleware=[Middleware(RequestIds)],
+    app = Starlette(routes=[*reloader.routes(), switch], lifespan=lifespan, middleware=[Middleware(RequestIds)],
                     exception_handlers={HTTPException: _on_http_error, ProxyError: _on_proxy_error})
     app.state.turnout = gateway
+    app.state.reloader = reloader
     return app
 
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Mapping
 
 from proxy.config import Key
-from proxy.errors import AuthenticationError
+from proxy.errors import AuthenticationError, ProxyError
+
+ADMIN_TIER = "admin"  # the config has no other notion of an administrator yet (as /turnout/hardware)
+
+
+class AdminRequired(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "admin_key_required"
 
 
 class Authenticator:
@@ -39,3 +47,14 @@ class Authenticator:
         if key is None:
             raise AuthenticationError("Incorrect API key provided.")
         return key
+
+
+def require_admin(auth: Authenticator, headers: Mapping[str, str], what: str) -> Key:
+    """The caller's key if it has `tier: admin`; 401 without a valid key, 403 otherwise (an open
+    proxy has no admin: these endpoints need a key)."""
+    key = auth.authenticate(headers)
+    if key is None or key.tier != ADMIN_TIER:
+        none = not any(k.tier == ADMIN_TIER for k in auth.keys.values())
+        raise AdminRequired(f"{what} needs a key with tier: admin" + (" (none is configured in proxy.yaml)" if none
+                                                                       else "") + ".")
+    return key
