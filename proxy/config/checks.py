@@ -203,6 +203,8 @@ def _keys(v: Any) -> list[Any]:
             raise ConfigError(f"keys[{i}].key: empty (is the variable it names set?)")
         d["key"] = str(d["key"])
         d.setdefault("name", f"key{i}")
+        if isinstance(d.get("routes"), str):
+            d["routes"] = [d["routes"]]
         if isinstance(d.get("budget"), dict):
             d["budget"] = _budget(d["budget"], f"keys[{i}].budget")
         out.append(d)
@@ -281,6 +283,9 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"keys[{i}].rate_limit: give requests_per_minute and/or tokens_per_minute")
         if k.budget is not None:
             _budget_given(k.budget, f"keys[{i}].budget")
+        for name in sorted(k.routes or ()):
+            if name not in cfg.routes and name not in cfg.models and name not in cfg.aliases:
+                raise ConfigError(f"keys[{i}].routes: {name!r} is not a route, model target or alias")
     u = cfg.usage
     if u.flush_interval > 1:
         raise ConfigError(f"usage.flush_interval: at most 1 second (the most a crash may lose), got {u.flush_interval:g}")

@@ -304,6 +304,7 @@ class Key(Section):
     rate_limit: RateLimit | None = None  # requests / tokens per minute
     budget: Budget | None = None  # USD per day / month
     usage: Literal["all", "own"] = "all"  # what /turnout/usage shows this key: every key's usage | its own
+    routes: frozenset[Text] | None = None  # the routes, targets or aliases this key may call (None: all)
 
 
 class ServerConfig(Section):

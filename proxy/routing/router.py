@@ -36,6 +36,12 @@ class NoTargetAvailable(ProxyError):
     code = "no_available_target"
 
 
+class ModelNotAllowed(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
 class OverrideNotAllowed(ProxyError):
     status = 403
     type = "permission_error"
@@ -97,6 +103,9 @@ class Router:
 
     def choose(self, call: Call, f: Features) -> tuple[list[str], Rule | None]:
         """The unfiltered chain and the rule that chose it; sets route and reason on `call`."""
+        if f.key is not None and f.key.routes is not None and call.request_model not in f.key.routes:
+            raise ModelNotAllowed(f"This key may not use '{call.request_model}' (it may use: "
+                                  f"{', '.join(sorted(f.key.routes))}).", param="model")
         forced = self._override(f)
         if forced:
             call.reason = "override"

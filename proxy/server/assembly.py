@@ -42,7 +42,8 @@ from proxy.server.pipeline import Observer, Pipeline
 from proxy.server.reload import Reloader, Switch, carry_over
 from proxy.state import Clock, MemoryState, State
 from proxy.usage import api as usage_api
-from proxy.usage import tokens
+from proxy.usage import keys_api, tokens
+from proxy.usage.keystore import KeyStore
 from proxy.usage.ledger import Recorder, Usage, build_usage
 from proxy.usage.quota import Accounts
 from proxy.web.auth import Authenticator
@@ -113,8 +114,12 @@ def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = No
     router = Router(cfg, backends, circuits, filters=[health.filter, *usage.accounts.filters()])
     dispatcher = Dispatcher(router)
     observers: tuple[Observer, ...] = (metrics, health, usage.recorder)
-    pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(), observers=observers)
-    auth = Authenticator(cfg.keys)
+    # keys created at run time live in the ledger database (`turnout keys`, /turnout/admin/keys)
+    store = KeyStore(os.path.expanduser(cfg.usage.ledger), frozenset(k.name for k in cfg.keys)) \
+        if cfg.usage.ledger else None
+    pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(stored_keys=store is not None),
+                        observers=observers)
+    auth = Authenticator(cfg.keys, store, admitted=usage.accounts.adopt)
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [], state)
     if previous is not None:
         _hand_over(previous, gateway)
@@ -125,6 +130,7 @@ def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = No
         *usage_api.routes(cfg, auth, usage),
         *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
         *hardware_api.routes(cfg, auth),
+        *keys_api.routes(auth, store),
     ]
     return gateway
 

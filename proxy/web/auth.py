@@ -1,12 +1,15 @@
 """Proxy keys: who is calling. One place reads the credentials every endpoint accepts.
 
-A key comes as ``Authorization: Bearer …`` (OpenAI's SDKs) or ``x-api-key`` (Anthropic's). With no
-keys configured the proxy is open and every caller is anonymous (`None`).
+A key comes as ``Authorization: Bearer …`` (OpenAI's SDKs) or ``x-api-key`` (Anthropic's). Keys are
+those of proxy.yaml and, with a ledger, those created at run time (`proxy.usage.keystore`, looked up
+by hash with a one-second cache). With no key in either the proxy is open and every caller is
+anonymous (`None`). `admitted` is told of each stored key a request authenticates with (the usage
+accounts give it its rate limit and budget).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping, Protocol
 
 from proxy.config import Key
 from proxy.errors import AuthenticationError, ProxyError
@@ -20,14 +23,22 @@ class AdminRequired(ProxyError):
     code = "admin_key_required"
 
 
+class Store(Protocol):
+    def lookup(self, secret: str) -> Key | None: ...
+    def has_keys(self) -> bool: ...
+
+
 class Authenticator:
-    def __init__(self, keys: list[Key]) -> None:
+    def __init__(self, keys: list[Key], store: Store | None = None,
+                 admitted: Callable[[Key], None] = lambda k: None) -> None:
         self.keys: dict[str, Key] = {k.key: k for k in keys}
+        self.store = store
+        self.admitted = admitted
 
     @property
     def open(self) -> bool:
-        """No keys configured: anyone may call."""
-        return not self.keys
+        """No keys configured or stored: anyone may call."""
+        return not self.keys and (self.store is None or not self.store.has_keys())
 
     @staticmethod
     def token(headers: Mapping[str, str]) -> str:
@@ -36,7 +47,7 @@ class Authenticator:
 
     def authenticate(self, headers: Mapping[str, str]) -> Key | None:
         """The caller's key (None when the proxy is open); 401 when missing or wrong."""
-        if not self.keys:
+        if self.open:
             return None
         token = self.token(headers)
         if not token:
@@ -44,6 +55,10 @@ class Authenticator:
                 "You didn't provide an API key. Provide your Turnout key in an Authorization header using "
                 "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="missing_api_key")
         key = self.keys.get(token)
+        if key is None and self.store is not None:
+            key = self.store.lookup(token)
+            if key is not None:
+                self.admitted(key)
         if key is None:
             raise AuthenticationError("Incorrect API key provided.")
         return key
