@@ -103,18 +103,37 @@ def describe(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def open_bind_refusal(cfg: Config, host: str) -> str | None:
+    """Why Turnout will not listen on `host`: no keys (anyone who reaches it may spend) and an
+    address beyond loopback, unless `server.allow_open: true` says the operator means it."""
+    if cfg.keys or cfg.server.allow_open or host in LOOPBACK_HOSTS or host.startswith("127."):
+        return None
+    return (f"Refusing to listen on {host} with no keys configured: anyone who can reach it could spend "
+            "through it. Add keys (keys: [...]) or set server.allow_open: true (e.g. behind your own "
+            "authenticating proxy).")
+
+
 def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> None:
     import uvicorn
 
     from proxy.server.assembly import build_app
+    from proxy.server.protocol import BoundedReadProtocol
 
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
+    refusal = open_bind_refusal(cfg, host)
+    if refusal:
+        raise SystemExit(refusal)
     setup_logging(cfg.server.log_level, cfg.server.log_format)
     print(describe(cfg), file=sys.stderr)
     print(f"\nServing the OpenAI API at http://{host}:{port}/v1  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     # JSON logs: uvicorn's own loggers go through ours too (its default config has its own text handler)
     log_config = None if cfg.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    BoundedReadProtocol.read_timeout = cfg.server.read_timeout  # slowloris: proxy/server/protocol.py
+    http = "proxy.server.protocol:BoundedReadProtocol"
     if workers > 1:
         # each worker builds its app from $TURNOUT_CONFIG (proxy.server.assembly.create_app); metrics are shared
         # through prometheus-client's multiprocess files
@@ -124,7 +143,7 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
         print(f"{workers} workers; metrics shared in {metrics_dir}", file=sys.stderr, flush=True)
         try:
             uvicorn.run("proxy.server.assembly:create_app", factory=True, workers=workers, host=host, port=port,
-                        loop="uvloop", http="httptools", access_log=False, log_level=cfg.server.log_level,
+                        loop="uvloop", http=http, access_log=False, log_level=cfg.server.log_level,
                         lifespan="on", timeout_graceful_shutdown=5, log_config=log_config)
         finally:
             if not given:
@@ -132,7 +151,7 @@ def serve(cfg: Config, host: str | None, port: int | None, workers: int = 1) -> 
 
                 shutil.rmtree(metrics_dir, ignore_errors=True)
         return
-    uvicorn.run(build_app(cfg), host=host, port=port, loop="uvloop", http="httptools",
+    uvicorn.run(build_app(cfg), host=host, port=port, loop="uvloop", http=http,
                 access_log=False, log_level=cfg.server.log_level, lifespan="on", timeout_graceful_shutdown=5,
                 log_config=log_config)
 

@@ -5,6 +5,10 @@ Every failure a client can see is a `ProxyError`: it knows its HTTP status and r
 also tell the dispatcher whether retrying the same target or falling back to the next one can help.
 Messages never carry secrets or stack traces: they are written here or by a translator, never
 copied from an exception's repr.
+
+`TransportError` and its subclasses are what the one upstream I/O boundary (`proxy.http`) raises
+when no HTTP answer came back (whatever library is underneath): a backend turns them into
+`UpstreamError`s, a probe into a health result.
 """
 
 from __future__ import annotations
@@ -107,6 +111,35 @@ class UpstreamError(ProxyError):
         self.detail = message  # the upstream's own words: for the operator (logs, provider tests), not the client
         if retry_after is not None:
             self.headers["retry-after"] = str(max(0, int(retry_after + 0.999)))
+
+
+# --- the upstream I/O boundary's own exceptions (raised by proxy.http, never another library's) ---------
+
+
+class TransportError(Exception):
+    """No HTTP answer from an upstream. The message names no URL and no credential."""
+
+
+class ConnectError(TransportError):
+    """The connection could not be made: refused, unreachable, or the name did not resolve."""
+
+
+class UpstreamTimeout(TransportError):
+    """The upstream did not answer in time; `phase` says whether connecting or reading took too long."""
+
+    phase = "read"
+
+
+class ConnectTimeout(UpstreamTimeout):
+    phase = "connect"
+
+
+class ReadTimeout(UpstreamTimeout):
+    phase = "read"
+
+
+class ReadError(TransportError):
+    """The connection broke or the body was malformed while it was read (closed early, a line too long)."""
 
 
 def upstream_timeout(message: str, backend: str | None = None) -> UpstreamError:

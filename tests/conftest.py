@@ -11,6 +11,7 @@ import asyncio
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -20,6 +21,10 @@ import uvicorn
 
 from proxy.server.assembly import build_app
 from proxy.config import parse
+
+
+# recorded provider responses (copied from the project's shared material; sources in SOURCES.json)
+RECORDED = Path(__file__).resolve().parent / "fixtures" / "recorded"
 
 
 def free_port() -> int:

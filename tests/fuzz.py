@@ -47,6 +47,10 @@ KEYS = ["model", "messages", "stream", "stream_options", "tools", "tool_choice",
         "presence_penalty", "frequency_penalty", "web_search_options"]
 SPECIAL: list[tuple[list[Any], Any]] = [
     (["tool_choice"], {"function": "x"}),
+    (["tool_choice"], {"type": "allowed_tools", "allowed_tools": []}),
+    (["tool_choice"], {"type": "allowed_tools", "allowed_tools": {"tools": "x", "mode": "auto"}}),
+    (["tool_choice"], {"type": "allowed_tools", "allowed_tools": {"tools": [{"function": 1}], "mode": "auto"}}),
+    (["messages"], 5),
     (["tool_choice"], {"type": "function", "function": {"name": "nope"}}),
     (["metadata"], {"turnout_target": {"a": 1}}),
     (["metadata"], {"turnout_target": ["a"]}),

@@ -4,7 +4,6 @@ and what it sends matches recorded Anthropic responses field for field and event
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -12,8 +11,8 @@ import pytest
 
 from tests.conftest import ServerThread
 from tests.emulators.anthropic import Reply, build_app
+from tests.conftest import RECORDED
 
-RECORDED = Path("/work/shared/recorded")
 KEY = "sk-ant-test"
 MODEL = "claude-sonnet-4-6"
 USER = [{"role": "user", "content": "hello there"}]

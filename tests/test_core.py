@@ -75,7 +75,7 @@ def test_streaming_with_usage_chunk(base):
 def test_stream_without_include_usage_has_no_usage_chunk(base):
     _, chunks = collect(sdk(base).chat.completions.create(
         model="fast-model", messages=[{"role": "user", "content": "hi"}], stream=True))
-    assert all(c.choices for c in chunks)
+    assert len(chunks) >= 2 and all(c.choices for c in chunks)  # not vacuous: an empty stream fails
 
 
 def test_stream_wire_format_ends_with_done(base):

@@ -128,6 +128,7 @@ def test_static_files_are_served_and_need_nothing_from_outside(turnout):
         assert a.status_code == 200 and a.headers["content-type"].startswith(kind)
     assert httpx.get(base + "/turnout/dashboard/../app.py").status_code == 404
     assert httpx.get(base + "/turnout/dashboard/secret.txt").status_code == 404
+    assert {f.name for f in DASHBOARD.iterdir()} >= {"index.html", "dashboard.js", "dashboard.css"}
     for f in DASHBOARD.iterdir():  # no CDN, no external font or script
         assert not re.search(r"https?://", f.read_text()), f.name
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
@@ -191,7 +192,7 @@ def test_deploy_files_hold_together():
     assert set(services) == {"turnout", "prometheus", "grafana"}
     assert (ROOT / services["turnout"]["build"]["context"].replace("..", ".")).exists()
     assert (DEPLOY / Path(services["turnout"]["build"]["dockerfile"]).name).exists()
-    assert "4000:4000" in services["turnout"]["ports"]
+    assert "127.0.0.1:4000:4000" in services["turnout"]["ports"]  # loopback only: proxy.yaml has no keys
     for svc in ("prometheus", "grafana"):
         for v in services[svc]["volumes"]:
             src = v.split(":")[0]

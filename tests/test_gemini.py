@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -21,9 +20,9 @@ from proxy.config import parse
 from tests.conftest import ServerThread, collect, post, run, sdk
 from tests.emulators.gemini import build_gemini_emulator
 from translators import gemini as tr
+from tests.conftest import RECORDED
 
 KEY = "gemini-test-key"
-RECORDED = Path("/work/shared/recorded")
 SIG = base64.b64encode(b"\x01\x02signature-of-the-thought+/\xff").decode()
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 
@@ -138,8 +137,8 @@ def test_stream_text_chunks_usage_once(env):
     assert sum(1 for c in chunks if c.usage) == 1
     # earlier events carried usage without candidatesTokenCount: the last one is the total, counted once
     assert chunks[-1].choices == [] and (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (11, 7)
-    _, chunks = collect(env.client.chat.completions.create(model="flash", messages=user("x"), stream=True))
-    assert all(c.choices and c.usage is None for c in chunks)
+    text, chunks = collect(env.client.chat.completions.create(model="flash", messages=user("x"), stream=True))
+    assert text and all(c.choices and c.usage is None for c in chunks)  # text: not vacuous on an empty stream
 
 
 def test_stream_wire_format_ends_with_done(env):

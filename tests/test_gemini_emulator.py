@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import httpx
 import pytest
@@ -13,9 +12,9 @@ from google import genai
 from google.genai import errors, types
 
 from tests.emulators.gemini import build_gemini_emulator
+from tests.conftest import RECORDED
 
 KEY = "gemini-test-key"
-RECORDED = Path("/work/shared/recorded")
 SIG = base64.b64encode(b"opaque-signature-bytes").decode()
 
 

@@ -31,7 +31,7 @@ def _config(ledger: Path, keys: bool = True) -> dict[str, Any]:
         "backends": {"m": {"type": "mock"}},
         "models": {"a": {"backend": "m"}, "b": {"backend": "m"}},
         "routes": {"r": ["a"]},
-        "keys": [{"key": "sk-admin", "name": "ops", "tier": "admin"}, {"key": "sk-yaml", "name": "yaml"}] if keys else [],
+        "keys": [{"key": "sk-admin", "name": "ops", "role": "admin"}, {"key": "sk-yaml", "name": "yaml"}] if keys else [],
         "usage": {"ledger": str(ledger), "flush_interval": 0.2},
     }
 
@@ -102,14 +102,14 @@ def test_admin_api_limits_routes_rotation_expiry(turnout: Any, tmp_path: Path) -
     assert r.status_code == 201
     made = r.json()
     secret = made["key"]
-    assert made["prefix"] == secret[:10] and made["routes"] == ["r"] and "hash" not in made
+    assert made["prefix"] == secret[:10] and made["routes"] == ["r"] and made["role"] == "user" and "hash" not in made
     client = sdk(base, secret)
     r1 = client.chat.completions.with_raw_response.create(model="r", messages=MSG)
     assert r1.headers["x-turnout-model"] == "a"
-    with pytest.raises(openai.PermissionDeniedError) as e:  # its routes: r only
+    with pytest.raises(openai.NotFoundError) as e:  # its routes: r only (to this key, b does not exist)
         client.chat.completions.create(model="b", messages=MSG)
-    assert e.value.body["code"] == "model_not_allowed"
-    with pytest.raises(openai.RateLimitError):  # 2 a minute (the refused 403 counted too)
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.RateLimitError):  # 2 a minute (the refused one counted too)
         client.chat.completions.create(model="r", messages=MSG)
     # rotation: a new secret with the same settings, the old one refused at once in this process
     rotated = admin.post("/turnout/admin/keys/team-a/rotate")
@@ -129,7 +129,10 @@ def test_admin_api_limits_routes_rotation_expiry(turnout: Any, tmp_path: Path) -
     # only admin keys manage keys
     assert httpx.get(base + "/turnout/admin/keys", headers={"authorization": "Bearer sk-yaml"}).status_code == 403
     assert httpx.get(base + "/turnout/admin/keys", headers={"authorization": f"Bearer {new}"}).status_code == 403
-    assert {k["name"] for k in admin.get("/turnout/admin/keys").json()["data"]} == {"team-a"}
+    # a stored admin key may manage keys too
+    boss = admin.post("/turnout/admin/keys", json={"name": "boss", "role": "admin"}).json()["key"]
+    assert httpx.get(base + "/turnout/admin/keys", headers={"authorization": f"Bearer {boss}"}).status_code == 200
+    assert {k["name"] for k in admin.get("/turnout/admin/keys").json()["data"]} == {"team-a", "boss"}
     assert {k["status"] for k in admin.get("/turnout/admin/keys?all=1").json()["data"]} == {"active", "revoked",
                                                                                            "expired"}
 

@@ -53,3 +53,14 @@ def test_retry_hints_per_answer(env) -> None:
     assert limited.headers["x-should-retry"] == "true"  # come back after retry-after: it may work
     ok = post(base, {"model": "ok-m", "messages": hi})
     assert ok.status_code == 200 and "x-should-retry" not in ok.headers
+
+
+def test_anthropic_front_door_says_the_same(env) -> None:
+    import anthropic
+
+    up, base = env
+    client = anthropic.Anthropic(base_url=base, api_key="x")  # default max_retries (2)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        client.messages.create(model="exhausted", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert len(up.state.requests) == 1

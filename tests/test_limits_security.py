@@ -100,3 +100,86 @@ def test_each_redirect_hop_is_checked_again(serve, rebinding) -> None:
     with pytest.raises(TranslationError, match="not a public address"):
         asyncio.run(go())
     assert asked == ["images.test", "inside.test"]
+
+
+# --- slowloris: a request must arrive whole within server.read_timeout (proxy/server/protocol.py) ----
+
+
+@pytest.fixture
+def bounded_server():
+    import threading
+    import time
+
+    import uvicorn
+
+    from proxy.config import parse
+    from proxy.server.assembly import build_app
+    from proxy.server.protocol import BoundedReadProtocol
+    from tests.conftest import free_port
+
+    cfg = parse({"server": {"read_timeout": 0.5}, "backends": {"m": {"type": "mock"}},
+                 "models": {"t": {"backend": "m"}}, "routes": {}}, {})
+    port = free_port()
+
+    class Protocol(BoundedReadProtocol):
+        read_timeout = cfg.server.read_timeout
+
+    server = uvicorn.Server(uvicorn.Config(build_app(cfg), host="127.0.0.1", port=port, loop="asyncio",
+                                           http=Protocol, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield port
+    server.should_exit = True
+    thread.join(5)
+
+
+def _trickle(port: int, parts: list[bytes]) -> bytes:
+    """Send `parts` (then nothing more) and read what the server answers before it closes."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        for p in parts:
+            s.sendall(p)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+@pytest.mark.parametrize("parts", [
+    [],  # connects and says nothing
+    [b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"],  # headers never finish
+    [b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+     b"content-length: 500\r\n\r\n{\"model\": \"t\", "],  # body never finishes
+])
+def test_a_request_that_trickles_in_gets_408_and_is_closed(bounded_server, parts) -> None:
+    out = _trickle(bounded_server, parts)  # returns once the server closes (the socket timeout is 5 s)
+    assert out.startswith(b"HTTP/1.1 408 ")
+    body = out.split(b"\r\n\r\n", 1)[1]
+    assert b'"code":"request_timeout"' in body
+
+
+def test_a_prompt_request_is_served_by_the_bounded_protocol(bounded_server) -> None:
+    r = post(f"http://127.0.0.1:{bounded_server}", {"model": "t", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+
+
+def test_provider_test_checks_the_body_size_before_reading_it(turnout) -> None:
+    base = turnout({"backends": {"m": {"type": "mock"}}, "models": {"t": {"backend": "m"}}, "routes": {}})
+    port = int(base.rsplit(":", 1)[1])
+    head = (b"POST /turnout/providers/m/test HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n" % (100 * 1024) + b" " * (100 * 1024) + b"\r\n"
+    out = _trickle_until_answer(port, [head, chunk])  # the body never ends: only a size check can answer
+    assert out.startswith(b"HTTP/1.1 413 ")
+
+
+def _trickle_until_answer(port: int, parts: list[bytes]) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        for p in parts:
+            s.sendall(p)
+        return s.recv(65536)

@@ -122,9 +122,14 @@ def config(upstream: str) -> dict[str, Any]:
 H = {"authorization": "Bearer sk-metrics-secret-1"}
 
 
-def test_every_metric_moves_when_its_cause_happens(serve, turnout):
+def test_every_metric_moves_when_its_cause_happens(serve):
+    from proxy.config import parse
+    from proxy.server.assembly import build_app
+    from proxy.state import ManualClock
+
     up = serve(details_upstream())
-    base = turnout(config(up))
+    clock = ManualClock()  # brk's circuit: its cool-down is stepped over, not slept through
+    base = serve(build_app(parse(config(up), {}), clock=clock))
     before = scrape(base)
     assert value(before, "turnout_in_flight_requests") == 0
     assert value(before, "turnout_circuit_state", backend="brk") == 0
@@ -157,7 +162,7 @@ def test_every_metric_moves_when_its_cause_happens(serve, turnout):
     opened = scrape(base)
     assert value(opened, "turnout_circuit_state", backend="brk") == 2
     assert value(opened, "turnout_backend_health", backend="brk") == 2  # down
-    time.sleep(0.6)
+    clock.advance(0.6)  # past the cool-down
     assert value(scrape(base), "turnout_circuit_state", backend="brk") == 1  # half-open
     assert post(base, {"model": "brk-t", "messages": [{"role": "user", "content": "ok"}]}, H).status_code == 200
     # in flight: a slow request seen while it runs
@@ -285,7 +290,9 @@ def test_promtool_accepts_the_exposition(turnout, tmp_path):
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
     # promtool's own checks pass; and every family has HELP and TYPE and the turnout_ prefix
-    for family in text_string_to_metric_families(text):
+    families = list(text_string_to_metric_families(text))
+    assert len(families) >= 10
+    for family in families:
         assert family.name.startswith("turnout_") and family.documentation, family.name
 
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from pathlib import Path
 
 import httpx
 import ollama
 import pytest
 
+from tests.conftest import RECORDED as FIXTURES
 from tests.emulators.ollama import build_ollama_emulator, model_entry
 
-RECORDED = next((p / "recorded" / "ollama_native_docs_examples.json" for p in (
-    Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")) if p.exists()),
-    Path("shared/recorded/ollama_native_docs_examples.json"))
+RECORDED = FIXTURES / "ollama_native_docs_examples.json"
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 
 

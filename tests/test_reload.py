@@ -35,7 +35,7 @@ def _config(routes: dict[str, Any], upstream: str = "http://127.0.0.1:9", total:
         "models": {"a": {"backend": "m"}, "b": {"backend": "m", "model": "other"},
                    "u": {"backend": "up", "model": "gpt-4o-mini"}},
         "routes": routes,
-        "keys": [{"key": "sk-admin", "name": "ops", "tier": "admin"}, {"key": "sk-user", "name": "app"},
+        "keys": [{"key": "sk-admin", "name": "ops", "role": "admin"}, {"key": "sk-user", "name": "app"},
                  {"key": "sk-small", "name": "small", "rate_limit": {"requests_per_minute": 2}}],
         **extra,
     }

@@ -34,7 +34,8 @@ def config(db: str) -> dict:
                    "big": {"backend": "cloud", "price": BASE}},
         "routes": {"auto": {"rules": [{"name": "translate", "when": {"task": "translate"}, "then": ["free"]},
                                       {"name": "rest", "then": ["paid", "free"]}]}},
-        "keys": [{"key": "sk-a", "name": "alice", "budget": {"daily": 1.0}}, {"key": "sk-b", "name": "bob"}],
+        "keys": [{"key": "sk-a", "name": "alice", "budget": {"daily": 1.0}, "role": "admin"},
+                 {"key": "sk-b", "name": "bob"}],
         "usage": {"ledger": db, "baseline": "big"},
     }
 

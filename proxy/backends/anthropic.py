@@ -1,6 +1,6 @@
 """`type: anthropic`: Claude through the Messages API (``POST /v1/messages``).
 
-Talks Anthropic's wire format over the shared pooled httpx client rather than through the
+Talks Anthropic's wire format over the shared pooled client (`proxy.http`) rather than through the
 `anthropic` SDK: the SDK builds pydantic models for every response and every stream event, which
 costs several times Turnout's per-request CPU budget (figures and the decision in
 docs/anthropic.md, benchmark in benchmarks/anthropic_sdk_vs_httpx.py). The SDK remains the
@@ -38,16 +38,16 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
-import httpx
 import orjson
 
 from proxy.backends import base
 from proxy.call import Call
+from proxy.http import Response
 from proxy.config import Target
 from proxy.config.providers import SPECS
-from proxy.errors import UpstreamError
+from proxy.errors import TransportError, UpstreamError
 from translators import anthropic as tr
 
 # "`temperature` is deprecated for this model." / "temperature: Extra inputs are not permitted"
@@ -104,7 +104,7 @@ class Backend(base.HTTPBackend):
         return {"anthropic-beta": call.anthropic_beta} if call.anthropic_body is not None and call.anthropic_beta \
             else None
 
-    def _rejects_sampling(self, target: Target, r: httpx.Response, sampled: bool) -> bool:
+    def _rejects_sampling(self, target: Target, r: Response, sampled: bool) -> bool:
         """A 400 saying the model takes no temperature / top_p: remember it, so the caller can
         send the request again without them (and later requests leave them out from the start)."""
         if not sampled or r.status_code != 400 or not _SAMPLING_REJECTED.search(r.content):
@@ -113,11 +113,11 @@ class Backend(base.HTTPBackend):
         self.no_sampling.add(target.model)
         return True
 
-    def _error(self, r: httpx.Response) -> UpstreamError:
+    def _error(self, r: Response) -> UpstreamError:
         fault = tr.error_from(r.status_code, r.content)
         return self._status_error(fault.status, fault.message, r.headers, fault.type, fault.code)
 
-    def _status_error(self, status: int, message: str, headers: httpx.Headers | None, type_: str | None,
+    def _status_error(self, status: int, message: str, headers: Mapping[str, str] | None, type_: str | None,
                       code: str | None) -> UpstreamError:
         if status == 402:  # billing: the operator's account, like a bad key; another target may work
             return self.upstream_error(f"Upstream refused Turnout's account: {message}", status=502,
@@ -173,7 +173,7 @@ class Backend(base.HTTPBackend):
         except tr.StreamError as e:
             call.usage = state.usage
             raise self._stream_error(e) from None
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
         except orjson.JSONDecodeError:
             raise UpstreamError(f"Backend '{self.name}' sent a stream event that is not JSON.", status=502,
@@ -221,7 +221,7 @@ class Backend(base.HTTPBackend):
     async def list_models(self) -> list[str]:
         try:
             r = await self.client.get(self.models_path, params={"limit": "1000"})
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
         if r.status_code >= 400:
             raise self._error(r)

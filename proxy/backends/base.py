@@ -12,16 +12,15 @@ payloads as SSE and emits the usage chunk, so that behaviour lives once for ever
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, ClassVar
+from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
 
-import httpx
 import orjson
 
 from proxy.backends.keyring import KeyRing
 from proxy.call import Call
-from proxy.http import HTTPClient, Response
+from proxy.http import HTTPClient, Response, Timeout
 from proxy.config import BackendConfig, Target
-from proxy.errors import UpstreamError, parse_retry_after, upstream_status_error, upstream_timeout
+from proxy.errors import TransportError, UpstreamError, UpstreamTimeout, parse_retry_after, upstream_status_error, upstream_timeout
 from proxy.usage import tokens
 from translators import embeddings as emb
 from translators.common import Fault
@@ -99,8 +98,8 @@ class Backend:
 
 
 class HTTPBackend(Backend):
-    """A backend that talks HTTP through one pooled client (`proxy.http.HTTPClient`: httpx's API
-    and exceptions, aiohttp's lower CPU cost underneath)."""
+    """A backend that talks HTTP through one pooled client (`proxy.http.HTTPClient`: httpx's API,
+    Turnout's own transport exceptions, aiohttp's lower CPU cost underneath)."""
 
     default_base_url: ClassVar[str] = ""
 
@@ -129,14 +128,32 @@ class HTTPBackend(Backend):
         self.client = HTTPClient(self.base_url, headers=headers, timeout=self.cfg.timeout, keys=self.keys,
                                  key_headers=self.auth_headers)
         t = self.cfg.timeout
-        # a non-streamed answer's headers arrive only when it is complete: bound it by `total`
-        self.complete_timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.idle, pool=t.connect)
+        # per socket read; the wait for the headers (`first_token`) and the whole call (`total`) are in post()
+        self.complete_timeout = Timeout(connect=t.connect, read=t.total)
 
     async def post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> Response:
-        """POST a body for a non-streamed answer; a timeout or connection failure is an UpstreamError."""
+        """POST a body for a non-streamed answer: its response headers within `timeout.first_token`
+        (as a stream's first chunk), all of it within `timeout.total`; a timeout or connection
+        failure is an UpstreamError."""
+        t = self.cfg.timeout
+        opened = self.client.stream("POST", path, content=content, headers=headers, timeout=self.complete_timeout)
         try:
-            return await self.client.post(path, content=content, headers=headers, timeout=self.complete_timeout)
-        except httpx.HTTPError as e:
+            async with asyncio.timeout(t.total):
+                try:
+                    async with asyncio.timeout(t.first_token):
+                        r = await opened.__aenter__()
+                except TimeoutError:
+                    raise upstream_timeout(f"Backend '{self.name}' sent no response headers within "
+                                           f"{t.first_token:g}s (timeout.first_token).", self.name) from None
+                try:
+                    await r.aread()
+                finally:
+                    await opened.__aexit__(None, None, None)
+                return r
+        except TimeoutError:
+            raise upstream_timeout(f"Backend '{self.name}' did not finish within {t.total:g}s (timeout.total).",
+                                   self.name) from None
+        except TransportError as e:
             raise self.transport_error(e) from None
 
     # embeddings: a subclass that serves them sets `embed_batch` and says how a batch is asked and read
@@ -194,8 +211,8 @@ class HTTPBackend(Backend):
 
     def transport_error(self, e: Exception) -> UpstreamError:
         """A timeout or connection failure, worded without URLs or credentials."""
-        if isinstance(e, (httpx.TimeoutException, asyncio.TimeoutError)):
-            kind = "connect" if isinstance(e, httpx.ConnectTimeout) else "read"
+        if isinstance(e, (UpstreamTimeout, asyncio.TimeoutError)):
+            kind = e.phase if isinstance(e, UpstreamTimeout) else "read"
             return upstream_timeout(f"Backend '{self.name}' timed out ({kind}).", self.name)
         return UpstreamError(f"Backend '{self.name}' is unreachable ({type(e).__name__}).", status=502,
                              type="upstream_error", code="upstream_unreachable", retry=True,
@@ -205,7 +222,7 @@ class HTTPBackend(Backend):
         """An UpstreamError carrying the upstream's own words, with Turnout's key masked (`redact`)."""
         return UpstreamError(self.redact(message), backend=self.name, **kw)
 
-    def fault_error(self, fault: Fault, headers: httpx.Headers | None = None) -> UpstreamError:
+    def fault_error(self, fault: Fault, headers: Mapping[str, str] | None = None) -> UpstreamError:
         """The UpstreamError for a fault a provider translator read from an error body."""
         e = self.status_error(fault.status, fault.message, headers, type=fault.type, code=fault.code,
                               param=fault.param)
@@ -214,7 +231,7 @@ class HTTPBackend(Backend):
             e.headers["retry-after"] = str(max(0, int(fault.retry_after + 0.999)))
         return e
 
-    def status_error(self, status: int, message: str, headers: httpx.Headers | None = None, *,
+    def status_error(self, status: int, message: str, headers: Mapping[str, str] | None = None, *,
                      type: str | None = None, code: str | None = None, param: str | None = None) -> UpstreamError:
         message = self.redact(message)
         e = upstream_status_error(status, message, type=type, code=code, param=param,
@@ -230,10 +247,19 @@ async def sse_data(response: Any) -> AsyncIterator[bytes]:
 
     Comments, ``event:`` and ``id:`` lines are skipped (an OpenAI-compatible stream carries
     everything in data); a payload split over several data lines is joined as the spec says.
+    Lines end in LF, CRLF or a bare CR (the spec allows all three), also when a CRLF is split
+    between two reads; a chunk without CR costs one scan for it.
     """
     buf = b""
     pending: list[bytes] = []
+    skip_lf = False  # the last read ended in CR: an LF starting the next one belongs to it
     async for raw in response.aiter_bytes():
+        if skip_lf and raw[:1] == b"\n":
+            raw = raw[1:]
+        skip_lf = False
+        if b"\r" in raw:
+            skip_lf = raw.endswith(b"\r")
+            raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = buf + raw if buf else raw
         start = 0
         while True:
@@ -242,8 +268,6 @@ async def sse_data(response: Any) -> AsyncIterator[bytes]:
                 break
             line = buf[start:nl]
             start = nl + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
             if not line:
                 if pending:
                     yield pending[0] if len(pending) == 1 else b"\n".join(pending)

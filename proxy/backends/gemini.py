@@ -1,4 +1,4 @@
-"""`type: gemini`: the Gemini API over pooled httpx, in its own wire format.
+"""`type: gemini`: the Gemini API over the pooled client (`proxy.http`), in its own wire format.
 
 ``POST {base_url}/v1beta/models/{model}:generateContent`` and
 ``:streamGenerateContent?alt=sse``, the key in the ``x-goog-api-key`` header (never in a URL, so
@@ -27,17 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping
 from urllib.parse import quote
 
-import httpx
 import orjson
 
 from proxy.backends import base
 from proxy.call import Call
+from proxy.http import Response
 from proxy.config import Target
 from proxy.config.providers import SPECS
-from proxy.errors import UpstreamError
+from proxy.errors import TransportError, UpstreamError
 from proxy.backends.images import ImageFetcher, ImagePolicy
 from translators import embeddings as emb
 from translators import gemini as tr
@@ -85,7 +85,7 @@ class Backend(base.HTTPBackend):
         options = {**self.cfg.options, **target.options}
         return orjson.dumps(tr.to_request(body, target.model, images, options))
 
-    def _error(self, status: int, content: bytes, headers: httpx.Headers | None = None) -> UpstreamError:
+    def _error(self, status: int, content: bytes, headers: Mapping[str, str] | None = None) -> UpstreamError:
         return self.fault_error(tr.error_from(status, content), headers)
 
     embed_batch = emb.BATCH["gemini"]
@@ -96,7 +96,7 @@ class Backend(base.HTTPBackend):
     def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
         return emb.gemini_vectors(data)
 
-    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+    def embed_error(self, target: Target, r: Response) -> UpstreamError:
         return self._error(r.status_code, r.content, r.headers)
 
     def _blocked(self, b: tr.Blocked) -> UpstreamError:
@@ -144,7 +144,7 @@ class Backend(base.HTTPBackend):
                         call.usage = state.usage
                     for c in chunks:
                         yield orjson.dumps(c)
-        except httpx.HTTPError as e:
+        except TransportError as e:
             if state.first:
                 raise self.transport_error(e) from None
             raise self._dropped(f"dropped the stream ({type(e).__name__})") from None
@@ -168,7 +168,7 @@ class Backend(base.HTTPBackend):
     async def list_models(self) -> list[str]:
         try:
             r = await self.client.get(f"{self.prefix}/models")
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
         if r.status_code >= 400:
             raise self._error(r.status_code, r.content, r.headers)

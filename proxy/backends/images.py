@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import urljoin, urlsplit
 
-import httpx
-
+from proxy.errors import TransportError
+from proxy.http import HTTPClient
 from translators.common import TranslationError
 
 
@@ -59,14 +59,14 @@ class ImageFetcher:
                  resolver: Callable[[str, int], Awaitable[list[str]]] = resolve) -> None:
         self.policy = policy or ImagePolicy()
         self.resolve = resolver
-        self.client = httpx.AsyncClient(timeout=self.policy.timeout, follow_redirects=False, trust_env=False)
+        self.client = HTTPClient(timeout=self.policy.timeout)  # absolute URLs; redirects followed here, each checked
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def _pin(self, url: str) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-        """The URL to connect to (the checked address in place of the name), its Host header and
-        the request extensions (TLS SNI = the name): one resolution, used for the check and the connect."""
+    async def _pin(self, url: str) -> tuple[str, dict[str, str], str | None]:
+        """The URL to connect to (the checked address in place of the name), its Host header and the
+        TLS server name (the name): one resolution, used for the check and the connect."""
         try:
             parts = urlsplit(url)
             host, port = parts.hostname, parts.port
@@ -76,7 +76,7 @@ class ImageFetcher:
         if parts.scheme not in ("http", "https") or not host:
             raise TranslationError("Image URLs must be http or https.", param="messages", code="invalid_image_url")
         if self.policy.allow_private:
-            return httpx.URL(url), {}, {}
+            return url, {}, None
         try:
             addresses = await self.resolve(host, port or (443 if parts.scheme == "https" else 80))
         except (OSError, UnicodeError):
@@ -87,20 +87,19 @@ class ImageFetcher:
         if any(_blocked(a) for a in addresses):
             raise TranslationError(f"Image URL host '{host}' is not a public address.",
                                    param="messages", code="invalid_image_url")
-        pinned = httpx.URL(url).copy_with(host=addresses[0])
+        ip = addresses[0]
         netloc = parts.netloc.rpartition("@")[2]
-        return pinned, {"host": netloc}, {"sni_hostname": host} if parts.scheme == "https" else {}
+        pinned = parts._replace(netloc=(f"[{ip}]" if ":" in ip else ip) + (f":{port}" if port else "")).geturl()
+        return pinned, {"host": netloc}, host if parts.scheme == "https" else None
 
     async def fetch(self, url: str) -> tuple[str, bytes]:
         """(media type, bytes) of an image URL, within the policy's limits; each redirect hop is
         resolved, checked and pinned again."""
         for _ in range(self.policy.max_redirects + 1):
             try:
-                pinned, headers, extensions = await self._pin(url)
-                request = self.client.build_request("GET", pinned, headers=headers, extensions=extensions)
-                r = await self.client.send(request, stream=True)
-                try:
-                    if r.is_redirect and "location" in r.headers:
+                pinned, headers, server_name = await self._pin(url)
+                async with self.client.stream("GET", pinned, headers=headers, server_hostname=server_name) as r:
+                    if r.is_redirect:
                         url = urljoin(url, r.headers["location"])
                         continue
                     if r.status_code != 200:
@@ -116,11 +115,9 @@ class ImageFetcher:
                             raise self._too_big()
                     media_type = r.headers.get("content-type", "").split(";")[0].strip() or _sniff(bytes(data))
                     return media_type, bytes(data)
-                finally:
-                    await r.aclose()
             except TranslationError:
                 raise
-            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
+            except (TransportError, ValueError) as e:  # ValueError: a URL aiohttp cannot use
                 raise TranslationError(f"Could not fetch the image ({type(e).__name__}).", param="messages",
                                        code="invalid_image_url") from None
         raise TranslationError("Too many redirects fetching the image.", param="messages", code="invalid_image_url")

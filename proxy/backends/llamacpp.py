@@ -31,7 +31,6 @@ import signal
 import time
 from typing import AsyncIterator
 
-import httpx
 
 from proxy.local import models as model_cache
 from proxy.backends import openai
@@ -39,7 +38,8 @@ from proxy.backends.base import Json
 from proxy.call import Call
 from proxy.config import BackendConfig, ConfigError, Target
 from proxy.config.providers import LlamacppOptions
-from proxy.errors import UpstreamError
+from proxy.errors import TransportError, UpstreamError
+from proxy.http import HTTPClient
 from proxy.local.llamacpp_server import Child, make_workdir, sweep_workdirs
 
 log = logging.getLogger("turnout.llamacpp")
@@ -196,7 +196,8 @@ class Backend(openai.Backend):
                  self.model_file, log_path)
         started = time.monotonic()
         deadline = started + self.startup_timeout
-        async with httpx.AsyncClient(timeout=2, trust_env=False) as probe:
+        probe = HTTPClient(timeout=2.0)
+        try:
             while True:
                 rc = child.poll()
                 if rc is not None:
@@ -211,6 +212,8 @@ class Backend(openai.Backend):
                     await self._stop_child()
                     return f"llama.cpp server did not become healthy within {self.startup_timeout:g}s"
                 await asyncio.sleep(0.05)
+        finally:
+            await probe.aclose()
         self.base_url = url + "/v1"
         self.client.base_url = self.base_url
         log.info("backend %s: llama.cpp server pid %d ready at %s in %.1fs", self.name, child.pid, url,
@@ -218,10 +221,10 @@ class Backend(openai.Backend):
         return None
 
     @staticmethod
-    async def _healthy(probe: httpx.AsyncClient, url: str) -> bool:
+    async def _healthy(probe: HTTPClient, url: str) -> bool:
         try:
             r = await probe.get(url + "/health")
-        except httpx.HTTPError:
+        except TransportError:
             return False
         return r.status_code == 200
 
@@ -231,7 +234,8 @@ class Backend(openai.Backend):
         assert child is not None and child.url is not None
         misses = 0
         next_probe = time.monotonic() + self.health_interval
-        async with httpx.AsyncClient(timeout=max(2.0, self.health_interval), trust_env=False) as probe:
+        probe = HTTPClient(timeout=max(2.0, self.health_interval))
+        try:
             while True:
                 rc = child.poll()
                 if rc is not None:
@@ -250,6 +254,8 @@ class Backend(openai.Backend):
                         await self._stop_child()
                         return "llama.cpp server stopped answering /health"
                 await asyncio.sleep(0.1)
+        finally:
+            await probe.aclose()
 
     async def _supervise(self, first: asyncio.Future[None]) -> None:
         failures = 0  # consecutive failed launches or short-lived servers, for the backoff

@@ -23,14 +23,14 @@ import asyncio
 import base64
 from typing import Any, AsyncIterator
 
-import httpx
 import orjson
 
 from proxy.backends import base
 from proxy.call import Call
+from proxy.http import Response
 from proxy.config import Target
 from proxy.config.providers import SPECS
-from proxy.errors import UpstreamError, upstream_timeout
+from proxy.errors import TransportError, UpstreamError, upstream_timeout
 from proxy.backends.images import ImageFetcher, ImagePolicy
 from translators import embeddings as emb
 from translators import ollama as tr
@@ -93,7 +93,7 @@ class Backend(base.HTTPBackend):
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def _error(self, target: Target, r: httpx.Response) -> UpstreamError:
+    def _error(self, target: Target, r: Response) -> UpstreamError:
         fault = tr.error_from(r.status_code, r.content)
         if fault.code == "model_not_found":
             return self.upstream_error(
@@ -111,7 +111,7 @@ class Backend(base.HTTPBackend):
     def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
         return emb.ollama_vectors(data)
 
-    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+    def embed_error(self, target: Target, r: Response) -> UpstreamError:
         return self._error(target, r)
 
     def transport_error(self, e: Exception) -> UpstreamError:
@@ -191,7 +191,7 @@ class Backend(base.HTTPBackend):
                     call.usage = st.usage
                     return
             raise self._dropped("it ended before its final line")
-        except httpx.HTTPError as e:
+        except TransportError as e:
             if first:
                 raise self.transport_error(e) from None
             raise self._dropped(type(e).__name__) from None
@@ -204,7 +204,7 @@ class Backend(base.HTTPBackend):
     async def list_models(self) -> list[str]:
         try:
             r = await self.client.get("/api/tags", timeout=self.cfg.timeout.connect)
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
         if r.status_code >= 400:
             raise self.status_error(r.status_code, f"Ollama /api/tags failed: {tr.error_from(r.status_code, r.content).message}")

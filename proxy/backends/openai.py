@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-import httpx
 import orjson
 
 from proxy.backends import base
 from proxy.call import Call
+from proxy.http import Response
 from proxy.config import Target
 from proxy.config.providers import SPECS
-from proxy.errors import UpstreamError
+from proxy.errors import TransportError, UpstreamError
 from translators import embeddings as emb
 from translators import openai as tr
 
@@ -28,7 +28,7 @@ class Backend(base.HTTPBackend):
     def auth_headers(self, key: str | None = None) -> dict[str, str]:
         return {"authorization": f"Bearer {key}"} if key else {}
 
-    def _error(self, r: httpx.Response) -> UpstreamError:
+    def _error(self, r: Response) -> UpstreamError:
         return self.fault_error(tr.error_from(r.status_code, r.content), r.headers)
 
     async def complete(self, target: Target, body: base.Json, call: Call) -> base.Json:
@@ -68,7 +68,7 @@ class Backend(base.HTTPBackend):
                         if usage_only:
                             continue
                     yield payload
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
 
     embed_batch = emb.BATCH["openai"]
@@ -80,7 +80,7 @@ class Backend(base.HTTPBackend):
     def embed_vectors(self, data: base.Json) -> tuple[list[list[float]], int | None]:
         return emb.openai_vectors(data)
 
-    def embed_error(self, target: Target, r: httpx.Response) -> UpstreamError:
+    def embed_error(self, target: Target, r: Response) -> UpstreamError:
         return self._error(r)
 
     def _stream_error(self, payload: bytes) -> UpstreamError:
@@ -91,7 +91,7 @@ class Backend(base.HTTPBackend):
     async def list_models(self) -> list[str]:
         try:
             r = await self.client.get("/models")
-        except httpx.HTTPError as e:
+        except TransportError as e:
             raise self.transport_error(e) from None
         if r.status_code >= 400:
             raise self._error(r)

@@ -277,15 +277,20 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"aliases.{name}: a route or model target has the same name")
         if to not in cfg.models and to not in cfg.routes:
             raise ConfigError(f"aliases.{name}: {to!r} is not a route or model target")
+    for where, access in [*((f"keys[{i}]", k) for i, k in enumerate(cfg.keys)),
+                          *((f"tiers.{t}", a) for t, a in cfg.tiers.items())]:
+        for name in sorted(access.routes or ()):
+            if name not in cfg.routes:
+                raise ConfigError(f"{where}.routes: {name!r} is not a route")
+        for name in sorted(access.targets or ()):
+            if name not in cfg.models:
+                raise ConfigError(f"{where}.targets: {name!r} is not a model target")
     for i, k in enumerate(cfg.keys):
         if k.rate_limit is not None and k.rate_limit.requests_per_minute is None \
                 and k.rate_limit.tokens_per_minute is None:
             raise ConfigError(f"keys[{i}].rate_limit: give requests_per_minute and/or tokens_per_minute")
         if k.budget is not None:
             _budget_given(k.budget, f"keys[{i}].budget")
-        for name in sorted(k.routes or ()):
-            if name not in cfg.routes and name not in cfg.models and name not in cfg.aliases:
-                raise ConfigError(f"keys[{i}].routes: {name!r} is not a route, model target or alias")
     u = cfg.usage
     if u.flush_interval > 1:
         raise ConfigError(f"usage.flush_interval: at most 1 second (the most a crash may lose), got {u.flush_interval:g}")

@@ -294,17 +294,29 @@ class Budget(Section):
     on_exceeded: Literal["reject", "free_only"] = "reject"  # reject: 429 budget_exceeded | free_only: free targets
 
 
+class Access(Section):
+    """What a key, or every key of a tier (`tiers.<name>`), may name as `model`: routes and targets
+    (None: any). A route allowed brings its own chain; a target must be allowed to be named directly
+    or forced with the override header."""
+
+    routes: frozenset[Text] | None = None
+    targets: frozenset[Text] | None = None
+
+
 class Key(Section):
     """A proxy key (`keys[i]`): who may call, with what limits."""
 
     key: str
     name: Text  # default: key<i>
     tier: str | None = None
+    # admin: provider tests, every key's usage, the ledger export; user: its own usage only
+    role: Literal["admin", "user"] = "user"
+    routes: frozenset[Text] | None = None  # allow-lists (None: the tier's, else any): see Access
+    targets: frozenset[Text] | None = None
     allow_override: bool = False  # may force a target with the override header / metadata
     rate_limit: RateLimit | None = None  # requests / tokens per minute
     budget: Budget | None = None  # USD per day / month
     usage: Literal["all", "own"] = "all"  # what /turnout/usage shows this key: every key's usage | its own
-    routes: frozenset[Text] | None = None  # the routes, targets or aliases this key may call (None: all)
 
 
 class ServerConfig(Section):
@@ -314,6 +326,12 @@ class ServerConfig(Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
     metrics_key_names: bool = False  # label request, token and cost metrics with the proxy key's name
+    read_timeout: Annotated[float, Meta(gt=0)] = 30.0  # seconds a request's headers and body may take to arrive
+    metrics_require_key: bool = False  # with keys: /metrics only for admin keys (Prometheus: authorization)
+    drain_seconds: Annotated[float, Meta(ge=0)] = 30.0  # on SIGTERM, streams in flight get this long to finish
+    allow_open: bool = False  # with no keys, listen beyond loopback anyway (anyone who reaches it may spend)
+    allowed_hosts: list[Text] = []  # Host names an open Turnout answers besides loopback and `host`
+    cors_origins: list[Text] = []  # browser origins allowed to call (preflight answered); none by default
 
 
 class UsageConfig(Section):
@@ -341,6 +359,7 @@ class Config(Section):
     models: dict[str, Target] = {}
     routes: dict[str, Route] = {}
     keys: list[Key] = []
+    tiers: dict[str, Access] = {}  # per-tier defaults of keys' allow-lists
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
     aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)

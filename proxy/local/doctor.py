@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from proxy.config import BackendConfig, Config
+from proxy.errors import TransportError
+from proxy.http import HTTPClient, Timeout, run_sync
 from proxy.local import hardware, recommend
 from proxy.local.recommend import GB, full_name
 
@@ -60,35 +60,37 @@ def probe(b: BackendConfig, *, timeout: float = 2.0, full: bool = False, show: b
     headers = dict(b.headers)
     if b.api_key:
         headers["authorization"] = f"Bearer {b.api_key}"
-    t = httpx.Timeout(timeout, connect=min(timeout, b.timeout.connect))
+
+    async def ask(c: HTTPClient) -> None:
+        r = await c.get("/api/tags")
+        if r.status_code != 200:
+            p.error = f"/api/tags answered HTTP {r.status_code}"
+            return
+        p.installed = list(r.json().get("models") or [])
+        p.reachable = True
+        if full:
+            r = await c.get("/api/version")
+            if r.status_code == 200:
+                p.version = r.json().get("version")
+            r = await c.get("/api/ps")
+            if r.status_code == 200:
+                p.loaded = list(r.json().get("models") or [])
+        deadline = time.monotonic() + 2 * timeout  # all /api/show calls together, however many models
+        for m in p.installed[:MAX_SHOW] if show else []:
+            if time.monotonic() > deadline:
+                break
+            name = m.get("model") or m.get("name")
+            r = await c.post("/api/show", json={"model": name})
+            body = r.json() if r.status_code == 200 else None
+            caps = body.get("capabilities") if isinstance(body, dict) else None
+            if isinstance(caps, list):
+                p.capabilities[full_name(str(name))] = [str(x) for x in caps]
+
     try:
-        with httpx.Client(base_url=url, timeout=t, headers=headers, trust_env=False) as c:
-            r = c.get("/api/tags")
-            if r.status_code != 200:
-                p.error = f"/api/tags answered HTTP {r.status_code}"
-                return p
-            p.installed = list(r.json().get("models") or [])
-            p.reachable = True
-            if full:
-                r = c.get("/api/version")
-                if r.status_code == 200:
-                    p.version = r.json().get("version")
-                r = c.get("/api/ps")
-                if r.status_code == 200:
-                    p.loaded = list(r.json().get("models") or [])
-            deadline = time.monotonic() + 2 * timeout  # all /api/show calls together, however many models
-            for m in p.installed[:MAX_SHOW] if show else []:
-                if time.monotonic() > deadline:
-                    break
-                name = m.get("model") or m.get("name")
-                r = c.post("/api/show", json={"model": name})
-                body = r.json() if r.status_code == 200 else None
-                caps = body.get("capabilities") if isinstance(body, dict) else None
-                if isinstance(caps, list):
-                    p.capabilities[full_name(str(name))] = [str(x) for x in caps]
-    except httpx.HTTPError as e:
+        run_sync(url, ask, headers=headers, timeout=Timeout(connect=min(timeout, b.timeout.connect), read=timeout))
+    except TransportError as e:
         p.error = type(e).__name__
-    except ValueError:
+    except (ValueError, AttributeError):
         p.error = "it answered something that is not Ollama's JSON"
     return p
 

@@ -15,7 +15,7 @@ import asyncio
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
@@ -23,13 +23,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends.base import Backend
+from proxy.call import Call
 from proxy.config import Config
 from proxy.errors import InvalidRequest, ProxyError, UpstreamError
 from proxy.observability.health import Health
 from proxy.observability.metrics import CONTENT_TYPE, Metrics
 from proxy.usage import pricing
 from proxy.web.auth import Authenticator
-from proxy.web.responses import json_response, read_json
+from proxy.web.responses import json_response, parse_json, read_body, request_id
 
 DASHBOARD = Path(__file__).with_name("dashboard")
 _ASSETS = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
@@ -57,9 +58,13 @@ def redact(message: str, secrets: list[str]) -> str:
     return _SECRETS.sub("***", message)
 
 
+PROBE_BODY_LIMIT = 64 * 1024  # a provider test's body names a model, nothing more
+
+
 class ObservabilityAPI:
     def __init__(self, cfg: Config, auth: Authenticator, backends: dict[str, Backend], metrics: Metrics,
-                 health: Health) -> None:
+                 health: Health, record: Callable[[Call], None] | None = None) -> None:
+        self.record = record  # the ledger's: a provider test is a real, paid call, so it is a ledger row
         self.cfg = cfg
         self.auth = auth
         self.backends = backends
@@ -79,6 +84,11 @@ class ObservabilityAPI:
     # --- metrics -----------------------------------------------------------------------------------
 
     async def metrics(self, request: Request) -> Response:
+        if self.cfg.server.metrics_require_key:
+            key = self.auth.authenticate(request.headers)
+            if key is not None and key.role != "admin":
+                raise ProxyError("Only admin keys may read /metrics.", status=403, type="permission_error",
+                                 code="admin_only")
         return Response(self.metrics_.exposition(), media_type=CONTENT_TYPE)
 
     # --- providers ---------------------------------------------------------------------------------
@@ -100,16 +110,19 @@ class ObservabilityAPI:
                               "providers": [self.provider(n) for n in self.backends]})
 
     async def test(self, request: Request) -> Response:
-        self.auth.authenticate(request.headers)
+        key = self.auth.authenticate(request.headers)
+        if key is not None and key.role != "admin":  # a provider test is a real, paid upstream call
+            raise ProxyError("Only admin keys may test providers (keys[].role: admin).", status=403,
+                             type="permission_error", code="admin_only")
         health = self.health
         name = request.path_params["name"]
         if name not in self.backends:
             raise ProxyError(f"No backend named '{name}' (defined: {', '.join(self.backends)}).", status=404,
                              type="invalid_request_error", code="backend_not_found")
-        body = await request.body()
+        body = await read_body(request, PROBE_BODY_LIMIT)  # the size is checked before the body is read
         model = None
         if body.strip():
-            data = await read_json(request, self.cfg.server.max_body_bytes)
+            data = parse_json(body)
             model = data.get("model") if isinstance(data, dict) else None
         target = health.probe_target(name, model)
         if target is None:
@@ -134,6 +147,12 @@ class ObservabilityAPI:
         else:
             seconds = time.perf_counter() - t0
             health.record_probe(name, "ok", None, 200, seconds, chat=True)
+            if self.record is not None:
+                call.key, call.target, call.reason = key, target.name, "provider_test"
+                call.request_id = request_id(request, "req_" + call.id[9:])
+                call.status, call.finished = 200, time.perf_counter()
+                call.cost_usd = pricing.cost(call.usage, target.price)
+                self.record(call)
             choice = (answer.get("choices") or [{}])[0]
             text = ((choice.get("message") or {}).get("content") or "")[:200]
             return json_response({**out, "ok": True, "latency_ms": round(seconds * 1000, 1), "status": 200,

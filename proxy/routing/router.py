@@ -36,12 +36,6 @@ class NoTargetAvailable(ProxyError):
     code = "no_available_target"
 
 
-class ModelNotAllowed(ProxyError):
-    status = 403
-    type = "permission_error"
-    code = "model_not_allowed"
-
-
 class OverrideNotAllowed(ProxyError):
     status = 403
     type = "permission_error"
@@ -101,20 +95,32 @@ class Router:
                                  code="model_not_found", status=404)
         return str(forced)
 
+    def _allowed(self, key: Key | None, routes: bool, name: str) -> bool:
+        """Whether the key may name this route (or target): its own allow-list, else its tier's, else yes."""
+        if key is None:
+            return True
+        tier = self.cfg.tiers.get(key.tier) if key.tier else None
+        allow = key.routes if routes else key.targets
+        if allow is None and tier is not None:
+            allow = tier.routes if routes else tier.targets
+        return allow is None or name in allow
+
     def choose(self, call: Call, f: Features) -> tuple[list[str], Rule | None]:
-        """The unfiltered chain and the rule that chose it; sets route and reason on `call`."""
-        if f.key is not None and f.key.routes is not None and call.request_model not in f.key.routes:
-            raise ModelNotAllowed(f"This key may not use '{call.request_model}' (it may use: "
-                                  f"{', '.join(sorted(f.key.routes))}).", param="model")
+        """The unfiltered chain and the rule that chose it; sets route and reason on `call`. A route
+        or target the key may not use is, to that key, a model that does not exist (404)."""
         forced = self._override(f)
         if forced:
+            if not self._allowed(f.key, False, forced):
+                raise ModelNotFound(forced)
             call.reason = "override"
             return [forced], None
         if call.request_model in self.cfg.models:
+            if not self._allowed(f.key, False, call.request_model):
+                raise ModelNotFound(call.request_model)
             call.reason = "direct"
             return [call.request_model], None
         route = self.cfg.routes.get(call.request_model)
-        if route is None:
+        if route is None or not self._allowed(f.key, True, route.name):
             raise ModelNotFound(call.request_model)
         call.route = route.name
         if not route.rules:

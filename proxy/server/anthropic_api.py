@@ -27,7 +27,8 @@ from proxy.errors import AuthenticationError, InvalidRequest, ProxyError, Upstre
 from proxy.server.pipeline import Completion, Pipeline, internal_error
 from proxy.usage import tokens
 from proxy.web.auth import Authenticator
-from proxy.web.responses import read_json, request_id
+from proxy.web.disconnect import unless_client_leaves
+from proxy.web.responses import read_json, request_id, should_retry
 from translators.inbound import anthropic as inbound
 from translators.inbound.anthropic_reply import MessageStream, error_body, error_status, message_id, to_message
 
@@ -42,6 +43,9 @@ def anthropic_error(e: ProxyError, headers: dict[str, str] | None = None, reques
     if isinstance(e, AuthenticationError):
         message = "x-api-key header is required" if e.code == "missing_api_key" else "invalid x-api-key"
     h = {**(headers or {}), **e.headers}
+    hint = should_retry(e)  # the anthropic SDK obeys it too
+    if hint:
+        h["x-should-retry"] = hint
     if request_id:
         h["request-id"] = request_id
     return Response(orjson.dumps(error_body(etype, message, request_id)), status_code=status, headers=h,
@@ -113,8 +117,8 @@ class AnthropicAPI:
         headers = {}
         try:
             raw, body, claude_only = await self._read(request, call)
-            result = await pipeline.run(call, body, request.headers,
-                                        restrict=self._claude_targets(claude_only) if claude_only else None)
+            result = await unless_client_leaves(request, pipeline.run(
+                call, body, request.headers, restrict=self._claude_targets(claude_only) if claude_only else None))
             headers = {**call.headers(), "request-id": call.request_id}
             if isinstance(result, Completion):
                 msg = self._message(call, result.data)

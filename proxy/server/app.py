@@ -24,6 +24,7 @@ from translators.inbound import chat as dialects
 from proxy.web.auth import Authenticator
 from proxy.routing.kinds import kind_of
 from proxy.server.pipeline import Completion, Pipeline, internal_error
+from proxy.web.disconnect import unless_client_leaves
 from proxy.web.responses import error_response, json_response, read_json, request_id
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -60,7 +61,7 @@ class OpenAIAPI:
             raw = await read_json(request, self.cfg.server.max_body_bytes)
             legacy = isinstance(raw, dict) and dialects.used_functions(raw)  # answer in the functions dialect
             body = validate.chat_request(raw)
-            result = await pipeline.run(call, body, request.headers)
+            result = await unless_client_leaves(request, pipeline.run(call, body, request.headers))
             if isinstance(result, Completion):
                 out = orjson.dumps(dialects.legacy_answer(result.data) if legacy else result.data)
                 if call.usage is None:
@@ -133,4 +134,6 @@ class OpenAIAPI:
 
     async def ready(self, request: Request) -> Response:
         ok, backends = self.readiness()
+        if self.pipeline.drain.draining:
+            return json_response({"status": "shutting_down", "backends": backends}, 503)
         return json_response({"status": "ready" if ok else "unavailable", "backends": backends}, 200 if ok else 503)

@@ -38,6 +38,8 @@ from proxy.routing.router import Router
 from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
 from proxy.server.app import OpenAIAPI
 from proxy.server.openai_apis import OpenAIAPIs
+from proxy.server.protocol import BoundedReadProtocol
+from proxy.web.browser import BrowserGuard
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.server.reload import Reloader, Switch, carry_over
 from proxy.state import Clock, MemoryState, State
@@ -119,6 +121,8 @@ def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = No
         if cfg.usage.ledger else None
     pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(stored_keys=store is not None),
                         observers=observers)
+    if previous is not None:
+        pipeline.drain = previous.pipeline.drain  # the SIGTERM drain installed at start covers every config
     auth = Authenticator(cfg.keys, store, admitted=usage.accounts.adopt)
     gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [], state)
     if previous is not None:
@@ -128,7 +132,7 @@ def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = No
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
         *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),
-        *ObservabilityAPI(cfg, auth, backends, metrics, health).routes(),
+        *ObservabilityAPI(cfg, auth, backends, metrics, health, record=usage.recorder.finished).routes(),
         *hardware_api.routes(cfg, auth),
         *keys_api.routes(auth, store),
     ]
@@ -181,6 +185,7 @@ def build_app(cfg: Config, clock: Clock | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        gateway.pipeline.drain.install()  # SIGTERM drains first (proxy/server/shutdown.py)
         hup = reloader.install_sighup()
         try:
             yield
@@ -190,7 +195,10 @@ def build_app(cfg: Config, clock: Clock | None = None) -> Starlette:
             await reloader.aclose()
             await reloader.gateway.aclose()
 
-    app = Starlette(routes=[*reloader.routes(), switch], lifespan=lifespan, middleware=[Middleware(RequestIds)],
+    s = cfg.server
+    guard = Middleware(BrowserGuard, open_mode=not cfg.keys, server_host=s.host, allowed_hosts=s.allowed_hosts,
+                       cors_origins=s.cors_origins)  # CSRF, DNS rebinding, CORS: proxy/web/browser.py
+    app = Starlette(routes=[*reloader.routes(), switch], lifespan=lifespan, middleware=[guard, Middleware(RequestIds)],
                     exception_handlers={HTTPException: _on_http_error, ProxyError: _on_proxy_error})
     app.state.turnout = gateway
     app.state.reloader = reloader
@@ -202,4 +210,5 @@ def create_app() -> Starlette:
     $TURNOUT_CONFIG, logging as the config says."""
     cfg = load(os.environ.get("TURNOUT_CONFIG") or "proxy.yaml")
     setup_logs(cfg.server.log_level, cfg.server.log_format)
+    BoundedReadProtocol.read_timeout = cfg.server.read_timeout  # this worker's connections
     return build_app(cfg)

@@ -26,6 +26,7 @@ from proxy.usage import tokens
 from proxy.usage.ledger import Ledger
 from proxy.usage.stored import ResponseStore
 from proxy.web.auth import Authenticator
+from proxy.web.disconnect import unless_client_leaves
 from proxy.web.responses import error_response, read_json, request_id
 from translators import embeddings as emb
 from translators.common import Json, TranslationError
@@ -91,12 +92,14 @@ class OpenAIAPIs:
         return _require_model(await read_json(request, self.cfg.server.max_body_bytes))
 
     async def _complete(self, call: Call, chat: Json, request: Request) -> Json:
-        result = await self.pipeline.run(call, validate.chat_request(chat), request.headers)
+        result = await unless_client_leaves(request, self.pipeline.run(call, validate.chat_request(chat),
+                                                                       request.headers))
         assert isinstance(result, Completion)
         return result.data
 
     async def _stream(self, call: Call, chat: Json, request: Request) -> AsyncIterator[bytes]:
-        result = await self.pipeline.run(call, validate.chat_request(chat), request.headers)
+        result = await unless_client_leaves(request, self.pipeline.run(call, validate.chat_request(chat),
+                                                                       request.headers))
         assert isinstance(result, Stream)
         return self.pipeline.payloads(call, result)
 

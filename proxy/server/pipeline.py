@@ -24,6 +24,7 @@ from proxy.errors import ProxyError
 from proxy.observability.logs import request_line
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
+from proxy.server.shutdown import Drain
 from proxy.usage import pricing
 from translators.common import usage_chunk
 
@@ -74,6 +75,7 @@ class Pipeline:
         self.dispatcher = dispatcher
         self.gates = tuple(gates)
         self.observers = tuple(observers)
+        self.drain = Drain(cfg.server.drain_seconds)  # graceful shutdown: proxy/server/shutdown.py
 
     def new_call(self, request_id: str, api: str = "chat") -> Call:
         """The record of a request that just arrived; observers learn of it at once."""
@@ -88,6 +90,7 @@ class Pipeline:
                   restrict: Callable[[Call, list[Target]], list[Target]] | None = None) -> Completion | Stream:
         """Route and dispatch a checked OpenAI chat body. Raises ProxyError; the caller then `finish`es.
         `restrict`: a front door's own narrowing of the chain (e.g. Claude targets only), after filters."""
+        self.drain.check_open()
         call.request_model = body["model"]
         call.stream = bool(body.get("stream"))
         call.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -135,10 +138,13 @@ class Pipeline:
         """
         status, error = 200, None
         rest = stream.rest
+        drain = self.drain
+        drain.streams += 1
         try:
             yield stream.first
             call.record_sent(stream.first)  # counted (a bounded sample kept) for the ledger's estimate
             async for payload in rest:
+                drain.check_stream()
                 call.record_sent(payload)
                 yield payload
             if call.include_usage and call.usage is not None:
@@ -155,6 +161,7 @@ class Pipeline:
             status = 500
             raise internal_error(call, e, " in stream") from None
         finally:
+            drain.streams -= 1
             await rest.aclose()
             if call.usage is not None:
                 call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)

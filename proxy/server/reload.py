@@ -16,9 +16,7 @@ current gateway's routes and counts the requests in flight on each gateway. Chan
 `turnout_config_reloads_total{result}` counts reloads: ok, invalid (the file was rejected),
 error (building or starting the new gateway failed; the old one keeps serving).
 
-Who may reload over HTTP: a key with ``tier: admin`` (the config has no other notion of an
-administrator yet; `proxy/local/api.py` uses the same rule); with no admin key configured only
-SIGHUP reloads.
+Who may reload over HTTP: a key with ``role: admin``; with no admin key only SIGHUP reloads.
 """
 
 from __future__ import annotations

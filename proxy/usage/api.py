@@ -364,7 +364,7 @@ def routes(cfg: Config, auth: Authenticator, usage: Usage) -> list[Route]:
         """The key name to filter by, and whether the caller may only see its own usage."""
         key = auth.authenticate(request.headers)
         asked = request.query_params.get("key")
-        if key is not None and key.usage == "own":
+        if key is not None and (key.usage == "own" or key.role != "admin"):
             if asked not in (None, key.name):
                 raise UsageForbidden(f"This key may only see its own usage (key={key.name}).", param="key")
             return key.name, True
@@ -382,7 +382,7 @@ def routes(cfg: Config, auth: Authenticator, usage: Usage) -> list[Route]:
         return Response(orjson.dumps(data), media_type="application/json")
 
     async def usage_export(request: Request) -> Response:
-        key, _ = key_filter(request)
+        key, _ = key_filter(request)  # a user key exports its own rows only
         usage = ledger_or_404()
         q = request.query_params
         start, end = export_bounds(cfg, q.get("since"), q.get("until"))

@@ -13,13 +13,16 @@ import argparse
 import os
 import sqlite3
 import sys
-from typing import Any, TextIO
+from typing import Any, Awaitable, Callable, TextIO, TypeVar
 
-import httpx
 import orjson
 
 from proxy.config import Config, ConfigError
+from proxy.errors import TransportError
+from proxy.http import HTTPClient, Response, run_sync
 from proxy.usage.pricing import saving, usd as _usd
+
+T = TypeVar("T")
 
 
 def add_arguments(sub: Any) -> None:
@@ -84,16 +87,17 @@ def _open(cfg: Config, ledger: str | None) -> sqlite3.Connection:
         raise SystemExit(f"turnout: cannot open the usage ledger {path} ({e}); has Turnout run with this config?")
 
 
-def _client(args: argparse.Namespace) -> httpx.Client:
+def _remote(args: argparse.Namespace, fn: Callable[[HTTPClient], Awaitable[T]]) -> T:
+    """`fn` with a client of the running Turnout named by --url (through proxy.http, like every call out)."""
     key = args.api_key or os.environ.get("TURNOUT_API_KEY")
-    return httpx.Client(base_url=args.url.rstrip("/"), timeout=60,
-                        headers={"authorization": f"Bearer {key}"} if key else {})
+    return run_sync(args.url.rstrip("/"), fn, headers={"authorization": f"Bearer {key}"} if key else {},
+                    timeout=60.0)
 
 
 def usage_command(cfg: Config | None, args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         return _usage_command(cfg, args, out or sys.stdout)
-    except httpx.HTTPError as e:
+    except TransportError as e:
         raise SystemExit(f"turnout: cannot reach Turnout at {args.url} ({type(e).__name__}: {e})") from None
 
 
@@ -110,14 +114,21 @@ def _usage_command(cfg: Config | None, args: argparse.Namespace, out: TextIO) ->
         n = 0
         try:
             if args.url:
-                with _client(args) as c, c.stream("GET", "/turnout/usage/export", params=params) as r:
-                    if r.status_code != 200:
-                        r.read()
-                        raise SystemExit(f"turnout: {r.status_code} {r.text}")
-                    for line in r.iter_lines():
-                        if line:
-                            n += 1
-                            _write(sink, out, line.encode() + b"\n")
+                async def export(c: HTTPClient) -> tuple[int, str | None]:
+                    rows = 0
+                    async with c.stream("GET", "/turnout/usage/export", params=params) as r:
+                        if r.status_code != 200:
+                            await r.aread()
+                            return 0, f"turnout: {r.status_code} {r.text}"
+                        async for line in r.aiter_lines():
+                            if line:
+                                rows += 1
+                                _write(sink, out, line + b"\n")
+                    return rows, None
+
+                n, failed = _remote(args, export)
+                if failed:
+                    raise SystemExit(failed)
             else:
                 assert cfg is not None
                 conn = _open(cfg, args.ledger)
@@ -138,8 +149,10 @@ def _usage_command(cfg: Config | None, args: argparse.Namespace, out: TextIO) ->
             print(f"wrote {n} rows to {args.output}", file=sys.stderr)
         return 0
     if args.url:
-        with _client(args) as c:
-            r = c.get("/turnout/usage", params=params)
+        async def get(c: HTTPClient) -> Response:
+            return await c.get("/turnout/usage", params=params)
+
+        r = _remote(args, get)
         if r.status_code != 200:
             raise SystemExit(f"turnout: {r.status_code} {r.text}")
         data = r.json()

@@ -1,8 +1,8 @@
-"""``/turnout/admin/keys``: proxy keys created, listed, revoked and rotated at run time (admin keys only).
+"""``/turnout/admin/keys``: proxy keys created, listed, revoked and rotated at run time (keys with role: admin).
 
 - ``GET /turnout/admin/keys`` (``?all=1`` with revoked and expired ones): ``{"data": [{name, prefix, tier,
   rpm, budget_day, routes, expires, created, revoked, status}]}`` — never a secret or a hash.
-- ``POST /turnout/admin/keys`` ``{name, tier?, rpm?, budget_day?, routes?, expires?}`` → 201 with the
+- ``POST /turnout/admin/keys`` ``{name, tier?, role?, rpm?, budget_day?, routes?, expires?}`` → 201 with the
   record and ``key``, the secret, shown this once.
 - ``DELETE /turnout/admin/keys/{name or prefix}`` revokes it (refused everywhere within a second).
 - ``POST /turnout/admin/keys/{name or prefix}/rotate`` → a new secret with the same settings; the old
@@ -25,7 +25,7 @@ from proxy.usage.keystore import KeyStore, KeyStoreError
 from proxy.web.auth import Authenticator, require_admin
 from proxy.web.responses import json_response
 
-FIELDS = {"name": str, "tier": str, "rpm": int, "budget_day": (int, float), "routes": list, "expires": str}
+FIELDS = {"name": str, "tier": str, "role": str, "rpm": int, "budget_day": (int, float), "routes": list, "expires": str}
 
 
 class KeysUnavailable(ProxyError):
@@ -76,7 +76,7 @@ def routes(auth: Authenticator, store: KeyStore | None) -> list[Route]:
         b = _body(await request.body())
         try:
             secret, k = s.create(b["name"], b.get("tier"), b.get("rpm"), b.get("budget_day"), b.get("routes"),
-                                 b.get("expires"))
+                                 b.get("expires"), b.get("role") or "user")
         except KeyStoreError as e:
             raise InvalidRequest(str(e), param=str(e).split(":")[0]) from None
         return json_response({**k.public(), "key": secret}, status=201)

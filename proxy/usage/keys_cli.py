@@ -26,6 +26,7 @@ def add_arguments(sub: Any) -> None:
     c = ks.add_parser("create", help="create a key; prints its secret once")
     c.add_argument("--name", required=True)
     c.add_argument("--tier", default=None)
+    c.add_argument("--role", choices=("user", "admin"), default="user", help="admin: may use /turnout/admin/*")
     c.add_argument("--budget-day", type=float, default=None, help="USD per day")
     c.add_argument("--rpm", type=int, default=None, help="requests per minute")
     c.add_argument("--routes", nargs="+", default=None, help="the routes, targets or aliases it may call")
@@ -55,7 +56,8 @@ def keys_command(args: argparse.Namespace, default_config: str) -> int:
     store = _store(args, default_config)
     try:
         if args.keys_command == "create":
-            secret, k = store.create(args.name, args.tier, args.rpm, args.budget_day, args.routes, args.expires)
+            secret, k = store.create(args.name, args.tier, args.rpm, args.budget_day, args.routes, args.expires,
+                                     args.role)
             print(f"created key '{k.name}' ({k.prefix}…); its secret, shown this once:", file=sys.stderr)
             print(secret)
         elif args.keys_command == "rotate":

@@ -5,7 +5,7 @@ A key is `tk-` + 32 random URL-safe characters, shown once when created (or rota
 Keys in proxy.yaml keep working beside these. Every process that shares the database sees the same
 keys: `lookup()` asks the table at most once a second per key (a cache of `TTL` seconds, positive
 and negative), so a key created or revoked anywhere works or is refused everywhere within a second.
-A key may carry a tier, a rate limit (`rpm`), a daily budget (USD), the models or routes it may call
+A key may carry a tier, a role (`user`, or `admin`: the admin endpoints), a rate limit (`rpm`), a daily budget (USD), the models or routes it may call
 (`routes`), and an expiry. Names are unique among active keys (and must not shadow a proxy.yaml key).
 
 SQLite only for now (the ledger's `connect`); the queries are plain SQL with `?` parameters.
@@ -31,11 +31,12 @@ TTL = 1.0  # seconds a lookup (found or not) is trusted: the longest a revocatio
 TABLE = """
 CREATE TABLE IF NOT EXISTS api_keys (
   hash TEXT PRIMARY KEY, prefix TEXT NOT NULL, name TEXT NOT NULL, tier TEXT, rpm INTEGER, budget_day REAL,
-  routes TEXT, expires REAL, created REAL NOT NULL, revoked REAL
+  routes TEXT, expires REAL, created REAL NOT NULL, revoked REAL, role TEXT NOT NULL DEFAULT 'user'
 );
 CREATE INDEX IF NOT EXISTS api_keys_name ON api_keys (name);
 """
-COLUMNS = "hash, prefix, name, tier, rpm, budget_day, routes, expires, created, revoked"
+COLUMNS = "hash, prefix, name, tier, rpm, budget_day, routes, expires, created, revoked, role"
+ROLES = ("user", "admin")
 
 
 class KeyStoreError(ValueError):
@@ -75,27 +76,29 @@ class StoredKey:
     expires: float | None
     created: float
     revoked: float | None
+    role: str = "user"
 
     @classmethod
     def of(cls, row: tuple[Any, ...]) -> "StoredKey":
-        h, prefix, name, tier, rpm, budget, routes, expires, created, revoked = row
-        return cls(h, prefix, name, tier, rpm, budget, json.loads(routes) if routes else None, expires, created,
-                   revoked)
+        h, prefix, name, tier, rpm, budget, routes, expires, created, revoked, role = row
+        return cls(h, prefix, name, tier, rpm, budget, json.loads(routes) if routes is not None else None, expires,
+                   created, revoked, role)
 
     def active(self, now: float) -> bool:
         return self.revoked is None and (self.expires is None or self.expires > now)
 
     def as_key(self) -> Key:
         """The config-shaped Key the rest of Turnout reads (its `key` is the prefix: never the secret)."""
-        return Key(key=self.prefix, name=self.name, tier=self.tier,
+        allow = frozenset(self.routes) if self.routes is not None else None  # route or target names alike
+        return Key(key=self.prefix, name=self.name, tier=self.tier, role=self.role,  # type: ignore[arg-type]
                    rate_limit=RateLimit(requests_per_minute=self.rpm) if self.rpm else None,
                    budget=Budget(daily=self.budget_day) if self.budget_day is not None else None,
-                   routes=frozenset(self.routes) if self.routes is not None else None)
+                   routes=allow, targets=allow)
 
     def public(self) -> dict[str, Any]:
         """What list and the admin API show: never the hash or the secret."""
         iso = lambda t: None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
-        return {"name": self.name, "prefix": self.prefix, "tier": self.tier, "rpm": self.rpm,
+        return {"name": self.name, "prefix": self.prefix, "tier": self.tier, "role": self.role, "rpm": self.rpm,
                 "budget_day": self.budget_day, "routes": self.routes, "expires": iso(self.expires),
                 "created": iso(self.created), "revoked": iso(self.revoked),
                 "status": "revoked" if self.revoked else ("expired" if not self.active(time.time()) else "active")}
@@ -151,8 +154,11 @@ class KeyStore:
     # --- management (the CLI and the admin API) --------------------------------------------------
 
     def create(self, name: str, tier: str | None = None, rpm: int | None = None, budget_day: float | None = None,
-               routes: list[str] | None = None, expires: str | float | None = None) -> tuple[str, StoredKey]:
+               routes: list[str] | None = None, expires: str | float | None = None,
+               role: str = "user") -> tuple[str, StoredKey]:
         """A new key: (the secret, shown this once; its stored record)."""
+        if role not in ROLES:
+            raise KeyStoreError(f"role: expected user or admin, got {role!r}")
         if not name or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
             raise KeyStoreError(f"name: expected 1 to 64 letters, digits or _.@-, got {name!r}")
         if name in self.reserved:
@@ -168,10 +174,10 @@ class KeyStore:
                                                                 (name,))):
             raise KeyStoreError(f"name: an active key is already called {name!r} (rotate or revoke it)")
         secret = "tk-" + secrets.token_urlsafe(24)
-        stored = StoredKey(digest(secret), secret[:PREFIX], name, tier, rpm, budget_day, routes, until, now, None)
-        db.execute(f"INSERT INTO api_keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        stored = StoredKey(digest(secret), secret[:PREFIX], name, tier, rpm, budget_day, routes, until, now, None, role)
+        db.execute(f"INSERT INTO api_keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (stored.hash, stored.prefix, name, tier, rpm, budget_day,
-                    json.dumps(routes) if routes is not None else None, until, now, None))
+                    json.dumps(routes) if routes is not None else None, until, now, None, role))
         return secret, stored
 
     def list(self, all: bool = False) -> list[StoredKey]:
@@ -196,4 +202,4 @@ class KeyStore:
     def rotate(self, ref: str) -> tuple[str, StoredKey]:
         """A new secret with the same settings; the old one is revoked at once."""
         old = self.revoke(ref)
-        return self.create(old.name, old.tier, old.rpm, old.budget_day, old.routes, old.expires)
+        return self.create(old.name, old.tier, old.rpm, old.budget_day, old.routes, old.expires, old.role)

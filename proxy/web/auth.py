@@ -14,7 +14,6 @@ from typing import Callable, Mapping, Protocol
 from proxy.config import Key
 from proxy.errors import AuthenticationError, ProxyError
 
-ADMIN_TIER = "admin"  # the config has no other notion of an administrator yet (as /turnout/hardware)
 
 
 class AdminRequired(ProxyError):
@@ -65,11 +64,11 @@ class Authenticator:
 
 
 def require_admin(auth: Authenticator, headers: Mapping[str, str], what: str) -> Key:
-    """The caller's key if it has `tier: admin`; 401 without a valid key, 403 otherwise (an open
+    """The caller's key if it has `role: admin`; 401 without a valid key, 403 otherwise (an open
     proxy has no admin: these endpoints need a key)."""
     key = auth.authenticate(headers)
-    if key is None or key.tier != ADMIN_TIER:
-        none = not any(k.tier == ADMIN_TIER for k in auth.keys.values())
-        raise AdminRequired(f"{what} needs a key with tier: admin" + (" (none is configured in proxy.yaml)" if none
+    if key is None or key.role != "admin":
+        none = not any(k.role == "admin" for k in auth.keys.values())
+        raise AdminRequired(f"{what} needs a key with role: admin" + (" (none is configured in proxy.yaml)" if none
                                                                        else "") + ".")
     return key

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge, UpstreamError
@@ -54,21 +54,27 @@ def error_response(e: ProxyError, headers: dict[str, str] | None = None) -> Resp
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused with 413 past `limit` bytes (declared or counted while streaming)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit():
-        if int(declared) > limit:
-            raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
-        return await request.body()
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
     parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
-        parts.append(part)
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+            parts.append(part)
+    except ClientDisconnect:  # gone before the body was whole (or cut off by the read deadline)
+        raise ProxyError("The client closed the connection before sending the whole body.", status=499,
+                         type="invalid_request_error", code="client_disconnected") from None
     return b"".join(parts)
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    body = await read_body(request, limit)
+    return parse_json(await read_body(request, limit))
+
+
+def parse_json(body: bytes) -> Any:
+    """A JSON body, or OpenAI's 400 (malformed, or nested deeper than `MAX_DEPTH`)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

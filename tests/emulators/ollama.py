@@ -1,6 +1,6 @@
 """An Ollama server emulator: ``/api/chat`` (NDJSON streaming and not), ``/api/tags``, ``/api/ps``,
-``/api/show``, ``/api/version`` and ``/``, in Ollama's own wire format (docs/api.md and the recorded examples in
-shared/recorded/ollama_native_docs_examples.json), proven faithful with the official `ollama`
+``/api/show``, ``/api/version`` and ``/``, in Ollama's own wire format (docs/api.md and the recorded examples
+in tests/fixtures/recorded/ollama_native_docs_examples.json), proven faithful with the official `ollama`
 client in tests/test_ollama_emulator.py.
 
 It validates requests the way Ollama's Go decoder would reject them (content must be a string,
