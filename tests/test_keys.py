@@ -145,3 +145,16 @@ def test_a_stored_key_closes_an_open_proxy(turnout: Any, tmp_path: Path) -> None
     assert made.returncode == 0, made.stderr
     assert _until(lambda: _status(base, "anything") == 401) < 5
     assert _status(base, made.stdout.strip()) == 200
+
+
+def test_a_stored_keys_rate_limit_survives_a_reload(serve: Any, tmp_path: Path) -> None:
+    from proxy.config import load
+    from proxy.server.assembly import build_app
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path / "ledger.sqlite")))
+    base = serve(build_app(load(str(path))))
+    secret = httpx.post(base + "/turnout/admin/keys", headers=ADMIN, json={"name": "one", "rpm": 1}).json()["key"]
+    assert _status(base, secret) == 200
+    assert httpx.post(base + "/turnout/admin/reload", headers=ADMIN).status_code == 200
+    assert _status(base, secret) == 429  # its one request of the minute was counted before the reload

@@ -90,6 +90,8 @@ class Gateway:
         for b in self.backends.values():
             if id(b) not in self.handed_on:
                 await b.aclose()
+        if self.auth.store is not None:
+            self.auth.store.close()
 
 
 def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = None) -> Gateway:

@@ -56,6 +56,15 @@ def carry_over(new: Accounts, old: Accounts) -> None:
         o = old.rates.get(name)
         if o is not None and o.cfg == r.cfg:
             new.rates[name] = o
+    # keys created at run time (proxy.usage.keystore) are not in the config: theirs go on as they were
+    configured = {k.name for k in new.cfg.keys}
+    for name, o in old.rates.items():
+        if name not in configured and name not in new.rates:
+            new.rates[name] = o
+    for name, b in old.key_budgets.items():
+        if name not in configured and name not in new.key_budgets:
+            new.key_budgets[name] = b
+            new.budgets.append(b)
 
 
 class Switch(BaseRoute):
