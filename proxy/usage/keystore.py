@@ -112,7 +112,6 @@ class KeyStore:
         self.reserved = reserved  # names of proxy.yaml keys: not to be taken by a stored key
         self.conn: sqlite3.Connection | None = None
         self.cache: dict[str, tuple[float, Key | None]] = {}  # hash → (monotonic fetch time, key or None)
-        self.any: tuple[float, bool] = (-TTL, False)
 
     def db(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -141,15 +140,6 @@ class KeyStore:
             self.cache.clear()
         self.cache[h] = (now, key)
         return key
-
-    def has_keys(self) -> bool:
-        """Any active stored key (then the proxy is closed even with no key in proxy.yaml); cached `TTL` s."""
-        now = time.monotonic()
-        if now - self.any[0] >= TTL:
-            row = self.db().execute("SELECT 1 FROM api_keys WHERE revoked IS NULL AND (expires IS NULL OR expires > ?) "
-                                    "LIMIT 1", (time.time(),)).fetchone()
-            self.any = (now, row is not None)
-        return self.any[1]
 
     # --- management (the CLI and the admin API) --------------------------------------------------
 

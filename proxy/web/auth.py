@@ -2,9 +2,10 @@
 
 A key comes as ``Authorization: Bearer …`` (OpenAI's SDKs) or ``x-api-key`` (Anthropic's). Keys are
 those of proxy.yaml and, with a ledger, those created at run time (`proxy.usage.keystore`, looked up
-by hash with a one-second cache). With no key in either the proxy is open and every caller is
-anonymous (`None`). `admitted` is told of each stored key a request authenticates with (the usage
-accounts give it its rate limit and budget).
+by hash with a one-second cache). With no key in proxy.yaml the proxy is open: a caller with no key
+(or an unknown one) is anonymous (`None`), one presenting a stored key is that key. `admitted` is
+told of each stored key a request authenticates with (the usage accounts give it its rate limit and
+budget).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ class AdminRequired(ProxyError):
 
 class Store(Protocol):
     def lookup(self, secret: str) -> Key | None: ...
-    def has_keys(self) -> bool: ...
 
 
 class Authenticator:
@@ -36,8 +36,8 @@ class Authenticator:
 
     @property
     def open(self) -> bool:
-        """No keys configured or stored: anyone may call."""
-        return not self.keys and (self.store is None or not self.store.has_keys())
+        """No keys in proxy.yaml: anyone may call."""
+        return not self.keys
 
     @staticmethod
     def token(headers: Mapping[str, str]) -> str:
@@ -47,7 +47,7 @@ class Authenticator:
     def authenticate(self, headers: Mapping[str, str]) -> Key | None:
         """The caller's key (None when the proxy is open); 401 when missing or wrong."""
         if self.open:
-            return None
+            return self._stored(self.token(headers)) if self.store is not None else None
         token = self.token(headers)
         if not token:
             raise AuthenticationError(
@@ -55,11 +55,15 @@ class Authenticator:
                 "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="missing_api_key")
         key = self.keys.get(token)
         if key is None and self.store is not None:
-            key = self.store.lookup(token)
-            if key is not None:
-                self.admitted(key)
+            key = self._stored(token)
         if key is None:
             raise AuthenticationError("Incorrect API key provided.")
+        return key
+
+    def _stored(self, token: str) -> Key | None:
+        key = self.store.lookup(token) if token and self.store is not None else None
+        if key is not None:
+            self.admitted(key)
         return key
 
 
