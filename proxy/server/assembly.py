@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends import Backend, create
+from proxy.cache import ResponseCache
 from proxy.config import Config, load
 from proxy.errors import ProxyError
 from proxy.local import api as hardware_api
@@ -33,6 +34,7 @@ from proxy.observability.logs import setup as setup_logs
 from proxy.observability.metrics import Metrics, register_usage_sources
 from proxy.observability.stats import Stats
 from proxy.routing.circuit import Circuit
+from proxy.routing.consensus import ConsensusRunner
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
 from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
@@ -68,7 +70,7 @@ class Gateway:
     usage: Usage
     observers: tuple[Observer, ...]
     routes: list[Route]
-    state: State | None = None
+    state: State
     # a reload's hand-over (proxy/server/reload.py): parts started by the previous gateway, and parts
     # this one handed on to the next (ids): neither started twice nor closed while still in use
     inherited: set[int] = field(default_factory=set)
@@ -101,8 +103,9 @@ def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = No
     old = previous.backends if previous is not None else {}
     # an unchanged backend is the same object on a reload: its pool and health go on
     backends = {name: old[name] if name in old and old[name].cfg == b else create(b) for name, b in cfg.backends.items()}
-    state: State = previous.state if previous is not None and previous.state is not None \
-        else MemoryState(clock)  # counters, circuit records, key-value store: proxy/state/
+    kv_max = int((cfg.cache.max_mb if cfg.cache else 256) * 2**20)  # the response cache's bound in memory
+    # counters, circuit records, key-value store (proxy/state/): a reload keeps the running one
+    state: State = previous.state if previous is not None else MemoryState(clock, kv_max_bytes=kv_max)
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
     if previous is None:
         stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -113,16 +116,18 @@ def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = No
     health = Health(cfg.models, backends, circuits, metrics)
     for circuit in circuits.values():
         circuit.listeners += [metrics.circuit_changed, health.circuit_changed]
-    usage = build_usage(cfg) if previous is None else _carried_usage(cfg, previous)
+    usage = build_usage(cfg, state) if previous is None else _carried_usage(cfg, previous)
     register_usage_sources(metrics, usage)  # quotas and budgets as gauges
     router = Router(cfg, backends, circuits, filters=[health.filter, *usage.accounts.filters()])
-    dispatcher = Dispatcher(router)
+    dispatcher = Dispatcher(router, admit=usage.accounts.try_gate())  # quotas admitted per try
     observers: tuple[Observer, ...] = (metrics, health, usage.recorder)
     # keys created at run time live in the ledger database (`turnout keys`, /turnout/admin/keys)
     store = KeyStore(os.path.expanduser(cfg.usage.ledger), frozenset(k.name for k in cfg.keys)) \
         if cfg.usage.ledger else None
+    cache = ResponseCache(cfg, state)  # answers kept in the state's key-value store: proxy/cache/
     pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(stored_keys=store is not None),
-                        observers=observers)
+                        observers=observers, cache=cache if cache.anywhere else None,
+                        consensus=ConsensusRunner(cfg, router, dispatcher))
     if previous is not None:
         pipeline.drain = previous.pipeline.drain  # the SIGTERM drain installed at start covers every config
     auth = Authenticator(cfg.keys, store, admitted=usage.accounts.adopt)
@@ -145,10 +150,10 @@ def _carried_usage(cfg: Config, previous: Gateway) -> Usage:
     """A reload's usage: counters carried over where their settings are unchanged; the same ledger
     and recorder (its queue and writer) when the ledger file is the same."""
     if cfg.usage.ledger != previous.cfg.usage.ledger:
-        usage = build_usage(cfg)
+        usage = build_usage(cfg, previous.state)
         carry_over(usage.accounts, previous.usage.accounts)
         return usage
-    accounts = Accounts(cfg)
+    accounts = Accounts(cfg, previous.state)
     carry_over(accounts, previous.usage.accounts)
     recorder: Recorder = previous.usage.recorder
     recorder.models, recorder.accounts = cfg.models, accounts

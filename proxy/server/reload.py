@@ -6,7 +6,7 @@ with `assembly.build(cfg, previous=…)`, which hands on what must survive: the 
 records, counters), each backend whose config is unchanged (the same object, so the same
 connection pool), the metrics (counters keep counting; labels follow the new config), the
 ledger and its recorder when the ledger file is the same, and the quota, budget and rate-limit
-counters whose settings are unchanged (`carry_over`). It starts the new gateway, swaps it in
+counters (in the state, by name; those of keys created at run time: `carry_over`). It starts the new gateway, swaps it in
 for new requests, and closes the old one's own parts once the requests it is serving are done
 (at most `DRAIN_SECONDS`): a request finishes on the config it started with.
 
@@ -41,26 +41,13 @@ log = logging.getLogger("turnout.reload")
 DRAIN_SECONDS = 600.0  # the longest an old gateway waits for its requests before closing anyway
 
 def carry_over(new: Accounts, old: Accounts) -> None:
-    """Point `new`'s quota, budget and rate-limit counters at `old`'s where the settings are the same."""
-    quotas = {(q.scope, q.name): q for q in old.quotas}
-    for q in new.quotas:
-        o = quotas.get((q.scope, q.name))
-        if o is not None and o.cfg == q.cfg:
-            q.c, q.pending = o.c, o.pending
-    budgets = {b.scope: b for b in old.budgets}
-    for b in new.budgets:
-        o = budgets.get(b.scope)
-        if o is not None and o.cfg == b.cfg:
-            b.day, b.month = o.day, o.month
-    for name, r in list(new.rates.items()):
-        o = old.rates.get(name)
-        if o is not None and o.cfg == r.cfg:
-            new.rates[name] = o
-    # keys created at run time (proxy.usage.keystore) are not in the config: theirs go on as they were
+    """Quota and budget counters live in the shared `State` (the same on a reload), so they carry over
+    by name; what the config does not know does not: the rate limits and budgets of keys created at
+    run time (proxy.usage.keystore), taken over here as they were."""
     configured = {k.name for k in new.cfg.keys}
-    for name, o in old.rates.items():
+    for name, rate in old.rates.items():
         if name not in configured and name not in new.rates:
-            new.rates[name] = o
+            new.rates[name] = rate
     for name, b in old.key_budgets.items():
         if name not in configured and name not in new.key_budgets:
             new.key_budgets[name] = b
