@@ -100,6 +100,12 @@ def describe(cfg: Config) -> str:
     from proxy.usage.cli import usage_lines
 
     lines += usage_lines(cfg)  # the ledger, built-in prices, quotas, rate limits, budgets
+    if cfg.state.redis is not None:
+        from proxy.state.redis import public
+
+        r = cfg.state.redis
+        lines.append(f"state: shared by every replica in Redis at {public(r.url)} (prefix {r.prefix!r}; "
+                     f"if unreachable: {'own counters' if r.on_error == 'local' else '503 for shared limits'})")
     return "\n".join(lines)
 
 

@@ -246,6 +246,9 @@ def check(cfg: Config) -> None:
     """Cross-references and coherence; raises ConfigError at the first problem."""
     if not cfg.backends:
         raise ConfigError("backends: at least one backend is required")
+    r = cfg.state.redis
+    if r is not None and not r.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"state.redis.url: expected a redis://, rediss:// or unix:// URL, got {r.url.split('@')[-1]!r}")
     for name, b in cfg.backends.items():
         where = f"backends.{name}"
         if b.base_url is not None:

@@ -400,6 +400,24 @@ class ResponsesConfig(Section):
     ttl_days: Annotated[float, Meta(gt=0, description="a number of days above 0")] = 30.0  # then they expire
 
 
+class RedisConfig(Section):
+    """`state.redis`: counters, circuit breakers and the key-value store shared by every replica
+    (proxy/state/redis.py). `on_error`: what a replica does while Redis cannot be reached — `local`
+    carries on with its own counters (limits then hold per replica), `reject` refuses the requests
+    that need a shared limit (503). `timeout`: seconds any one Redis call may take."""
+
+    url: Text = "redis://127.0.0.1:6379/0"
+    prefix: str = "turnout:"  # every key starts with this (several gateways may share one Redis)
+    on_error: Literal["local", "reject"] = "local"
+    timeout: Annotated[float, Meta(ge=0.001, le=10)] = 0.05
+
+
+class StateConfig(Section):
+    """`state:`: where counters, breakers and cached values live. None: in this process (MemoryState)."""
+
+    redis: RedisConfig | None = None
+
+
 class Config(Section):
     """The whole config: what `load()` and `parse()` return."""
 
@@ -413,6 +431,7 @@ class Config(Section):
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
     cache: CacheConfig | None = None  # the response cache (None: off unless a route or rule turns it on)
+    state: StateConfig = field(default_factory=StateConfig)
     aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     path: str | None = None  # the file it was read from

@@ -106,8 +106,11 @@ class ObservabilityAPI:
     async def providers(self, request: Request) -> Response:
         self.auth.authenticate(request.headers)
         state, reason = self.health.system()
-        return json_response({"status": state, "reason": reason, "checked_at": time.time(),
-                              "providers": [self.provider(n) for n in self.backends]})
+        out = {"status": state, "reason": reason, "checked_at": time.time(),
+               "providers": [self.provider(n) for n in self.backends]}
+        if self.health.shared is not None:
+            out["state"] = self.health.shared()  # the shared state (Redis): ok, or degraded and why
+        return json_response(out)
 
     async def test(self, request: Request) -> Response:
         key = self.auth.authenticate(request.headers)
@@ -181,6 +184,8 @@ class ObservabilityAPI:
             {"name": n, "type": h.type, "state": health.assess(n), "reason": h.reason,
              "success_rate": h.success_rate(), "latency_ms": h.latency_ms(), "last_probe": h.last_probe}
             for n, h in health.backends.items()]}
+        if health.shared is not None:
+            snap["health"]["state"] = health.shared()
         snap["gauges"] = metrics.source_rows(SOURCE_PREFIXES)
         return json_response(snap)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -118,7 +119,8 @@ class _Sources:
 class Metrics:
     """The request observer that keeps every Prometheus metric, and the `/metrics` exposition."""
 
-    def __init__(self, cfg: Config, circuits: dict[str, Any] | None = None, stats: Stats | None = None) -> None:
+    def __init__(self, cfg: Config, circuits: dict[str, Any] | None = None, stats: Stats | None = None,
+                 shared: Callable[[], dict[str, Any]] | None = None) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.key_names = cfg.server.metrics_key_names
         self.cfg, self.circuits = cfg, circuits or {}
@@ -174,6 +176,19 @@ class Metrics:
         info = Gauge("turnout_build_info", "Turnout's version (always 1).", ("version",), registry=r,
                      multiprocess_mode="max")
         info.labels(__version__).set(1)
+        # replicas (issue 14): which process this is, and how its shared state (Redis) fares
+        self.replica = f"{socket.gethostname()}-{os.getpid()}"
+        Gauge("turnout_replica_info", "This replica (hostname-pid) and where its counters and breakers live "
+              "(always 1).", ("replica", "state"), registry=r, multiprocess_mode="liveall").labels(
+            self.replica, "redis" if shared is not None else "memory").set(1)
+        self.state_errors = Counter("turnout_state_errors_total", "Failed calls to the shared state (Redis); "
+                                    "while it is unreachable each replica uses its own counters.", ("replica",),
+                                    registry=r)
+        if shared is not None:
+            self.state_errors.labels(self.replica)  # shown as 0 from the start
+            self.register_gauge_source("turnout_state_degraded", "1 while this replica cannot reach the shared "
+                                       "state (Redis) and uses its own counters or refuses shared limits.",
+                                       ("replica",), lambda: [((self.replica,), shared()["status"] != "ok")])
         for name in self.circuits:
             self.circuit_state.labels(name).set(0)
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -306,6 +321,10 @@ class Metrics:
     def circuit_changed(self, circuit: Any, state: str) -> None:
         self._child(self.circuit_state, circuit.name).set(CIRCUIT_CODES[state])
         self._child(self.circuit_changes, circuit.name, state).inc()
+
+    def state_error(self) -> None:
+        """A call to the shared state failed (also from its probe thread: counters are thread-safe)."""
+        self.state_errors.labels(self.replica).inc()
 
     def probed(self, backend: str, result: str) -> None:
         self._child(self.probes, backend, result).inc()

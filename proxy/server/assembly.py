@@ -45,6 +45,7 @@ from proxy.web.browser import BrowserGuard
 from proxy.server.pipeline import Observer, Pipeline
 from proxy.server.reload import Reloader, Switch, carry_over
 from proxy.state import Clock, MemoryState, State
+from proxy.state.redis import RedisState
 from proxy.usage import api as usage_api
 from proxy.usage import keys_api, tokens
 from proxy.usage.keystore import KeyStore
@@ -94,6 +95,17 @@ class Gateway:
                 await b.aclose()
         if self.auth.store is not None:
             self.auth.store.close()
+        if isinstance(self.state, RedisState) and id(self.state) not in self.handed_on:
+            self.state.close()  # its connections and reconnect probe
+
+
+def build_state(cfg: Config, clock: Clock | None = None, kv_max_bytes: int = 256 * 2**20) -> State:
+    """In this process (`MemoryState`, its key-value store bounded in memory), or shared by every
+    replica in Redis (`state.redis`)."""
+    r = cfg.state.redis
+    if r is None:
+        return MemoryState(clock, kv_max_bytes=kv_max_bytes)
+    return RedisState(r.url, r.prefix, r.on_error, r.timeout, clock)
 
 
 def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = None) -> Gateway:
@@ -105,15 +117,18 @@ def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = No
     backends = {name: old[name] if name in old and old[name].cfg == b else create(b) for name, b in cfg.backends.items()}
     kv_max = int((cfg.cache.max_mb if cfg.cache else 256) * 2**20)  # the response cache's bound in memory
     # counters, circuit records, key-value store (proxy/state/): a reload keeps the running one
-    state: State = previous.state if previous is not None else MemoryState(clock, kv_max_bytes=kv_max)
+    state = previous.state if previous is not None else build_state(cfg, clock, kv_max)
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
+    shared = state.describe if isinstance(state, RedisState) else None  # Redis reachable or not
     if previous is None:
         stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-        metrics = Metrics(cfg, circuits, stats)
+        metrics = Metrics(cfg, circuits, stats, shared)
+        if isinstance(state, RedisState):
+            state.listeners.append(metrics.state_error)  # turnout_state_errors_total
     else:
         metrics = previous.metrics  # counters keep counting across reloads
         metrics.rebind(cfg, circuits)
-    health = Health(cfg.models, backends, circuits, metrics)
+    health = Health(cfg.models, backends, circuits, metrics, shared)
     for circuit in circuits.values():
         circuit.listeners += [metrics.circuit_changed, health.circuit_changed]
     usage = build_usage(cfg, state) if previous is None else _carried_usage(cfg, previous)
@@ -135,7 +150,8 @@ def build(cfg: Config, clock: Clock | None = None, previous: Gateway | None = No
     if previous is not None:
         _hand_over(previous, gateway)
     gateway.routes = [
-        *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
+        # ready: a key, not down, answering probes; and whether the shared state is reachable
+        *OpenAIAPI(cfg, pipeline, auth, backends, health.ready, shared).routes(),
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),
         *OpenAIAPIs(cfg, pipeline, auth, usage.ledger).routes(),
         *usage_api.routes(cfg, auth, usage),
@@ -164,7 +180,7 @@ def _hand_over(previous: Gateway, new: Gateway) -> None:
     """Mark what `new` took from `previous`: started already, and not to be closed by `previous`."""
     kept: list[Any] = [b for name, b in new.backends.items() if previous.backends.get(name) is b]
     kept += [o for o in new.observers if any(o is p for p in previous.observers)]
-    new.inherited = {id(x) for x in kept}
+    new.inherited = {id(x) for x in [*kept, new.state]}
     previous.handed_on = set(new.inherited)
 
 
