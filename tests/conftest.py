@@ -145,3 +145,12 @@ class TurnoutProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test (tests/pgdb.py): skipped without a server, except in CI."""
+    from tests.pgdb import database
+
+    with database() as url:
+        yield url

@@ -13,6 +13,7 @@ the savings baseline is priced. Every error is a `ConfigError` reading ``path: m
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -318,6 +319,9 @@ def check(cfg: Config) -> None:
     if u.flush_interval > 1:
         raise ConfigError(f"usage.flush_interval: at most 1 second (the most a crash may lose), got {u.flush_interval:g}")
     tz(u.timezone, "usage.timezone")
+    if u.ledger and u.ledger.lower().startswith(("postgresql://", "postgres://")) \
+            and importlib.util.find_spec("psycopg") is None:
+        raise ConfigError("usage.ledger: a PostgreSQL ledger needs psycopg (pip install 'turnout[fleet]')")
     if u.budget is not None:
         _budget_given(u.budget, "usage.budget")
     if u.baseline is not None and u.baseline not in cfg.models and prices.lookup(u.baseline) is None:

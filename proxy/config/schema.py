@@ -380,7 +380,7 @@ class UsageConfig(Section):
     """`usage:` in proxy.yaml: where the ledger lives and what spending is allowed."""
 
     derived: ClassVar[frozenset[str]] = frozenset({"ledger_set"})
-    ledger: Text | None = None  # SQLite file; None: no ledger (counters in memory only); off: none
+    ledger: Text | None = None  # SQLite file or postgresql:// URL; None: no ledger (counters in memory only); off: none
     ledger_set: bool = False  # the config named a ledger (or turned it off)
     flush_interval: Annotated[float, Meta(ge=0.01)] = 1.0  # seconds between batched writes (at most 1)
     batch_size: Count = 500  # rows that trigger a write before the interval is up

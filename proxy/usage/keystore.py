@@ -8,7 +8,7 @@ and negative), so a key created or revoked anywhere works or is refused everywhe
 A key may carry a tier, a role (`user`, or `admin`: the admin endpoints), a rate limit (`rpm`), a daily budget (USD), the models or routes it may call
 (`routes`), and an expiry. Names are unique among active keys (and must not shadow a proxy.yaml key).
 
-SQLite only for now (the ledger's `connect`); the queries are plain SQL with `?` parameters.
+The ledger's `connect` and its `Db` (SQLite or PostgreSQL); the queries are the plain SQL both share.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import hashlib
 import json
 import re
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from proxy.config import Budget, Key, RateLimit
+from proxy.usage.db import Db
 from proxy.usage.ledger import connect
 
 PREFIX = 10  # characters of a key kept and shown: "tk-" and 7 more
@@ -110,13 +110,13 @@ class KeyStore:
     def __init__(self, path: str, reserved: frozenset[str] = frozenset()) -> None:
         self.path = path
         self.reserved = reserved  # names of proxy.yaml keys: not to be taken by a stored key
-        self.conn: sqlite3.Connection | None = None
+        self.conn: Db | None = None
         self.cache: dict[str, tuple[float, Key | None]] = {}  # hash → (monotonic fetch time, key or None)
 
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> Db:
         if self.conn is None:
             self.conn = connect(self.path)
-            self.conn.executescript(TABLE)
+            self.conn.script(TABLE)
         return self.conn
 
     def close(self) -> None:
