@@ -100,6 +100,7 @@ class BackendConfig(Section):
     type: str  # one of providers.SPECS
     base_url: Text | None = None  # default: the type's (providers.SPECS[type].base_url)
     api_key: str | None = None
+    api_keys: list[str] = []  # several keys used in rotation, each cooled down on its own 429s (api_key = the first)
     headers: dict[str, str] = {}  # sent with every upstream request
     timeout: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -200,6 +201,14 @@ class Conditions(Section):
         return self.intent is not None or self.classifier is not None
 
 
+class Group(Section):
+    """A balanced chain element (`{group: [a, b], strategy: weighted, weights: {a: 3, b: 1}}` in a
+    chain or a rule's `then`): equivalent targets put in order per request by `strategy`
+    (proxy/routing/balance.py); the ones not chosen first stay behind it as fallbacks, in that order."""
+
+    targets: list[Text] = field(name="group")
+    strategy: Literal["weighted", "least_inflight", "latency"] = "weighted"
+    weights: dict[str, Annotated[float, Meta(gt=0, description="a weight more than 0")]] = {}  # default 1 each
 class CacheConfig(Section):
     """`cache:` at the top level: the response cache (proxy/cache/), on for every route unless turned off
     (`enabled: false`, or `cache: false` on a route or rule). Seeds' `enable_caching: true, cache_ttl: 3600`
@@ -239,7 +248,8 @@ class Consensus(Section):
 
 class Rule(Section):
     name: Text  # default: rule<i>
-    then: list[str]  # the chain of targets this rule sends to
+    then: list[str]  # the chain of targets this rule sends to (a group's targets written out in place)
+    groups: list[Group] = []  # the balanced groups within `then` (written inline: `{group: [...]}`)
     when: Conditions = field(default_factory=Conditions)
     escalate: Annotated[int, Meta(ge=0)] = 0  # quality escalation: at most this many moves (true = 1)
     cache: CacheOverride | None = None  # the response cache here (over the route's and the top level's)
@@ -252,6 +262,7 @@ class Route(Section):
     derived: ClassVar[frozenset[str]] = frozenset({"name"})
     name: str
     chain: list[str] = []  # a plain route's fallback chain; for a rules route, every target it can use
+    groups: list[Group] = []  # the balanced groups within a plain route's chain (written inline: `{group: [...]}`)
     description: str = ""
     rules: list[Rule] = []
     timeout: Positive | None = None  # a deadline for the whole chain, seconds

@@ -144,7 +144,7 @@ class ObservabilityAPI:
             err: dict[str, Any] = {"category": "timeout", "status": 504, "message": f"no answer in {timeout:g}s"}
         except UpstreamError as e:
             err = {"category": e.category, "status": e.status, "code": e.code,
-                   "message": redact(e.detail, [backend.cfg.api_key or ""])}
+                   "message": redact(e.detail, backend.cfg.api_keys or [backend.cfg.api_key or ""])}
         except Exception as e:  # noqa: BLE001 - the operator sees the type, never a raw repr
             err = {"category": "network", "message": type(e).__name__}
         else:

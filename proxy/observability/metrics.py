@@ -121,10 +121,9 @@ class Metrics:
 
     def __init__(self, cfg: Config, circuits: dict[str, Any] | None = None, stats: Stats | None = None,
                  shared: Callable[[], dict[str, Any]] | None = None) -> None:
-        self.cfg = cfg
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.key_names = cfg.server.metrics_key_names
-        self.circuits = circuits or {}
+        self.cfg, self.circuits = cfg, circuits or {}
         self.local = {name: is_local(cfg.backends[t.backend], t) for name, t in cfg.models.items()}
         self.backend_of = {name: t.backend for name, t in cfg.models.items()}
         self._sources = _Sources()
@@ -169,6 +168,9 @@ class Metrics:
                                    multiprocess_mode="max")
         self.circuit_changes = Counter("turnout_circuit_transitions_total", "Circuit breakers opening and "
                                        "closing.", ("backend", "state"), registry=r)
+        self.reloads = Counter("turnout_config_reloads_total", "Config reloads (SIGHUP, POST /turnout/admin/reload) "
+                               "by result: ok, invalid (rejected, the old config serves), error.", ("result",),
+                               registry=r)
         self.probes = Counter("turnout_probes_total", "Background health probes by result (ok, failed, "
                               "rate_limited).", ("backend", "result"), registry=r)
         info = Gauge("turnout_build_info", "Turnout's version (always 1).", ("version",), registry=r,
@@ -302,6 +304,19 @@ class Metrics:
             self.stats.record(call, locality, tokens, fallbacks)
 
     # --- circuits, probes --------------------------------------------------------------------------
+
+    def rebind(self, cfg: Config, circuits: dict[str, Any]) -> None:
+        """A reloaded config: labels follow it, counters go on (`server.metrics_key_names` needs a restart)."""
+        self.cfg, self.circuits = cfg, circuits
+        self.local = {name: is_local(cfg.backends[t.backend], t) for name, t in cfg.models.items()}
+        self.backend_of = {name: t.backend for name, t in cfg.models.items()}
+        for name, circuit in circuits.items():
+            self.circuit_state.labels(name).set(CIRCUIT_CODES.get(circuit.state, 0))
+        if self.stats is not None:
+            self.stats.targets = list(cfg.models)
+
+    def config_reloaded(self, result: str) -> None:
+        self.reloads.labels(result).inc()
 
     def circuit_changed(self, circuit: Any, state: str) -> None:
         self._child(self.circuit_state, circuit.name).set(CIRCUIT_CODES[state])
