@@ -98,8 +98,14 @@ def _target(name: str, t: Raw, backends: dict[str, Raw]) -> Raw:
         raise ConfigError(f"{where}.backend: unknown backend {t['backend']!r} (defined: {', '.join(backends)})")
     if "model" not in t:
         t["model"] = name
+    spec = SPECS[backends[t["backend"]]["type"]]
     # every current Claude and Gemini model reads images; elsewhere it varies, so it must be declared
-    t.setdefault("vision", SPECS[backends[t["backend"]]["type"]].vision)
+    t.setdefault("vision", spec.vision)
+    t.setdefault("logprobs", spec.logprobs)
+    if len(spec.kinds) == 1:  # a type that serves one kind (semantic: embeddings) makes it the default
+        t.setdefault("kind", spec.kinds[0])
+        if t["kind"] != spec.kinds[0]:
+            raise ConfigError(f"{where}.kind: a {spec.type} backend serves {spec.kinds[0]} only, got {t['kind']!r}")
     return t
 
 

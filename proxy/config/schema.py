@@ -104,6 +104,8 @@ class BackendConfig(Section):
     timeout: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     probe: ProbePolicy = field(default_factory=ProbePolicy)
+    # upstream connections open at once (one per open stream): more wait for a free one
+    max_connections: Count = 1000
     quota: Quota | None = None  # a daily allowance shared by all its targets
     options: dict[str, Any] = {}  # type-specific settings
     unavailable: str | None = None  # why it cannot be used (e.g. a missing key), None when usable
@@ -131,6 +133,7 @@ class Target(Section):
     vision: bool = False  # default: the backend type's (Claude and Gemini read images)
     tools: bool = True
     json_schema: bool = True
+    logprobs: bool = False  # answers with token log probabilities (default: the backend type's)
     kind: Literal["chat", "embedding"] | None = None  # what it serves; default: inferred from the model name
     options: dict[str, Any] = {}  # per-target provider options (they override the backend's)
     timeout: Positive | None = None  # seconds for one call to this target (to the first token for streams)
@@ -378,6 +381,14 @@ class UsageConfig(Section):
     retention_days: Count | None = None  # delete ledger rows older than this (None: keep them all)
 
 
+class ResponsesConfig(Section):
+    """`responses:` — stored Responses (`/v1/responses` with `store`, `previous_response_id`, GET and
+    DELETE by id), kept in the usage ledger's database (proxy/usage/stored.py)."""
+
+    store: bool = True  # keep responses when the ledger is on; false: never (an explicit store: true is a 400)
+    ttl_days: Annotated[float, Meta(gt=0, description="a number of days above 0")] = 30.0  # then they expire
+
+
 class Config(Section):
     """The whole config: what `load()` and `parse()` return."""
 
@@ -392,4 +403,5 @@ class Config(Section):
     usage: UsageConfig = field(default_factory=UsageConfig)
     cache: CacheConfig | None = None  # the response cache (None: off unless a route or rule turns it on)
     aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     path: str | None = None  # the file it was read from

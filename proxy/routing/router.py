@@ -148,6 +148,9 @@ class Router:
             detail = "; ".join(f"{a.target} ({a.outcome})" for a in call.attempts)
             if all(self._kind(self.cfg.models[n], f) or self._abilities(self.cfg.models[n], f) for n in names):
                 # no target could ever serve this request: the client's to fix, not a transient outage
+                if f.logprobs and not any(self.cfg.models[n].logprobs for n in names):
+                    raise InvalidRequest(f"'logprobs' is not supported by '{call.request_model}': {detail}.",
+                                         param="logprobs", code="unsupported_parameter")
                 raise InvalidRequest(f"'{call.request_model}' cannot serve this request: {detail}.", param="model",
                                      code="unsupported_capability")
             raise NoTargetAvailable(f"No target can serve '{call.request_model}': {detail}.", param="model")
@@ -181,6 +184,8 @@ class Router:
             return "no tool calling (the request has tools)"
         if not t.json_schema and f.json_schema:
             return "no JSON schema output"
+        if not t.logprobs and f.logprobs:
+            return "no logprobs (the request asks for them)"
         return None
 
     def _context(self, t: Target, f: Features) -> str | None:

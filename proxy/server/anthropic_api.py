@@ -143,14 +143,16 @@ class AnthropicAPI:
         if native is not None and native[0] == call.target:
             return native[1]
         estimate = 0 if completion.get("usage") else call.features.prompt_tokens
-        return to_message(completion, id=message_id(call.id), input_estimate=estimate)
+        return to_message(completion, id=message_id(call.id), input_estimate=estimate,
+                          stop_sequences=(call.anthropic_body or {}).get("stop_sequences"))
 
     @staticmethod
     async def _events(call: Call, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Anthropic's event sequence for the pipeline's stream: the upstream's own events from a
         Claude pass-through (``event: …`` frames), else the chat chunks translated; a failure after
         the start is an ``error`` event."""
-        out = MessageStream(id=message_id(call.id), input_estimate=call.features.prompt_tokens)
+        out = MessageStream(id=message_id(call.id), input_estimate=call.features.prompt_tokens,
+                            stop_sequences=(call.anthropic_body or {}).get("stop_sequences"))
         native: bool | None = None
         try:
             async for p in payloads:

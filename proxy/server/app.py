@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends.base import Backend
@@ -20,12 +20,15 @@ from proxy.call import Call
 from proxy.config import Config
 from proxy.errors import ModelNotFound, ProxyError
 from proxy.server import validate
+from proxy.server.anthropic_api import anthropic_error
+from translators.common import TranslationError
+from translators.inbound import anthropic_models
 from translators.inbound import chat as dialects
 from proxy.web.auth import Authenticator
 from proxy.routing.kinds import kind_of
 from proxy.server.pipeline import Completion, Pipeline, internal_error
 from proxy.web.disconnect import unless_client_leaves
-from proxy.web.responses import error_response, json_response, read_json, request_id
+from proxy.web.responses import SSEResponse, error_response, json_response, read_json, request_id
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -68,8 +71,8 @@ class OpenAIAPI:
                     call.record_sent(out)  # no usage from upstream: the ledger estimates from the answer
                 pipeline.finish(call, 200)
                 return Response(out, media_type="application/json", headers=call.headers())
-            return StreamingResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
-                                     media_type="text/event-stream", headers={**_SSE_HEADERS, **call.headers()})
+            return SSEResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
+                               headers={**_SSE_HEADERS, **call.headers()})
         except ProxyError as e:
             pipeline.finish(call, e.status, e)
             return error_response(e, call.headers())
@@ -107,16 +110,38 @@ class OpenAIAPI:
         return json_response(router.explain(call, features))
 
     async def models(self, request: Request) -> Response:
+        if request.headers.get("anthropic-version"):
+            return self.anthropic_models(request)
         self.auth.authenticate(request.headers)
         return json_response({"object": "list", "data": self.model_list()})
 
     async def model(self, request: Request) -> Response:
+        if request.headers.get("anthropic-version"):
+            return self.anthropic_models(request, request.path_params["model"])
         self.auth.authenticate(request.headers)
         name = request.path_params["model"]
         for m in self.model_list():
             if m["id"] == name:
                 return json_response(m)
         raise ModelNotFound(name)
+
+    def anthropic_models(self, request: Request, name: str | None = None) -> Response:
+        """The list (a page) or one model in Anthropic's Models API shape, errors in Anthropic's."""
+        try:
+            self.auth.authenticate(request.headers)
+            models = anthropic_models.entries(self.cfg.routes, self.cfg.models, self.cfg.aliases,
+                                              {n: kind_of(t) for n, t in self.cfg.models.items()}, self.created)
+            if name is None:
+                try:
+                    return json_response(anthropic_models.page(models, request.query_params))
+                except TranslationError as e:
+                    raise ProxyError(e.message, status=400, type="invalid_request_error", param=e.param) from None
+            found = anthropic_models.find(models, name)
+            if found is None:
+                raise ProxyError(f"model: {name}", status=404, type="not_found_error", code="model_not_found")
+            return json_response(found)
+        except ProxyError as e:
+            return anthropic_error(e)
 
     def model_list(self) -> list[dict[str, Any]]:
         created = self.created

@@ -61,6 +61,7 @@ class Features:
         self.task, self.tier, self.requirement = d.get("task"), d.get("tier"), d.get("requirement")
         self.max_tokens = d.get("max_tokens")
         self.json_schema = False
+        self.logprobs = False
         self.headers: dict[str, str] = {}
         self.metadata: dict[str, Any] = {}
         self.key = None
