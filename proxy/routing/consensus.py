@@ -218,8 +218,8 @@ class ConsensusRunner:
         call.usage, call.cost_usd = usage, cost
         answer = dict(chosen.answer)
         answer["id"], answer["created"] = call.id, call.created
-        if usage is not None:
-            answer["usage"] = chosen.answer.get("usage")  # the client sees the chosen answer's own usage
+        if usage is not None:  # what the request used in all, as the ledger, the cost header and a stream's
+            answer["usage"] = usage  # usage chunk say
         return answer
 
     async def _judge(self, call: Call, body: Json, answered: list[Member], c: Consensus) -> tuple[Member, float, Json | None]:
