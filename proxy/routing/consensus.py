@@ -26,15 +26,8 @@ from proxy.config import Config, ConfigError, Consensus, Rule
 from proxy.errors import ProxyError, UpstreamError
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
+from proxy.routing.semantic import import_engine
 from proxy.usage import pricing
-
-try:
-    from proxy import semantic as sem
-except ImportError as e:  # the extra is not installed: prose is compared as text only
-    sem = None  # type: ignore[assignment]
-    MISSING = str(e)
-else:
-    MISSING = ""
 
 Json = dict[str, Any]
 MAX_PARALLEL = 8  # members asked at once; more wait their turn
@@ -128,6 +121,7 @@ def groups(members: list[Member], threshold: float, vectors: dict[str, Any] | No
 async def embeddings(members: list[Member]) -> dict[str, Any]:
     """Unit vectors of the prose answers, from the local engine (off the event loop)."""
     prose = [(m.target, shape(m.answer)[1]) for m in members if m.answer is not None and shape(m.answer)[0] == "text"]
+    sem, _ = import_engine()  # loaded once a config asks for it (ConsensusRunner checked it is there)
     if sem is None or len(prose) < 2:
         return {}
     vectors = await sem.shared().aembed([t for _, t in prose])
@@ -150,9 +144,11 @@ class ConsensusRunner:
         self.dispatcher = dispatcher
         wants = [n for n, r in cfg.routes.items() for c in (r.consensus, *(x.consensus for x in r.rules))
                  if c is not None and c.semantic is not None]
-        if wants and sem is None:
-            raise ConfigError(f"routes.{wants[0]}: consensus.semantic needs the embedding engine: "
-                              f"pip install 'turnout[semantic]' ({MISSING})")
+        if wants:  # only then is the engine (numpy, tokenizers: ~55 MB) imported
+            sem, missing = import_engine()
+            if sem is None:
+                raise ConfigError(f"routes.{wants[0]}: consensus.semantic needs the embedding engine: "
+                                  f"pip install 'turnout[semantic]' ({missing})")
 
     async def _ask(self, call: Call, target: str, body: Json, timeout: float | None, gate: asyncio.Semaphore) -> Member:
         m = Member(target, call=Call(request_model=target, key=call.key, request_id=call.request_id))

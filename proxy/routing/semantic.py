@@ -21,7 +21,7 @@ from proxy.errors import ProxyError
 from proxy.routing.features import Features
 
 
-def _import_engine() -> tuple[Any, str]:
+def import_engine() -> tuple[Any, str]:
     """`proxy.semantic` (numpy, tokenizers: ~55 MB of RSS and a second of start-up) and why not, imported
     only when a config has semantic routes: a gateway without them never loads it."""
     try:
@@ -42,7 +42,7 @@ class Semantic:
         self.intents: dict[int, Any] = {}  # by id() of the condition: the config lives as long as the router
         self.classifiers: dict[str, Any] = {}
         self.engine: Any = None
-        self.sem, self.missing = _import_engine() if self.routes else (None, "")
+        self.sem, self.missing = import_engine() if self.routes else (None, "")
         sem = self.sem
         if self.routes and sem is not None:
             self.engine = sem.shared()
