@@ -25,7 +25,7 @@ from proxy.call import Attempt, Call
 from proxy.config import Config, Target
 from proxy.errors import AuthenticationError, InvalidRequest, ProxyError, UpstreamError
 from proxy.server.pipeline import Completion, Pipeline, internal_error
-from proxy.usage import tokens
+from proxy.usage import ledger, tokens
 from proxy.web.auth import Authenticator
 from proxy.web.disconnect import unless_client_leaves
 from proxy.web.responses import read_json, request_id, should_retry
@@ -138,7 +138,7 @@ class AnthropicAPI:
     def _message(call: Call, completion: dict[str, Any]) -> dict[str, Any]:
         """Claude's own Message from a pass-through, else the completion translated."""
         if call.usage is None:
-            call.sent = [orjson.dumps(completion)]  # no usage from upstream: the ledger estimates from the answer
+            ledger.record_answer(call, completion)  # no usage from upstream: the ledger estimates from the answer
         native = call.anthropic_answer
         if native is not None and native[0] == call.target:
             return native[1]

@@ -7,6 +7,7 @@ A chat request is read and checked (OpenAI's wording), authenticated, and handed
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, AsyncIterator, Callable
 
@@ -23,9 +24,10 @@ from proxy.server import validate
 from translators.inbound import chat as dialects
 from proxy.web.auth import Authenticator
 from proxy.routing.kinds import kind_of
+from proxy.usage import ledger
 from proxy.server.pipeline import Completion, Pipeline, internal_error
 from proxy.web.disconnect import unless_client_leaves
-from proxy.web.responses import error_response, json_response, read_json, request_id
+from proxy.web.responses import body_response, error_response, json_response, read_json, request_id
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -63,11 +65,12 @@ class OpenAIAPI:
             body = validate.chat_request(raw)
             result = await unless_client_leaves(request, pipeline.run(call, body, request.headers))
             if isinstance(result, Completion):
-                out = orjson.dumps(dialects.legacy_answer(result.data) if legacy else result.data)
                 if call.usage is None:
-                    call.record_sent(out)  # no usage from upstream: the ledger estimates from the answer
+                    ledger.record_answer(call, result.data)  # no usage from upstream: the ledger estimates
+                await asyncio.sleep(0)  # a big answer's upstream parse and its encoding: separate turns of the loop
+                out = orjson.dumps(dialects.legacy_answer(result.data) if legacy else result.data)
                 pipeline.finish(call, 200)
-                return Response(out, media_type="application/json", headers=call.headers())
+                return body_response(out, call.headers())
             return StreamingResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
                                      media_type="text/event-stream", headers={**_SSE_HEADERS, **call.headers()})
         except ProxyError as e:
