@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from proxy.backends.base import Backend
 from proxy.call import Call
-from proxy.config import Config
+from proxy.config import Config, Key
 from proxy.errors import ModelNotFound, ProxyError
 from proxy.server import validate
 from translators.inbound import chat as dialects
@@ -110,26 +110,30 @@ class OpenAIAPI:
         return json_response(router.explain(call, features))
 
     async def models(self, request: Request) -> Response:
-        self.auth.authenticate(request.headers)
-        return json_response({"object": "list", "data": self.model_list()})
+        key = self.auth.authenticate(request.headers)
+        return json_response({"object": "list", "data": self.model_list(key)})
 
     async def model(self, request: Request) -> Response:
-        self.auth.authenticate(request.headers)
+        key = self.auth.authenticate(request.headers)
         name = request.path_params["model"]
-        for m in self.model_list():
+        for m in self.model_list(key):
             if m["id"] == name:
                 return json_response(m)
         raise ModelNotFound(name)
 
-    def model_list(self) -> list[dict[str, Any]]:
+    def model_list(self, key: Key | None = None) -> list[dict[str, Any]]:
+        """The routes and targets `key` may name (its allow-lists, else its tier's), as OpenAI lists
+        only the models a key can use; to that key the others do not exist (404, as in a chat call)."""
         created = self.created
+        allowed = self.pipeline.router.allowed
         out = [{"id": name, "object": "model", "created": created, "owned_by": "turnout",
-                "turnout": {"kind": "route", "chain": r.chain}} for name, r in self.cfg.routes.items()]
+                "turnout": {"kind": "route", "chain": r.chain}}
+               for name, r in self.cfg.routes.items() if allowed(key, True, name)]
         out += [{"id": name, "object": "model", "created": created, "owned_by": t.backend,
                  "turnout": {"kind": "target", "serves": kind_of(t), "backend": t.backend, "model": t.model,
                              "available": not (self.backends[t.backend].unavailable or t.unavailable),
                              **({"role": t.role, "auto": t.auto} if t.auto else {})}}
-                for name, t in self.cfg.models.items()]
+                for name, t in self.cfg.models.items() if allowed(key, False, name)]
         return out
 
     async def health(self, request: Request) -> Response:
