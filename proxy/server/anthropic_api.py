@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends.base import Backend
@@ -27,7 +27,7 @@ from proxy.errors import AuthenticationError, InvalidRequest, ProxyError, Upstre
 from proxy.server.pipeline import Completion, Pipeline, internal_error
 from proxy.usage import ledger, tokens
 from proxy.web.auth import Authenticator
-from proxy.web.disconnect import unless_client_leaves
+from proxy.web.disconnect import StreamResponse, unless_client_leaves
 from proxy.web.responses import read_json, request_id, should_retry
 from translators.inbound import anthropic as inbound
 from translators.inbound.anthropic_reply import MessageStream, error_body, error_status, message_id, to_message
@@ -124,7 +124,7 @@ class AnthropicAPI:
                 msg = self._message(call, result.data)
                 pipeline.finish(call, 200)
                 return Response(orjson.dumps(msg), media_type="application/json", headers=headers)
-            return StreamingResponse(self._events(call, pipeline.payloads(call, result)),
+            return StreamResponse(self._events(call, pipeline.payloads(call, result)),
                                      media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
         except ProxyError as e:
             pipeline.finish(call, e.status, e)

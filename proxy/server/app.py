@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends.base import Backend
@@ -26,7 +26,7 @@ from proxy.web.auth import Authenticator
 from proxy.routing.kinds import kind_of
 from proxy.usage import ledger
 from proxy.server.pipeline import Completion, Pipeline, internal_error
-from proxy.web.disconnect import unless_client_leaves
+from proxy.web.disconnect import StreamResponse, unless_client_leaves
 from proxy.web.responses import body_response, error_response, json_response, read_json, request_id
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -71,7 +71,7 @@ class OpenAIAPI:
                 out = orjson.dumps(dialects.legacy_answer(result.data) if legacy else result.data)
                 pipeline.finish(call, 200)
                 return body_response(out, call.headers())
-            return StreamingResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
+            return StreamResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
                                      media_type="text/event-stream", headers={**_SSE_HEADERS, **call.headers()})
         except ProxyError as e:
             pipeline.finish(call, e.status, e)

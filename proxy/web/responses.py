@@ -15,9 +15,10 @@ from typing import Any, AsyncIterator, Iterator
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge, UpstreamError
+from proxy.web.disconnect import StreamResponse
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 MAX_DEPTH = 64  # JSON nesting allowed in a request body (objects and arrays); deeper is a 400
@@ -46,7 +47,7 @@ def body_response(body: bytes, headers: dict[str, str] | None = None) -> Respons
         for i in range(0, len(body), BIG_BODY):
             yield body[i:i + BIG_BODY]
 
-    return StreamingResponse(slices(), media_type="application/json",
+    return StreamResponse(slices(), media_type="application/json",
                              headers={**(headers or {}), "content-length": str(len(body))})
 
 
