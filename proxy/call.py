@@ -14,7 +14,8 @@ from typing import Any
 from proxy.config import Key
 
 
-SENT_SAMPLE = 256 * 1024  # payload bytes kept per request for the ledger's estimate
+SENT_SAMPLE = 8 * 1024  # stream payload bytes kept per request for the ledger's estimate (scaled by bytes sent):
+# ~50 chunks; at 256 KB a 60 s stream kept ~130 KB, 1.3 GB for ten thousand open streams
 
 
 def new_id() -> str:
@@ -61,12 +62,21 @@ class Call:
     sent_bytes: int = 0  # every payload byte sent
     sent_sampled: int = 0  # bytes kept in `sent`
     sent_count: int = 0  # payloads sent (stream chunks)
+    hold: Any = None  # proxy.state.Hold: what the request reserved of quotas, budgets and rate limits
 
     # the client's own Messages body and anthropic-beta header (Anthropic's front door): Claude targets
     # get it as it came (native pass-through), every other target the OpenAI body translated from it
     anthropic_body: dict[str, Any] | None = None
     anthropic_beta: str | None = None
     anthropic_answer: tuple[str, dict[str, Any]] | None = None  # (target, its Message) from a pass-through
+
+    # the response cache (proxy/cache/): hit | miss | bypass (None: no cache here), the age of a hit,
+    # what a hit saved (the original answer's cost), and the entry a miss will be stored under
+    cache: str | None = None
+    cache_age: float | None = None
+    saved_usd: float = 0.0
+    cache_plan: Any = None
+    consensus: str | None = None  # the x-turnout-consensus header: who agreed, who dissented
 
     def record_sent(self, payload: bytes) -> None:
         """Count a payload that went to the client; keep it only while the sample is not full."""
@@ -111,4 +121,10 @@ class Call:
                 h["x-turnout-escalated"] = ", ".join(escalated)
         if self.cost_usd is not None:
             h["x-turnout-cost-usd"] = f"{self.cost_usd:.8f}"
+        if self.cache is not None:
+            h["x-turnout-cache"] = self.cache
+            if self.cache_age is not None:
+                h["age"] = str(int(self.cache_age))
+        if self.consensus is not None:
+            h["x-turnout-consensus"] = self.consensus
         return h

@@ -449,10 +449,10 @@ def test_response_format(env):
     assert "generationConfig" not in env.body
 
 
-def test_logprobs_refused_clearly(env):
-    with pytest.raises(openai.BadRequestError) as e:
-        env.client.chat.completions.create(model="flash", messages=user("x"), logprobs=True)
-    assert e.value.body["param"] == "logprobs"
+def test_logprobs_asked_in_generation_config(env):
+    r = env.client.chat.completions.create(model="flash", messages=user("x"), logprobs=True, top_logprobs=3)
+    assert env.body["generationConfig"] == {"responseLogprobs": True, "logprobs": 3}
+    assert r.choices[0].logprobs.content  # more in tests/test_logprobs.py
 
 
 # --- reasoning -----------------------------------------------------------------------------------

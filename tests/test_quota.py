@@ -13,7 +13,8 @@ import pytest
 
 from proxy.server.assembly import build_app
 from proxy.config import Quota, parse
-from proxy.usage.quota import Counter, QuotaState, day_bounds, month_bounds
+from proxy.state import Amount, Ask, ManualClock, MemoryState, Window
+from proxy.usage.quota import QuotaState, day_bounds, month_bounds
 from tests.conftest import ServerThread, post, sdk
 
 HI = [{"role": "user", "content": "hi there"}]  # 5 prompt tokens with the mock
@@ -134,23 +135,24 @@ def test_quota_day_starts_at_the_reset_hour_in_its_zone():
     assert datetime.fromtimestamp(start, la) == datetime(2025, 12, 1, 1, tzinfo=la)
     assert datetime.fromtimestamp(end, la) == datetime(2026, 1, 1, 1, tzinfo=la)
 
-    q = QuotaState("backend", "gemini", Quota(requests_per_day=100, reserve=10, timezone="America/Los_Angeles"))
-    before = datetime(2026, 11, 22, 23, 59, tzinfo=la).timestamp()
-    q.c.roll(before)
-    q.c.requests = 95
-    assert q.shortage(before) == "5 requests left today, reserve 10"
-    assert q.shortage(before + 120) is None  # midnight Pacific passed: a new day
-    assert q.left(before + 120) == (100, None)
+    clock = ManualClock(datetime(2026, 11, 22, 23, 59, tzinfo=la).timestamp())
+    q = QuotaState("backend", "gemini", Quota(requests_per_day=100, reserve=10, timezone="America/Los_Angeles"),
+                   MemoryState(clock))
+    q.add(95, 0)
+    assert q.shortage() == "5 requests left today, reserve 10"
+    clock.advance(120)  # midnight Pacific passed: a new day
+    assert q.shortage() is None
+    assert q.left() == (100, None)
 
 
 def test_counter_survives_only_within_its_period():
-    c = Counter("x", "UTC", 0)
-    c.roll(1_000_000.0)
-    c.requests = 7
-    c.roll(1_000_010.0)
-    assert c.requests == 7
-    c.roll(1_000_000.0 + 86400)
-    assert c.requests == 0
+    clock = ManualClock(1_000_000.0)
+    state, day = MemoryState(clock), Window("day")
+    state.admit([Ask("x", day, Amount(7))])
+    clock.advance(10)
+    assert state.usage("x", day).requests == 7
+    clock.now = 1_000_000.0 + 86400
+    assert state.usage("x", day).requests == 0
 
 
 # --- rate limits -------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def test_rollup_sums_equal_the_rows(tmp_path):
         batch.append((now - rnd.random() * 3 * 86400, f"r{i}", rnd.choice(["alice", "bob", None]), "auto", "auto",
                       "rest", target, {"paid": "cloud", "free": "local"}.get(target), rnd.choice([200, 200, 429]),
                       None, 0, 1, rnd.randint(1, 500), rnd.randint(1, 500), rnd.randint(0, 5), rnd.randint(0, 3),
-                      rnd.randint(0, 1), rnd.random() / 1000, 5.0, None, [], [], None))
+                      rnd.randint(0, 1), rnd.random() / 1000, 5.0, None, None, None, [], [], None))
     for i in range(0, len(batch), 700):  # several batches: rollup rows are added to
         led.write(batch[i:i + 700], [], False, "w")
     conn = led.conn

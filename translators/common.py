@@ -186,7 +186,7 @@ def completion(id: str, created: int, model: str, choices: list[Json], usage: Js
         "created": created,
         "model": model,
         "choices": [
-            {"index": i, "message": c["message"], "logprobs": None, "finish_reason": c["finish_reason"]}
+            {"index": i, "message": c["message"], "logprobs": c.get("logprobs"), "finish_reason": c["finish_reason"]}
             for i, c in enumerate(choices)
         ],
         "usage": usage,
@@ -194,15 +194,23 @@ def completion(id: str, created: int, model: str, choices: list[Json], usage: Js
 
 
 def chunk(id: str, created: int, model: str, delta: Json, finish_reason: str | None = None,
-          index: int = 0) -> Json:
+          index: int = 0, logprobs: Json | None = None) -> Json:
     """A ``chat.completion.chunk`` with one choice."""
     return {
         "id": id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
+
+
+def token_logprob(token: str, logprob: float, top: list[Json] | None = None) -> Json:
+    """One entry of OpenAI's ``choices[].logprobs.content`` (``top``: entries without their own top)."""
+    out: Json = {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+    if top is not None:
+        out["top_logprobs"] = top
+    return out
 
 
 def usage_chunk(id: str, created: int, model: str, usage: Json) -> Json:

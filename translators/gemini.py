@@ -44,7 +44,7 @@ Request (OpenAI → Gemini, camelCase JSON):
 |                                          | (none 0 … high 24576; at least 128 on 2.5 Pro), or             |
 |                                          | ``thinkingLevel`` low/high for gemini-3 models                 |
 | target option include_thoughts: true     | ``thinkingConfig.includeThoughts: true`` on every request      |
-| logprobs: true                           | 400 (not translated)                                           |
+| logprobs: true, top_logprobs             | ``generationConfig.responseLogprobs``, ``logprobs`` (top count)|
 | user, metadata, store, parallel_tool_calls, stream_options | not sent                                      |
 
 Response (Gemini → OpenAI):
@@ -87,6 +87,7 @@ from translators.common import (
     Json,
     TranslationError,
     chunk,
+    token_logprob,
     completion,
     content_text,
     max_tokens_of,
@@ -353,9 +354,6 @@ def to_request(body: Json, model: str = "", images: dict[str, tuple[str, str]] |
     """
     images = images or {}
     options = options or {}
-    if body.get("logprobs"):
-        raise TranslationError("logprobs are not supported by the Gemini backend.", param="logprobs",
-                               code="unsupported_parameter")
     system: list[str] = []
     contents: list[Json] = []
     names: dict[str, str] = {}  # tool_call_id → function name
@@ -434,6 +432,10 @@ def to_request(body: Json, model: str = "", images: dict[str, tuple[str, str]] |
     if tool_config:
         req["toolConfig"] = tool_config
     g = _generation_config(body, model, options)
+    if body.get("logprobs") is True:
+        g["responseLogprobs"] = True
+        if body.get("top_logprobs"):
+            g["logprobs"] = body["top_logprobs"]
     if g:
         req["generationConfig"] = g
     return req
@@ -498,8 +500,24 @@ def from_response(resp: Json, id: str, created: int, model: str) -> Json:
                 (thoughts if p.get("thought") else texts).append(p["text"])
         text = "".join(texts)
         msg = message(text if text or not calls else None, calls or None, "".join(thoughts) or None)
-        choices.append({"message": msg, "finish_reason": finish_reason(c.get("finishReason") or "STOP", bool(calls))})
+        choices.append({"message": msg, "finish_reason": finish_reason(c.get("finishReason") or "STOP", bool(calls)),
+                        "logprobs": logprobs_from(c.get("logprobsResult"))})
     return completion(id, created, resp.get("modelVersion") or model, choices, usage_from(resp.get("usageMetadata")))
+
+
+def logprobs_from(result: Json | None) -> Json | None:
+    """OpenAI's ``choices[].logprobs`` from a candidate's ``logprobsResult``: each chosen token with
+    the top candidates at its step (``topCandidates[i]`` goes with ``chosenCandidates[i]``)."""
+    if not isinstance(result, dict):
+        return None
+    chosen = result.get("chosenCandidates") or []
+    tops = result.get("topCandidates") or []
+    content = []
+    for i, c in enumerate(chosen):
+        top = [token_logprob(t.get("token", ""), t.get("logProbability", 0.0))
+               for t in (tops[i].get("candidates") or [] if i < len(tops) else [])]
+        content.append(token_logprob(c.get("token", ""), c.get("logProbability", 0.0), top))
+    return {"content": content, "refusal": None}
 
 
 class StreamState:
@@ -555,6 +573,14 @@ class StreamState:
                 elif p.get("text"):
                     key = "reasoning_content" if p.get("thought") else "content"
                     out.append(self._chunk({key: p["text"]}, index=idx))
+            lp = logprobs_from(c.get("logprobsResult"))
+            if lp is not None and lp["content"]:  # this event's tokens: on its text chunk, as OpenAI's
+                text_chunk = next((x for x in reversed(out) if x["choices"][0]["index"] == idx
+                                   and "content" in x["choices"][0]["delta"]), None)
+                if text_chunk is not None:
+                    text_chunk["choices"][0]["logprobs"] = lp
+                else:
+                    out.append(chunk(self.id, self.created, self.model, {}, None, idx, lp))
             reason = c.get("finishReason")
             if reason and idx not in self.finished:
                 self.finished.add(idx)

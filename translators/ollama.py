@@ -41,7 +41,8 @@ Request (OpenAI → Ollama ``/api/chat``)
 |                                       | client sent reasoning_effort                                   |
 | target options.options                | more Ollama options (top_k, min_p, repeat_penalty, …); the     |
 |                                       | client's values win                                            |
-| logprobs, top_logprobs, user,         | dropped (Turnout or OpenAI only)                               |
+| logprobs, top_logprobs                | never reach it: routing skips Ollama targets when asked        |
+| user,                                 | dropped (Turnout or OpenAI only)                               |
 | metadata, store, parallel_tool_calls, |                                                                |
 | stream_options, service_tier          |                                                                |
 

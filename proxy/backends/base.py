@@ -117,7 +117,8 @@ class HTTPBackend(Backend):
     async def start(self) -> None:
         # every upstream body Turnout sends is JSON
         headers = {"content-type": "application/json", **self.cfg.headers, **self.auth_headers()}
-        self.client = HTTPClient(self.base_url, headers=headers, timeout=self.cfg.timeout)
+        self.client = HTTPClient(self.base_url, headers=headers, timeout=self.cfg.timeout,
+                                 max_connections=self.cfg.max_connections)
         t = self.cfg.timeout
         # per socket read; the wait for the headers (`first_token`) and the whole call (`total`) are in post()
         self.complete_timeout = Timeout(connect=t.connect, read=t.total)

@@ -9,6 +9,8 @@
         parallel: 1                  # requests decoded at once (slots)
         concurrency: 16              # requests open to the server at once; more wait, then fail over
         startup_timeout: 120         # seconds for the model to load and /health to answer
+        embedding: false             # true: also serve /v1/embeddings (llama.cpp's --embedding mode)
+        pooling: mean                # with embedding: mean | cls | last (default: the model's own)
 
 Requests go through the OpenAI-compatible path (`proxy.backends.openai`): llama.cpp's server speaks
 that API itself. What this module adds is the process: `start()` launches
@@ -29,7 +31,7 @@ import os
 import shutil
 import signal
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 
 from proxy.local import models as model_cache
@@ -41,6 +43,7 @@ from proxy.config.providers import LlamacppOptions
 from proxy.errors import TransportError, UpstreamError
 from proxy.http import HTTPClient
 from proxy.local.llamacpp_server import Child, make_workdir, sweep_workdirs
+from translators import embeddings as emb
 
 log = logging.getLogger("turnout.llamacpp")
 
@@ -73,6 +76,8 @@ class Backend(openai.Backend):
         self.log_file = o.log_file
         self.verbose = o.verbose
         self.alias = o.alias or (spec if spec in model_cache.KNOWN else self.model_file.stem)
+        self.embedding = o.embedding
+        self.pooling = o.pooling
 
         self.child: Child | None = None
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -139,6 +144,22 @@ class Backend(openai.Backend):
         finally:
             self._slots.release()
 
+    # token arrays from OpenAI clients are tiktoken's ids, not this model's: they are decoded to text first
+    embed_takes_tokens = False
+
+    async def embed(self, target: Target, req: emb.EmbedRequest, call: Call,
+                    decode: Callable[[list[int]], str] | None = None) -> list[list[float]]:
+        if not self.embedding:
+            raise UpstreamError(f"Backend '{self.name}' runs llama.cpp without embeddings (set embedding: true "
+                                "on the backend).", status=400, type="invalid_request_error",
+                                code="unsupported_capability", param="model", fallback=True, category="client",
+                                backend=self.name)
+        await self._slot()
+        try:
+            return await super().embed(target, req, call, decode)
+        finally:
+            self._slots.release()
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -190,7 +211,8 @@ class Backend(openai.Backend):
         log_path = self.log_file or os.path.join(self._workdir, "server.log")
         child = Child.spawn(str(self.model_file), n_ctx=self.n_ctx, threads=self.threads, parallel=self.parallel,
                             http_threads=self.concurrency + 4, alias=self.alias, verbose=self.verbose,
-                            workdir=self._workdir, log_path=log_path)
+                            workdir=self._workdir, log_path=log_path, embedding=self.embedding,
+                            pooling=self.pooling)
         self.child = child
         log.info("backend %s: starting llama.cpp server pid %d for %s (log: %s)", self.name, child.pid,
                  self.model_file, log_path)

@@ -27,6 +27,9 @@ from proxy.config.schema import (
     Config,
     ConfigError,
     ConfigUnreadable,
+    CacheConfig,
+    CacheOverride,
+    Consensus,
     IntentCondition,
     Key,
     Overrides,
@@ -47,7 +50,7 @@ from proxy.config.schema import (
 
 __all__ = [
     "DEFAULT_LEDGER", "DEFAULT_MAX_BODY", "ON_EXCEEDED", "REQUIREMENTS", "TURNS", "BackendConfig", "Budget",
-    "CircuitPolicy", "ClassifierCondition", "Complexity", "Conditions", "Config", "ConfigError", "ConfigUnreadable", "IntentCondition", "Key", "Overrides", "Price",
+    "CacheConfig", "CacheOverride", "CircuitPolicy", "Consensus", "ClassifierCondition", "Complexity", "Conditions", "Config", "ConfigError", "ConfigUnreadable", "IntentCondition", "Key", "Overrides", "Price",
     "ProbePolicy", "Quota", "Range", "RateLimit", "RetryPolicy", "Route", "Routing", "Rule", "ServerConfig",
     "Target", "Timeouts", "UsageConfig", "load", "parse",
 ]

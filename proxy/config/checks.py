@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy.config import prices
 from proxy.config.providers import SPECS
-from proxy.config.schema import Budget, Conditions, Config, ConfigError, Quota, Range, Timeouts
+from proxy.config.schema import Budget, Conditions, Config, ConfigError, Consensus, Quota, Range, Timeouts
 
 Raw = dict[str, Any]
 
@@ -57,6 +57,10 @@ def expand(data: Any) -> Raw:
         o = routing["overrides"]
         if isinstance(o.get("header"), str):
             data["routing"] = {**routing, "overrides": {**o, "header": o["header"].lower()}}
+    if data.get("cache") is True:
+        data["cache"] = {}
+    elif data.get("cache") is False:
+        data["cache"] = {"enabled": False}
     if isinstance(data.get("usage"), dict):
         u = dict(data["usage"])
         if "ledger" in u and (u["ledger"] is False or (isinstance(u["ledger"], str)
@@ -94,8 +98,14 @@ def _target(name: str, t: Raw, backends: dict[str, Raw]) -> Raw:
         raise ConfigError(f"{where}.backend: unknown backend {t['backend']!r} (defined: {', '.join(backends)})")
     if "model" not in t:
         t["model"] = name
+    spec = SPECS[backends[t["backend"]]["type"]]
     # every current Claude and Gemini model reads images; elsewhere it varies, so it must be declared
-    t.setdefault("vision", SPECS[backends[t["backend"]]["type"]].vision)
+    t.setdefault("vision", spec.vision)
+    t.setdefault("logprobs", spec.logprobs)
+    if len(spec.kinds) == 1:  # a type that serves one kind (semantic: embeddings) makes it the default
+        t.setdefault("kind", spec.kinds[0])
+        if t["kind"] != spec.kinds[0]:
+            raise ConfigError(f"{where}.kind: a {spec.type} backend serves {spec.kinds[0]} only, got {t['kind']!r}")
     return t
 
 
@@ -105,6 +115,7 @@ def _route(where: str, v: Any) -> Any:
     d = dict(_mapping(v, where))
     if ("chain" in d) == ("rules" in d):
         raise ConfigError(f"{where}: give either chain (a list of targets) or rules")
+    _cache_shorthand(d, where)
     if "rules" in d:
         rules = d["rules"]
         if not isinstance(rules, list) or not rules:
@@ -120,6 +131,7 @@ def _rule(where: str, i: int, v: Any) -> Raw:
         raise ConfigError(f"{where}.then: required (the chain of targets this rule sends to)")
     if isinstance(r.get("escalate"), bool):
         r["escalate"] = int(r["escalate"])
+    _cache_shorthand(r, where)
     if r.get("when") is None:
         r.pop("when", None)
         return r
@@ -134,6 +146,12 @@ def _rule(where: str, i: int, v: Any) -> Raw:
             w[k] = [w[k]]
     r["when"] = w
     return r
+
+
+def _cache_shorthand(d: Raw, where: str) -> None:
+    """`cache: false` / `cache: true` on a route or rule: off / on there."""
+    if isinstance(d.get("cache"), bool):
+        d["cache"] = {"enabled": d["cache"]}
 
 
 def _keys(v: Any) -> list[Any]:
@@ -193,6 +211,7 @@ def check(cfg: Config) -> None:
         where = f"routes.{name}"
         if name in cfg.models:
             raise ConfigError(f"{where}: a model target has the same name")
+        _consensus(r.consensus, f"{where}.consensus", cfg)
         if not r.rules:
             _chain(r.chain, f"{where}.chain", cfg)
             continue
@@ -211,6 +230,7 @@ def check(cfg: Config) -> None:
                 if getattr(rule.when, k) == frozenset():
                     raise ConfigError(f"{w}.when.{k}: expected a name or a list of names")
             _semantic(rule.when, f"{w}.when")
+            _consensus(rule.consensus, f"{w}.consensus", cfg)
             r.chain += [t for t in rule.then if t not in r.chain]
     for name, to in cfg.aliases.items():
         if name in cfg.models or name in cfg.routes:
@@ -260,6 +280,16 @@ def _semantic(c: Conditions, where: str) -> None:
     if m != "builtin" and not Path(m).is_file():
         raise ConfigError(f"{where}.classifier.model: no file {m!r} "
                           "(train one with `turnout train routes.jsonl -o FILE`)")
+
+
+def _consensus(c: Consensus | None, where: str, cfg: Config) -> None:
+    if c is None:
+        return
+    _chain(c.targets, f"{where}.targets", cfg)
+    if c.on_disagreement == "judge" and c.judge is None:
+        raise ConfigError(f"{where}.judge: required with on_disagreement: judge (the target that picks)")
+    if c.judge is not None:
+        _chain([c.judge], f"{where}.judge", cfg)
 
 
 def _chain(chain: list[str], where: str, cfg: Config) -> None:

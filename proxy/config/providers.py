@@ -95,6 +95,12 @@ class OllamaOptions(Section):
     images: ImageOptions | None = None
 
 
+class SemanticOptions(Section):
+    """`type: semantic`: the local embedding engine of the semantic extra (proxy/semantic/engine.py)."""
+
+    max_tokens: Annotated[int, Meta(ge=8)] = 512  # longer inputs are embedded by their head and tail
+
+
 class LlamacppOptions(Section):
     """`type: llamacpp`: the llama.cpp server Turnout starts and supervises (docs/local-models.md)."""
 
@@ -111,6 +117,8 @@ class LlamacppOptions(Section):
     log_file: Text | None = None
     verbose: bool = False
     alias: Text | None = None  # the model name the server answers to
+    embedding: bool = False  # serve /v1/embeddings too (llama.cpp's --embedding mode)
+    pooling: Literal["mean", "cls", "last"] | None = None  # how token vectors become one; default: the model's
 
 
 # --- the specs -----------------------------------------------------------------------------------
@@ -124,16 +132,22 @@ class ProviderSpec:
     local: bool  # runs on this machine: costs nothing unless priced
     vision: bool  # its models read images unless a target says otherwise
     options: type[Section]
+    kinds: tuple[str, ...] = ("chat", "embedding")  # what its targets may serve (`models.x.kind`)
+    logprobs: bool = False  # its chat answers can carry token log probabilities (`logprobs: true`)
 
 
 SPECS: dict[str, ProviderSpec] = {s.type: s for s in (
     ProviderSpec("mock", None, "none", True, False, MockOptions),
-    ProviderSpec("openai", "https://api.openai.com/v1", "optional", False, False, NoOptions),
+    ProviderSpec("openai", "https://api.openai.com/v1", "optional", False, False, NoOptions, logprobs=True),
     # every current Claude and Gemini model reads images; elsewhere it varies, so it must be declared
     ProviderSpec("anthropic", "https://api.anthropic.com", "required", False, True, AnthropicOptions),
-    ProviderSpec("gemini", "https://generativelanguage.googleapis.com", "required", False, True, GeminiOptions),
+    ProviderSpec("gemini", "https://generativelanguage.googleapis.com", "required", False, True, GeminiOptions,
+                 logprobs=True),
+    # Ollama's /api/chat has logprobs since 0.12, not translated yet: its targets are skipped when asked
     ProviderSpec("ollama", "http://localhost:11434", "none", True, False, OllamaOptions),
-    ProviderSpec("llamacpp", None, "none", True, False, LlamacppOptions),
+    ProviderSpec("llamacpp", None, "none", True, False, LlamacppOptions, logprobs=True),
+    # the in-process embedding engine: no HTTP, no key, embeddings only
+    ProviderSpec("semantic", None, "none", True, False, SemanticOptions, kinds=("embedding",)),
 )}
 
 

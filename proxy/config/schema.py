@@ -104,6 +104,8 @@ class BackendConfig(Section):
     timeout: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     probe: ProbePolicy = field(default_factory=ProbePolicy)
+    # upstream connections open at once (one per open stream): more wait for a free one
+    max_connections: Count = 1000
     quota: Quota | None = None  # a daily allowance shared by all its targets
     options: dict[str, Any] = {}  # type-specific settings
     unavailable: str | None = None  # why it cannot be used (e.g. a missing key), None when usable
@@ -131,6 +133,7 @@ class Target(Section):
     vision: bool = False  # default: the backend type's (Claude and Gemini read images)
     tools: bool = True
     json_schema: bool = True
+    logprobs: bool = False  # answers with token log probabilities (default: the backend type's)
     kind: Literal["chat", "embedding"] | None = None  # what it serves; default: inferred from the model name
     options: dict[str, Any] = {}  # per-target provider options (they override the backend's)
     timeout: Positive | None = None  # seconds for one call to this target (to the first token for streams)
@@ -197,11 +200,50 @@ class Conditions(Section):
         return self.intent is not None or self.classifier is not None
 
 
+class CacheConfig(Section):
+    """`cache:` at the top level: the response cache (proxy/cache/), on for every route unless turned off
+    (`enabled: false`, or `cache: false` on a route or rule). Seeds' `enable_caching: true, cache_ttl: 3600`
+    is `cache: {ttl: 3600}`."""
+
+    enabled: bool = True
+    ttl: Positive = 3600.0  # seconds an answer is served from the cache
+    max_mb: Positive = 256.0  # the in-process store's bound (least recently used answers leave first)
+    scope: Literal["key", "global"] = "key"  # key: one proxy key's answers never serve another | global
+    length: bool = False  # also keep answers cut at max_tokens (finish_reason "length")
+
+
+class CacheOverride(Section):
+    """`cache:` on a route or a rule: what differs from the top level (`cache: false` = off there,
+    `cache: true` or a mapping = on there even without a top-level `cache:`)."""
+
+    enabled: bool = True
+    ttl: Positive | None = None
+    scope: Literal["key", "global"] | None = None
+    length: bool | None = None
+
+
+class Consensus(Section):
+    """`consensus:` on a route or rule: ask several targets at once and answer with what most agree on
+    (proxy/routing/consensus.py). Seeds' `consensus_models: 3, consensus_threshold: 0.66` is
+    `consensus: {targets: [a, b, c], agree: 0.66}`."""
+
+    targets: Annotated[list[Text], Meta(min_length=2)]
+    agree: Annotated[float, Meta(gt=0, le=1, description="a share of the targets, above 0 and at most 1")] = 0.66
+    on_disagreement: Literal["first", "judge", "error"] = "first"
+    judge: Text | None = None  # the target that picks among the answers when on_disagreement is judge
+    timeout: Positive | None = None  # seconds each member may take (default: its target's own)
+    similarity: Annotated[float, Meta(ge=0, le=1)] = 0.8  # prose answers this similar count as the same
+    semantic: Annotated[float, Meta(ge=-1, le=1, description="a cosine similarity, at most 1")] | None = None
+    # also the same when the local embedding engine (turnout[semantic]) puts them at least this close
+
+
 class Rule(Section):
     name: Text  # default: rule<i>
     then: list[str]  # the chain of targets this rule sends to
     when: Conditions = field(default_factory=Conditions)
     escalate: Annotated[int, Meta(ge=0)] = 0  # quality escalation: at most this many moves (true = 1)
+    cache: CacheOverride | None = None  # the response cache here (over the route's and the top level's)
+    consensus: Consensus | None = None  # ask several targets and answer with the majority
 
 
 class Route(Section):
@@ -213,6 +255,8 @@ class Route(Section):
     description: str = ""
     rules: list[Rule] = []
     timeout: Positive | None = None  # a deadline for the whole chain, seconds
+    cache: CacheOverride | None = None  # the response cache on this route (over the top level's)
+    consensus: Consensus | None = None  # for every request of the route (a rule's own wins)
 
 
 class CircuitPolicy(Section):
@@ -337,6 +381,14 @@ class UsageConfig(Section):
     retention_days: Count | None = None  # delete ledger rows older than this (None: keep them all)
 
 
+class ResponsesConfig(Section):
+    """`responses:` — stored Responses (`/v1/responses` with `store`, `previous_response_id`, GET and
+    DELETE by id), kept in the usage ledger's database (proxy/usage/stored.py)."""
+
+    store: bool = True  # keep responses when the ledger is on; false: never (an explicit store: true is a 400)
+    ttl_days: Annotated[float, Meta(gt=0, description="a number of days above 0")] = 30.0  # then they expire
+
+
 class Config(Section):
     """The whole config: what `load()` and `parse()` return."""
 
@@ -349,5 +401,7 @@ class Config(Section):
     tiers: dict[str, Access] = {}  # per-tier defaults of keys' allow-lists
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    cache: CacheConfig | None = None  # the response cache (None: off unless a route or rule turns it on)
     aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     path: str | None = None  # the file it was read from

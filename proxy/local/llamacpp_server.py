@@ -33,6 +33,7 @@ import threading
 import time
 
 PR_SET_PDEATHSIG = 1
+POOLING = ("mean", "cls", "last")  # llama.cpp's --pooling values that give one vector per input
 
 
 # --- parent side -----------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ class Child:
     @classmethod
     def spawn(cls, model: str, *, n_ctx: int = 2048, threads: int = 2, parallel: int = 1, http_threads: int = 0,
               alias: str | None = None, verbose: bool = False, workdir: str | None = None,
-              log_path: str | None = None) -> "Child":
+              log_path: str | None = None, embedding: bool = False, pooling: str | None = None) -> "Child":
         own = workdir is None
         workdir = workdir or make_workdir()
         log_path = log_path or os.path.join(workdir, "server.log")
@@ -73,6 +74,10 @@ class Child:
             cmd += ["--alias", alias]
         if verbose:
             cmd += ["--verbose"]
+        if embedding:
+            cmd += ["--embedding"]
+        if pooling:
+            cmd += ["--pooling", pooling]
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # so `proxy` imports uninstalled
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -221,6 +226,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-threads", type=int, default=0,
                    help="HTTP worker threads (0: parallel + 8); each open request holds one, /health needs one free")
     p.add_argument("--alias", default=None, help="model name the server reports")
+    p.add_argument("--embedding", action="store_true",
+                   help="serve /v1/embeddings (llama.cpp's embedding mode; it then refuses completions)")
+    p.add_argument("--pooling", choices=POOLING, default=None, help="how token vectors become one (default: the model's)")
     p.add_argument("--verbose", action="store_true", help="llama.cpp's info log (per request); default: errors only")
     p.add_argument("--parent-pid", type=int, default=0, help="exit when this process is no longer the parent")
     p.add_argument("--ready-file", default=None, help="write {pid, port, url} here once serving")
@@ -252,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     p.n_threads_http = args.http_threads if args.http_threads > 0 else args.parallel + 8
     if args.alias:
         p.model_alias = {args.alias}
+    if args.embedding:
+        p.embedding = True
+        if args.pooling:
+            p.pooling_type = getattr(xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}")
     p.verbosity = 3 if args.verbose else 1  # 1: warnings and errors (a failed load still says why)
     try:
         server = xllamacpp.Server(p)  # blocks until the model is loaded and the port is bound

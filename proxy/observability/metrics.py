@@ -154,6 +154,12 @@ class Metrics:
                                ("backend", "target", "reason"), registry=r)
         self.escalations = Counter("turnout_escalations_total", "Quality escalations: a weak answer sent the "
                                    "request on to the next target.", ("route", "from", "to"), registry=r)
+        self.cache = Counter("turnout_cache_requests_total", "Requests that met the response cache, by result: "
+                             "hit, miss or bypass (no-store).", ("route", "target", "result"), registry=r)
+        self.cache_saved = Counter("turnout_cache_saved_usd_total", "What cache hits would have cost as calls "
+                                   "(the original answers' cost), US dollars.", ("route", "target"), registry=r)
+        self.consensus = Counter("turnout_consensus_total", "Consensus requests by outcome: agree, split (no "
+                                 "majority) or error.", ("route", "outcome"), registry=r)
         self.in_flight = Gauge("turnout_in_flight_requests", "Chat requests being handled now.",
                                registry=r, multiprocess_mode="livesum")
         self.circuit_state = Gauge("turnout_circuit_state", "Circuit breaker per backend: 0 closed, 1 half-open, "
@@ -252,6 +258,13 @@ class Metrics:
                     child(self.tokens, route, target, kind, *key).inc(n)
         if call.cost_usd:
             child(self.cost, route, target, locality, *key).inc(call.cost_usd)
+        if call.cache is not None:
+            child(self.cache, route, target, call.cache).inc()
+            if call.saved_usd:
+                child(self.cache_saved, route, target).inc(call.saved_usd)
+        if call.consensus is not None:
+            outcome = "error" if call.status != 200 else "agree" if " agree " in call.consensus else "split"
+            child(self.consensus, route, outcome).inc()
         fallbacks: list[tuple[str, str, str]] = []
         if call.attempts:
             for a in call.attempts:

@@ -63,10 +63,12 @@ def _timeout_error(what: str, backend: str | None = None) -> UpstreamError:
 
 
 class Dispatcher:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, admit: Callable[[Target, Call], str | None] | None = None) -> None:
         self.router = router
         self.backends = router.backends
         self.circuits = router.circuits
+        # admission of one try just before it is sent (quotas, free_only budgets): None, or why it is skipped
+        self.admit = admit
 
     async def _along(self, chain: list[Target], call: Call, attempt: Callable[[Backend, Target], Awaitable[T]],
                      check: Callable[[T], str | None] | None = None, escalate: int = 0) -> T:
@@ -82,6 +84,11 @@ class Dispatcher:
             for n in range(tries):
                 if not circuit.begin():
                     call.attempts.append(Attempt(target.name, f"skipped: {circuit.blocked()}"))
+                    break
+                why = self.admit(target, call) if self.admit is not None else None
+                if why is not None:
+                    circuit.release()
+                    call.attempts.append(Attempt(target.name, f"skipped: {why}"))
                     break
                 t0 = time.perf_counter()
                 try:

@@ -63,6 +63,13 @@ def render(x: dict[str, Any]) -> str:
                      f"{x['estimate_assumes_output_tokens']} output tokens)")
     else:
         lines.append("-> no target can serve this request now")
+    c = x.get("cache") or {}
+    if c.get("applies"):
+        lines.append(f"cache:      {c['action']} (ttl {c['ttl']:g}s, scope {c['scope']})")
+    k = x.get("consensus")
+    if k:
+        lines.append(f"consensus:  {k['calls']} calls ({', '.join(k['targets'])}), agree {k['agree']:g}, "
+                     f"else {k['on_disagreement']}; estimated ${k['estimated_cost_usd']:.6f} in all")
     return "\n".join(lines)
 
 

@@ -80,6 +80,10 @@ class Features:
         return max_tokens_of(self.body)
 
     @cached_property
+    def logprobs(self) -> bool:
+        return self.body.get("logprobs") is True
+
+    @cached_property
     def json_schema(self) -> bool:
         return (self.body.get("response_format") or {}).get("type") == "json_schema"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
+from proxy.cache import response as cache
 from proxy.usage import pricing
 from proxy.backends.base import Backend
 from proxy.call import Attempt, Call
@@ -147,6 +148,9 @@ class Router:
             detail = "; ".join(f"{a.target} ({a.outcome})" for a in call.attempts)
             if all(self._kind(self.cfg.models[n], f) or self._abilities(self.cfg.models[n], f) for n in names):
                 # no target could ever serve this request: the client's to fix, not a transient outage
+                if f.logprobs and not any(self.cfg.models[n].logprobs for n in names):
+                    raise InvalidRequest(f"'logprobs' is not supported by '{call.request_model}': {detail}.",
+                                         param="logprobs", code="unsupported_parameter")
                 raise InvalidRequest(f"'{call.request_model}' cannot serve this request: {detail}.", param="model",
                                      code="unsupported_capability")
             raise NoTargetAvailable(f"No target can serve '{call.request_model}': {detail}.", param="model")
@@ -180,6 +184,8 @@ class Router:
             return "no tool calling (the request has tools)"
         if not t.json_schema and f.json_schema:
             return "no JSON schema output"
+        if not t.logprobs and f.logprobs:
+            return "no logprobs (the request asks for them)"
         return None
 
     def _context(self, t: Target, f: Features) -> str | None:
@@ -204,10 +210,22 @@ class Router:
                           "status": "skipped" if why else "candidate", "reason": why,
                           "estimated_cost_usd": round(pricing.estimate(f.prompt_tokens, out_tokens, t.price), 8)})
         first = next((c for c in chain if c["status"] == "candidate"), None)
+        consensus = rule.consensus if rule is not None and rule.consensus else \
+            (self.cfg.routes[call.route].consensus if call.route else None)
+        agreeing = None
+        if consensus is not None:  # every member is asked (and paid for); a judge only on a split
+            each = {t: round(pricing.estimate(f.prompt_tokens, out_tokens, self.cfg.models[t].price), 8)
+                    for t in consensus.targets}
+            agreeing = {"targets": consensus.targets, "agree": consensus.agree,
+                        "on_disagreement": consensus.on_disagreement, "judge": consensus.judge,
+                        "calls": len(consensus.targets), "estimated_cost_usd": round(sum(each.values()), 8),
+                        "estimated_cost_per_target_usd": each}
         return {
             "model": call.request_model, "route": call.route, "rule": call.reason,
             "escalate": rule.escalate if rule else 0, "features": f.as_dict(), "chain": chain,
             "target": first["target"] if first else None,
             "estimated_cost_usd": first["estimated_cost_usd"] if first else None,
             "estimate_assumes_output_tokens": out_tokens,
+            "cache": cache.explain(self.cfg, call.route, rule, f.headers, f.body),
+            "consensus": agreeing,
         }

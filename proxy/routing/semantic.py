@@ -13,19 +13,21 @@ conditions still loads, and a request to such a route gets a 503 naming the extr
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from proxy.config import ClassifierCondition, Conditions, Config
 from proxy.errors import ProxyError
 from proxy.routing.features import Features
 
-try:
-    from proxy import semantic as sem
-except ImportError as e:  # the extra is not installed
-    sem = None  # type: ignore[assignment]
-    MISSING = str(e)
-else:
-    MISSING = ""
+
+def _import_engine() -> tuple[Any, str]:
+    """`proxy.semantic` (numpy, tokenizers: ~55 MB of RSS and a second of start-up) and why not, imported
+    only when a config has semantic routes: a gateway without them never loads it."""
+    try:
+        return importlib.import_module("proxy.semantic"), ""
+    except ImportError as e:  # the extra is not installed
+        return None, str(e)
 
 
 class SemanticUnavailable(ProxyError):
@@ -40,6 +42,8 @@ class Semantic:
         self.intents: dict[int, Any] = {}  # by id() of the condition: the config lives as long as the router
         self.classifiers: dict[str, Any] = {}
         self.engine: Any = None
+        self.sem, self.missing = _import_engine() if self.routes else (None, "")
+        sem = self.sem
         if self.routes and sem is not None:
             self.engine = sem.shared()
             for name in sorted(self.routes):
@@ -47,6 +51,7 @@ class Semantic:
                     self._load(rule.when, f"routes.{name}.rules[{i}].when")
 
     def _load(self, c: Conditions, where: str) -> None:
+        sem = self.sem
         if c.intent is not None and id(c.intent) not in self.intents:
             self.intents[id(c.intent)] = sem.Intent(self.engine, c.intent.name, list(c.intent.examples),
                                                 c.intent.threshold)
@@ -61,9 +66,9 @@ class Semantic:
                              f"{self.classifiers[c.classifier.model].labels}")
 
     def _require(self, route: str) -> None:
-        if sem is None:
+        if self.sem is None:
             raise SemanticUnavailable(f"Route '{route}' routes by meaning and needs the semantic extra: "
-                                      f"pip install 'turnout[semantic]' ({MISSING}).", param="model")
+                                      f"pip install 'turnout[semantic]' ({self.missing}).", param="model")
 
     async def prepare(self, route: str | None, f: Features) -> None:
         """Embed the prompt in the engine's thread if this route will need it."""

@@ -27,8 +27,8 @@ from proxy.errors import AuthenticationError, InvalidRequest, ProxyError, Upstre
 from proxy.server.pipeline import Completion, Pipeline, internal_error
 from proxy.usage import ledger, tokens
 from proxy.web.auth import Authenticator
-from proxy.web.disconnect import StreamResponse, unless_client_leaves
-from proxy.web.responses import read_json, request_id, should_retry
+from proxy.web.disconnect import unless_client_leaves
+from proxy.web.responses import SSEResponse, read_json, request_id, should_retry
 from translators.inbound import anthropic as inbound
 from translators.inbound.anthropic_reply import MessageStream, error_body, error_status, message_id, to_message
 
@@ -124,8 +124,8 @@ class AnthropicAPI:
                 msg = self._message(call, result.data)
                 pipeline.finish(call, 200)
                 return Response(orjson.dumps(msg), media_type="application/json", headers=headers)
-            return StreamResponse(self._events(call, pipeline.payloads(call, result)),
-                                     media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
+            return SSEResponse(self._events(call, pipeline.payloads(call, result)),
+                               headers={**_SSE_HEADERS, **headers})
         except ProxyError as e:
             pipeline.finish(call, e.status, e)
             return anthropic_error(e, call.headers(), call.request_id)
@@ -143,14 +143,16 @@ class AnthropicAPI:
         if native is not None and native[0] == call.target:
             return native[1]
         estimate = 0 if completion.get("usage") else call.features.prompt_tokens
-        return to_message(completion, id=message_id(call.id), input_estimate=estimate)
+        return to_message(completion, id=message_id(call.id), input_estimate=estimate,
+                          stop_sequences=(call.anthropic_body or {}).get("stop_sequences"))
 
     @staticmethod
     async def _events(call: Call, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Anthropic's event sequence for the pipeline's stream: the upstream's own events from a
         Claude pass-through (``event: …`` frames), else the chat chunks translated; a failure after
         the start is an ``error`` event."""
-        out = MessageStream(id=message_id(call.id), input_estimate=call.features.prompt_tokens)
+        out = MessageStream(id=message_id(call.id), input_estimate=call.features.prompt_tokens,
+                            stop_sequences=(call.anthropic_body or {}).get("stop_sequences"))
         native: bool | None = None
         try:
             async for p in payloads:

@@ -21,13 +21,16 @@ from proxy.call import Call
 from proxy.config import Config, Key
 from proxy.errors import ModelNotFound, ProxyError
 from proxy.server import validate
+from proxy.server.anthropic_api import anthropic_error
+from translators.common import TranslationError
+from translators.inbound import anthropic_models
 from translators.inbound import chat as dialects
 from proxy.web.auth import Authenticator
 from proxy.routing.kinds import kind_of
 from proxy.usage import ledger
 from proxy.server.pipeline import Completion, Pipeline, internal_error
-from proxy.web.disconnect import StreamResponse, unless_client_leaves
-from proxy.web.responses import body_response, error_response, json_response, read_json, request_id
+from proxy.web.disconnect import unless_client_leaves
+from proxy.web.responses import SSEResponse, body_response, error_response, json_response, read_json, request_id
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -71,8 +74,8 @@ class OpenAIAPI:
                 out = orjson.dumps(dialects.legacy_answer(result.data) if legacy else result.data)
                 pipeline.finish(call, 200)
                 return body_response(out, call.headers())
-            return StreamResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
-                                     media_type="text/event-stream", headers={**_SSE_HEADERS, **call.headers()})
+            return SSEResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
+                               headers={**_SSE_HEADERS, **call.headers()})
         except ProxyError as e:
             pipeline.finish(call, e.status, e)
             return error_response(e, call.headers())
@@ -110,16 +113,42 @@ class OpenAIAPI:
         return json_response(router.explain(call, features))
 
     async def models(self, request: Request) -> Response:
+        if request.headers.get("anthropic-version"):
+            return self.anthropic_models(request)
         key = self.auth.authenticate(request.headers)
         return json_response({"object": "list", "data": self.model_list(key)})
 
     async def model(self, request: Request) -> Response:
+        if request.headers.get("anthropic-version"):
+            return self.anthropic_models(request, request.path_params["model"])
         key = self.auth.authenticate(request.headers)
         name = request.path_params["model"]
         for m in self.model_list(key):
             if m["id"] == name:
                 return json_response(m)
         raise ModelNotFound(name)
+
+    def anthropic_models(self, request: Request, name: str | None = None) -> Response:
+        """The list (a page) or one model in Anthropic's Models API shape, errors in Anthropic's."""
+        try:
+            key = self.auth.authenticate(request.headers)
+            allowed = self.pipeline.router.allowed
+            routes = {n: r for n, r in self.cfg.routes.items() if allowed(key, True, n)}
+            targets = {n: t for n, t in self.cfg.models.items() if allowed(key, False, n)}
+            aliases = {a: n for a, n in self.cfg.aliases.items() if n in routes or n in targets}
+            models = anthropic_models.entries(routes, targets, aliases,
+                                              {n: kind_of(t) for n, t in targets.items()}, self.created)
+            if name is None:
+                try:
+                    return json_response(anthropic_models.page(models, request.query_params))
+                except TranslationError as e:
+                    raise ProxyError(e.message, status=400, type="invalid_request_error", param=e.param) from None
+            found = anthropic_models.find(models, name)
+            if found is None:
+                raise ProxyError(f"model: {name}", status=404, type="not_found_error", code="model_not_found")
+            return json_response(found)
+        except ProxyError as e:
+            return anthropic_error(e)
 
     def model_list(self, key: Key | None = None) -> list[dict[str, Any]]:
         """The routes and targets `key` may name (its allow-lists, else its tier's), as OpenAI lists

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends import Backend, create
+from proxy.cache import ResponseCache
 from proxy.config import Config, load
 from proxy.errors import ProxyError
 from proxy.local import api as hardware_api
@@ -33,6 +34,7 @@ from proxy.observability.logs import setup as setup_logs
 from proxy.observability.metrics import Metrics, register_usage_sources
 from proxy.observability.stats import Stats
 from proxy.routing.circuit import Circuit
+from proxy.routing.consensus import ConsensusRunner
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
 from proxy.server.anthropic_api import AnthropicAPI, anthropic_error
@@ -65,6 +67,7 @@ class Gateway:
     usage: Usage
     observers: tuple[Observer, ...]
     routes: list[Route]
+    state: State
 
     async def start(self) -> None:
         tokens.preload()  # in a thread, off the request path: the first routing decision needs no 0.2 s load
@@ -84,21 +87,24 @@ def build(cfg: Config, clock: Clock | None = None) -> Gateway:
     """`clock`: the time every counter and breaker reads (tests move a manual one instead of sleeping)."""
     resolve_auto(cfg)  # `model: auto` targets: the best installed model for their role, or why they are skipped
     backends = {name: create(b) for name, b in cfg.backends.items()}
-    state: State = MemoryState(clock)  # counters, circuit records, key-value store: proxy/state/
+    kv_max = int((cfg.cache.max_mb if cfg.cache else 256) * 2**20)  # the response cache's bound in memory
+    state: State = MemoryState(clock, kv_max_bytes=kv_max)  # counters, circuit records, key-value store: proxy/state/
     circuits = {name: Circuit(name, cfg.routing.circuit, state) for name in backends}
     stats = Stats(list(cfg.models), share_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     metrics = Metrics(cfg, circuits, stats)
     health = Health(cfg.models, backends, circuits, metrics)
     for circuit in circuits.values():
         circuit.listeners += [metrics.circuit_changed, health.circuit_changed]
-    usage = build_usage(cfg)
+    usage = build_usage(cfg, state)
     register_usage_sources(metrics, usage)  # quotas and budgets as gauges
     router = Router(cfg, backends, circuits, filters=[health.filter, *usage.accounts.filters()])
-    dispatcher = Dispatcher(router)
+    dispatcher = Dispatcher(router, admit=usage.accounts.try_gate())  # quotas admitted per try
     observers: tuple[Observer, ...] = (metrics, health, usage.recorder)
-    pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(), observers=observers)
+    cache = ResponseCache(cfg, state)  # answers kept in the state's key-value store: proxy/cache/
+    pipeline = Pipeline(cfg, router, dispatcher, gates=usage.accounts.gates(), observers=observers,
+                        cache=cache if cache.anywhere else None, consensus=ConsensusRunner(cfg, router, dispatcher))
     auth = Authenticator(cfg.keys)
-    gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [])
+    gateway = Gateway(cfg, backends, router, dispatcher, pipeline, auth, metrics, health, usage, observers, [], state)
     gateway.routes = [
         *OpenAIAPI(cfg, pipeline, auth, backends, health.ready).routes(),  # ready: a key, not down, answering probes
         *AnthropicAPI(cfg, pipeline, auth, backends).routes(),

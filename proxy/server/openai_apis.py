@@ -26,8 +26,8 @@ from proxy.usage import tokens
 from proxy.usage.ledger import Ledger
 from proxy.usage.stored import ResponseStore
 from proxy.web.auth import Authenticator
-from proxy.web.disconnect import StreamResponse, unless_client_leaves
-from proxy.web.responses import error_response, read_json, request_id
+from proxy.web.disconnect import unless_client_leaves
+from proxy.web.responses import SSEResponse, error_response, read_json, request_id
 from translators import embeddings as emb
 from translators.common import Json, TranslationError
 from translators.inbound import completions as cp
@@ -60,7 +60,8 @@ class OpenAIAPIs:
         self.cfg = cfg
         self.pipeline = pipeline
         self.auth = auth
-        self.store = ResponseStore(ledger) if ledger is not None else None
+        r = cfg.responses
+        self.store = ResponseStore(ledger, ttl=r.ttl_days * 86400) if ledger is not None and r.store else None
 
     def routes(self) -> list[Route]:
         return [
@@ -108,9 +109,10 @@ class OpenAIAPIs:
 
     def _storage(self, what: str) -> ResponseStore:
         if self.store is None:
-            raise InvalidRequest(f"{what} needs stored responses, and storage is off on this Turnout (it lives in "
-                                 "the usage ledger: set usage.ledger in the config).", param="store",
-                                 code="storage_disabled")
+            why = ("responses.store is false in the config" if not self.cfg.responses.store else
+                   "it lives in the usage ledger: set usage.ledger in the config")
+            raise InvalidRequest(f"{what} needs stored responses, and storage is off on this Turnout ({why}).",
+                                 param="store", code="storage_disabled")
         return self.store
 
     # --- /v1/responses -------------------------------------------------------------------------
@@ -118,6 +120,8 @@ class OpenAIAPIs:
     async def responses(self, request: Request) -> Response:
         async def handle(call: Call) -> Response:
             body = await self._body(request)
+            if body.get("store") is True:  # asked for explicitly: say it cannot be done, not store: false
+                self._storage("store: true")
             history: list[Json] = []
             prev = body.get("previous_response_id")
             if prev:
@@ -162,8 +166,7 @@ class OpenAIAPIs:
                 finally:
                     await payloads.aclose()  # type: ignore[attr-defined]
 
-            return StreamResponse(events(), media_type="text/event-stream",
-                                     headers={**_SSE_HEADERS, **call.headers()})
+            return SSEResponse(events(), headers={**_SSE_HEADERS, **call.headers()})
 
         return await self._run(request, handle)
 
@@ -229,8 +232,7 @@ class OpenAIAPIs:
                 finally:
                     await payloads.aclose()  # type: ignore[attr-defined]
 
-            return StreamResponse(events(), media_type="text/event-stream",
-                                     headers={**_SSE_HEADERS, **call.headers()})
+            return SSEResponse(events(), headers={**_SSE_HEADERS, **call.headers()})
 
         return await self._run(request, handle)
 

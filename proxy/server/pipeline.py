@@ -18,10 +18,12 @@ from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence
 
 import orjson
 
+from proxy.cache import ResponseCache, chunks
 from proxy.call import Call
 from proxy.config import Config, Target
 from proxy.errors import ProxyError
 from proxy.observability.logs import request_line
+from proxy.routing.consensus import ConsensusRunner, config_for
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
 from proxy.server.shutdown import Drain
@@ -69,8 +71,11 @@ def internal_error(call: Call, e: BaseException, where: str = "") -> ProxyError:
 
 class Pipeline:
     def __init__(self, cfg: Config, router: Router, dispatcher: Dispatcher, gates: Sequence[Gate],
-                 observers: Sequence[Observer]) -> None:
+                 observers: Sequence[Observer], cache: ResponseCache | None = None,
+                 consensus: ConsensusRunner | None = None) -> None:
         self.cfg = cfg
+        self.cache = cache  # None: no route caches answers
+        self.consensus = consensus  # None: no rule or route asks several targets
         self.router = router
         self.dispatcher = dispatcher
         self.gates = tuple(gates)
@@ -101,14 +106,40 @@ class Pipeline:
         chain, rule = self.router.plan(call, features)
         if restrict is not None:
             chain = restrict(call, chain)
+        cache = self.cache
+        if cache is not None:
+            hit = cache.lookup(call, body, headers, rule)
+            if hit is not None:
+                return self._replay(call, hit) if call.stream else Completion(hit)
         deadline = self.cfg.routes[call.route].timeout if call.route else None
+        consensus = config_for(self.cfg, call.route, rule) if self.consensus is not None else None
+        if consensus is not None and self.consensus is not None:  # several targets, the majority's answer
+            data = await self.consensus.run(call, body, consensus)
+            if cache is not None and call.cache_plan is not None:
+                cache.store(call, data)
+                call.cache_plan = None
+            return self._replay(call, data) if call.stream else Completion(data)
         if call.stream:
             first, rest = await self.dispatcher.open_stream(chain, body, call, deadline=deadline)
             return Stream(first, rest)
         data = await self.dispatcher.complete(chain, body, call, escalate=rule.escalate if rule else 0,
                                               deadline=deadline)
         call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
+        if cache is not None and call.cache_plan is not None:
+            cache.store(call, data)
         return Completion(data)
+
+    @staticmethod
+    def _replay(call: Call, data: dict[str, Any]) -> Stream:
+        """A complete answer (from the cache, or decided by consensus) as an opened stream."""
+        payloads = chunks(data, call.id, call.created)
+
+        async def rest() -> AsyncIterator[bytes]:
+            for p in payloads:
+                yield p
+
+        call.first_token_at = time.perf_counter()
+        return Stream(next(payloads), rest())
 
     async def embed(self, call: Call, req: Any, body: dict[str, Any], headers: Mapping[str, str],
                     decode: Callable[[list[int]], str] | None = None) -> list[list[float]]:
@@ -138,14 +169,19 @@ class Pipeline:
         """
         status, error = 200, None
         rest = stream.rest
+        plan = call.cache_plan  # a miss to store once complete: its chunks are folded as they pass
         drain = self.drain
         drain.streams += 1
         try:
             yield stream.first
             call.record_sent(stream.first)  # counted (a bounded sample kept) for the ledger's estimate
+            if plan is not None:
+                plan.feed(stream.first)
             async for payload in rest:
                 drain.check_stream()
                 call.record_sent(payload)
+                if plan is not None:
+                    plan.feed(payload)
                 yield payload
             if call.include_usage and call.usage is not None:
                 model = call.upstream_model or self.cfg.models[call.target].model
@@ -163,8 +199,10 @@ class Pipeline:
         finally:
             drain.streams -= 1
             await rest.aclose()
-            if call.usage is not None:
+            if call.usage is not None and call.cache != "hit" and call.consensus is None:
                 call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)
+            if plan is not None and status == 200 and self.cache is not None:
+                self.cache.store(call)
             self.finish(call, status, error)
 
     def finish(self, call: Call, status: int, error: ProxyError | None = None) -> None:

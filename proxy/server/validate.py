@@ -309,6 +309,10 @@ def chat_request(body: Any) -> Json:
     _number(body, "max_tokens", 1, None, integer=True)
     _number(body, "max_completion_tokens", 1, None, integer=True)
     _number(body, "seed", -(2**63), 2**63 - 1, integer=True)
+    _number(body, "top_logprobs", 0, 20, integer=True)
+    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        raise InvalidRequest("Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
+                             "'top_logprobs' is used.", param="top_logprobs", code="invalid_value")
     stop = body.get("stop")
     if stop is not None:
         if isinstance(stop, list):

@@ -8,13 +8,15 @@ each process admits against what it last heard from the others (at most one flus
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Iterable, Sequence
 
 from proxy.state.base import (FIELDS, MINUTE, Amount, Ask, Breaker, Clock, Hold, Refused, Row, SystemClock, Usage,
                               Window, over)
 
 KV_SWEEP = 1024  # expired entries are swept when the store has grown by this many since the last sweep
+KV_MAX_BYTES = 256 * 2**20  # default bound of the key-value store (keys and values), least recently used out
+KV_OVERHEAD = 100  # bytes counted per entry beyond its key and value (dict slot, tuple, float)
 
 
 class _Cell:
@@ -68,13 +70,15 @@ class _Cell:
 
 
 class MemoryState:
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, kv_max_bytes: int = KV_MAX_BYTES) -> None:
         self.clock: Clock = clock or SystemClock()
         self.cells: dict[str, _Cell] = {}
         self._changes = 0
         self.breakers: dict[str, list[float | int | bool | None]] = {}  # [failures, opened_at, trial]
-        self.kv: dict[str, tuple[bytes, float]] = {}
+        self.kv: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # oldest use first
         self._kv_swept = 0
+        self.kv_max_bytes = kv_max_bytes
+        self.kv_bytes = 0
 
     # --- counters ------------------------------------------------------------------------------------
 
@@ -215,21 +219,39 @@ class MemoryState:
 
     # --- key-value store -------------------------------------------------------------------------------
 
+    @staticmethod
+    def _size(key: str, value: bytes) -> int:
+        return len(key) + len(value) + KV_OVERHEAD
+
     def get(self, key: str) -> bytes | None:
         hit = self.kv.get(key)
         if hit is None:
             return None
         if hit[1] <= self.clock.monotonic():
-            del self.kv[key]
+            self.delete(key)
             return None
+        self.kv.move_to_end(key)
         return hit[0]
 
     def put(self, key: str, value: bytes, ttl: float) -> None:
+        """Store for `ttl` seconds; beyond `kv_max_bytes` the least recently used entries leave (a value
+        larger than the whole bound is not kept)."""
+        size = self._size(key, value)
+        self.delete(key)
+        if size > self.kv_max_bytes:
+            return
         now = self.clock.monotonic()
         self.kv[key] = (value, now + ttl)
+        self.kv_bytes += size
+        while self.kv_bytes > self.kv_max_bytes:
+            old, (v, _) = self.kv.popitem(last=False)
+            self.kv_bytes -= self._size(old, v)
         if len(self.kv) >= self._kv_swept + KV_SWEEP:
-            self.kv = {k: v for k, v in self.kv.items() if v[1] > now}
+            for k in [k for k, (_, exp) in self.kv.items() if exp <= now]:
+                self.delete(k)
             self._kv_swept = len(self.kv)
 
     def delete(self, key: str) -> None:
-        self.kv.pop(key, None)
+        hit = self.kv.pop(key, None)
+        if hit is not None:
+            self.kv_bytes -= self._size(key, hit[0])

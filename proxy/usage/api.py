@@ -194,6 +194,28 @@ def _failed(conn: sqlite3.Connection, cfg: Config, start: float, end: float, key
         out[k] = _add(out.get(k), [n, 0, 0, 0, 0, 0, 0.0, 0, n])
 
 
+_CACHE = ("SELECT route, target, SUM(cache = 'hit'), SUM(cache = 'miss'), SUM(cache = 'bypass'), "
+          "COALESCE(SUM(saved_usd), 0) FROM requests WHERE cache IS NOT NULL AND ts >= ? AND ts < ?")
+
+
+def cache_report(conn: sqlite3.Connection, start: float, end: float, key: str | None) -> dict[str, Any]:
+    """The response cache in a period: hits, misses, bypasses, the hit rate and what hits saved, in all
+    and per route and target (a hit rate counts the requests that looked: hits and misses)."""
+    sql, args = _CACHE, [start, end]
+    if key is not None:
+        sql, args = sql + " AND key = ?", [*args, key]
+    rows = conn.execute(sql + " GROUP BY route, target ORDER BY route, target", args).fetchall()
+
+    def entry(hits: int, misses: int, bypass: int, saved: float) -> dict[str, Any]:
+        return {"hits": hits, "misses": misses, "bypass": bypass,
+                "hit_rate": round(hits / (hits + misses), 6) if hits + misses else 0.0, "saved_usd": saved}
+
+    by = [{"route": r, "target": t, **entry(int(h or 0), int(m or 0), int(b or 0), float(v or 0))}
+          for r, t, h, m, b, v in rows]
+    total = entry(*(sum(e[k] for e in by) for k in ("hits", "misses", "bypass", "saved_usd")))
+    return {**total, "by": by}
+
+
 def _entry(row: list[Any] | None, today: list[Any] | None, total: list[Any] | None, period_calls: int,
            base: Price) -> dict[str, Any]:
     n, ok, p, c, cached, reasoning, cost, est, failed = _pad(row)
@@ -309,6 +331,7 @@ def report(conn: sqlite3.Connection, cfg: Config, *, period: str | None = None, 
         "keys": keys_out,
         "quotas": quotas,
         "budgets": accounts.spent(),
+        "cache": cache_report(conn, start, end, key),
     })
 
 

@@ -54,7 +54,16 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--until", default=None)
     p.add_argument("--key", default=None, help="replay only this key's requests")
     p.add_argument("--baseline", default=None, help="the all-API model to compare with (default: usage.baseline)")
+    p.add_argument("--cache-hit-rate", type=_share, default=0.0, metavar="SHARE",
+                   help="assume this share (0 to 1) of cacheable requests is answered by the response cache")
     p.add_argument("--json", action="store_true")
+
+
+def _share(v: str) -> float:
+    x = float(v)
+    if not 0 <= x <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {v}")
+    return x
 
 
 def ledger_only_config(ledger: str | None) -> Config:
@@ -221,6 +230,12 @@ def render(d: dict[str, Any]) -> str:
     if d["keys"]:
         lines.append("keys: " + ", ".join(f"{k['name'] or '(none)'} {k['calls']} calls {_usd(k['cost_usd'])}"
                                           for k in d["keys"]))
+    c = d.get("cache") or {}
+    if c.get("hits") or c.get("misses") or c.get("bypass"):
+        lines.append(f"cache: {c['hits']} hits, {c['misses']} misses, {c['bypass']} bypassed, hit rate "
+                     f"{100 * c['hit_rate']:.1f} %, saved {_usd(c['saved_usd'])}; "
+                     + ", ".join(f"{e['route'] or '-'}/{e['target'] or '-'} {100 * e['hit_rate']:.0f} % "
+                                 f"saved {_usd(e['saved_usd'])}" for e in c["by"]))
     for q in d["quotas"]:
         lim = ", ".join(x for x in (
             f"{q['requests_used']}/{q['requests_per_day']} requests" if q["requests_per_day"] else "",
@@ -241,11 +256,13 @@ def simulate_command(cfg: Config, args: argparse.Namespace, out: TextIO | None =
 
     try:
         if args.mix:
-            res = simulate.run_mix(cfg, args.mix, int(args.days) if args.days else None, args.baseline)
+            res = simulate.run_mix(cfg, args.mix, int(args.days) if args.days else None, args.baseline,
+                                   cache_hit_rate=args.cache_hit_rate)
         else:
             conn = _open(cfg, args.ledger)
             res = simulate.replay(cfg, conn, since=args.since, until=args.until, days=args.days, key=args.key,
-                                  baseline_model=args.baseline, source=f"replay of {args.ledger or cfg.usage.ledger}")
+                                  baseline_model=args.baseline, source=f"replay of {args.ledger or cfg.usage.ledger}",
+                                  cache_hit_rate=args.cache_hit_rate)
     except ConfigError as e:
         print(f"turnout: invalid mix: {e}", file=sys.stderr)
         return 2

@@ -3,11 +3,12 @@
 `Recorder` is an observer of the app. When a request finishes it measures the tokens (the
 provider's usage when given; otherwise a tiktoken estimate, marked ``estimated``, of the prompt
 and of what was actually sent — a stream cut short counts the chunks that went out), prices them,
-counts them against quotas, rate limits and budgets (`proxy.usage.quota`), and appends a tuple to a list:
-that is all the request path pays. A writer task swaps the list out every `usage.flush_interval`
-(at most 1 s) or when `usage.batch_size` rows are waiting, and a single writer thread turns the
-tuples into rows (JSON of the attempts and routing features) and inserts them in one transaction
-together with a snapshot of the quota and budget counters. Shutdown flushes what is left.
+settles what the request reserved of quotas, rate limits and budgets (`proxy.usage.quota`), and
+appends a tuple to a list: that is all the request path pays. A writer task swaps the list out
+every `usage.flush_interval` (at most 1 s) or when `usage.batch_size` rows are waiting, and a
+single writer thread turns the tuples into rows (JSON of the attempts and routing features) and inserts them in one transaction
+together with a snapshot of the quota and budget counters (also when only admissions changed
+them, so that other worker processes see requests in flight). Shutdown flushes what is left.
 
 Durability: WAL journal, ``synchronous=FULL`` (each batch is on disk when its commit returns). A
 hard crash (kill -9, power loss) loses at most the rows of the last `flush_interval` — one second
@@ -37,6 +38,7 @@ from proxy.usage import pricing
 from proxy.usage import tokens
 from proxy.call import SENT_SAMPLE, Call
 from proxy.config import Config
+from proxy.state import State
 from proxy.usage.quota import Accounts
 
 log = logging.getLogger("turnout.ledger")
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS requests (
     prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER, reasoning_tokens INTEGER,
     estimated INTEGER,             -- 1: tokens are a tiktoken estimate (no usage from the provider)
     cost_usd REAL, latency_ms REAL, ttft_ms REAL,
+    cache TEXT, saved_usd REAL,    -- the response cache: hit | miss | bypass (NULL: none); what a hit saved
     features TEXT                  -- JSON of the routing features, for replays
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
@@ -70,7 +73,7 @@ CREATE TABLE IF NOT EXISTS counters (  -- quota and budget counts of each proces
 """
 COLUMNS = ("ts", "request_id", "key", "model", "route", "rule", "chain", "attempts", "target", "backend",
            "status", "error", "stream", "chunks", "prompt_tokens", "completion_tokens", "cached_tokens",
-           "reasoning_tokens", "estimated", "cost_usd", "latency_ms", "ttft_ms", "features")
+           "reasoning_tokens", "estimated", "cost_usd", "latency_ms", "ttft_ms", "cache", "saved_usd", "features")
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 BUCKET = 900  # seconds per rollup bucket: day and month starts fall on one in every time zone
 ROLLUP_FROM_ROWS = (
@@ -106,6 +109,10 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     if cols and "worker" not in cols:  # an early development schema: the counters are derived again from the rows
         conn.execute("DROP TABLE counters")
     conn.executescript(SCHEMA)
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
+    for col, typ in (("cache", "TEXT"), ("saved_usd", "REAL")):  # a ledger from before the response cache
+        if col not in cols:
+            conn.execute(f"ALTER TABLE requests ADD COLUMN {col} {typ}")
     if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM rollup)").fetchone()[0]:
         conn.execute(f"INSERT INTO rollup {ROLLUP_FROM_ROWS}")  # a ledger from before the rollup: build it once
     return conn
@@ -306,26 +313,26 @@ def derive(conn: sqlite3.Connection, accounts: Accounts, skip: set[str]) -> list
     """Counters with nothing saved (a quota or budget added since the last run) start from the rows
     already in the ledger for their current period."""
     out: list[tuple[Any, ...]] = []
-    now = time.time()
+    usage = accounts.state.usage
     for q in accounts.quotas:
-        if q.c.name in skip:
+        if q.counter in skip:
             continue
-        q.c.roll(now)
+        start = usage(q.counter, q.window).start
         col = "target" if q.scope == "target" else "backend"
         n, tok = conn.execute(
             f"SELECT COUNT(*), COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM requests "
-            f"WHERE ts >= ? AND {col} = ?", (q.c.start, q.name)).fetchone()
-        out.append((q.c.name, q.c.start, n, tok, 0.0))
+            f"WHERE ts >= ? AND {col} = ?", (start, q.name)).fetchone()
+        out.append((q.counter, start, n, tok, 0.0))
     for b in accounts.budgets:
-        for _, c, _ in b.periods():
-            if c.name in skip:
+        for p in b.periods:
+            if p.counter in skip:
                 continue
-            c.roll(now)
-            sql, args = "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE ts >= ?", [c.start]
+            start = usage(p.counter, p.window).start
+            sql, args = "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE ts >= ?", [start]
             if b.scope.startswith("key:"):
                 sql += " AND key = ?"
                 args.append(b.scope[4:])
-            out.append((c.name, c.start, 0, 0, float(conn.execute(sql, args).fetchone()[0])))
+            out.append((p.counter, start, 0, 0, float(conn.execute(sql, args).fetchone()[0])))
     return out
 
 
@@ -345,6 +352,7 @@ class Recorder:
         self.closed = False
         self.worker = f"{os.getpid()}-{os.urandom(3).hex()}"  # this process's counters in the ledger
         self.shared = bool(accounts.counters())  # counters to share with other worker processes
+        self.saved = -1  # the state's change count when the counters were last saved
         self.retention = u.retention_days
         self.next_prune = 0.0
 
@@ -382,7 +390,7 @@ class Recorder:
     def finished(self, call: Call) -> None:
         target = self.models.get(call.target) if call.target else None
         p, c, cached, reasoning, est, cost = measure(call, target.price if target else None)
-        self.accounts.record(call, p + c, cost)
+        self.accounts.settle(call, p + c, cost)
         if self.ledger is None:
             return
         latency = (call.finished or time.perf_counter()) - call.started
@@ -392,7 +400,7 @@ class Recorder:
             call.route, call.reason, call.target, target.backend if target else None, call.status, call.error,
             int(call.stream), call.chunks, p, c, cached, reasoning, est, cost, round(latency * 1000, 3),
             round((call.first_token_at - call.started) * 1000, 3) if call.first_token_at else None,
-            call.chain, call.walked(), call.features))
+            call.cache, call.saved_usd or None, call.chain, call.walked(), call.features))
         call.sent = None
         if len(self.pending) >= self.batch_size and self.wake is not None:
             self.wake.set()
@@ -420,10 +428,11 @@ class Recorder:
         if self.ledger is None or self.lock is None:
             return 0
         async with self.lock:
-            if self.ledger.conn is None or not self.pending:
-                return 0  # counters only change when requests finish: nothing new to save
+            changes = self.accounts.state.changes
+            if self.ledger.conn is None or (not self.pending and (not self.shared or changes == self.saved)):
+                return 0  # no rows, and no counter changed (admissions change them too): nothing to save
             batch, self.pending = self.pending, []
-            counters = self.accounts.snapshot()
+            counters, self.saved = self.accounts.snapshot(), changes
             fut = asyncio.ensure_future(self.ledger.run(self.ledger.write, batch, counters, self.with_features,
                                                         self.worker))
             try:
@@ -482,9 +491,9 @@ class Usage:
         return await self.ledger.run(lambda: fn(self.ledger.conn, *args, **kw))  # type: ignore[union-attr]
 
 
-def build_usage(cfg: Config) -> Usage:
-    """The counters, the ledger (if configured) and the recorder that feeds both."""
-    accounts = Accounts(cfg)
+def build_usage(cfg: Config, state: State | None = None) -> Usage:
+    """The counters (in `state`), the ledger (if configured) and the recorder that feeds both."""
+    accounts = Accounts(cfg, state)
     path = cfg.usage.ledger
     ledger = Ledger(os.path.expanduser(path)) if path else None
     return Usage(accounts, Recorder(cfg, accounts, ledger), ledger)

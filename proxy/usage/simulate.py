@@ -36,10 +36,12 @@ import orjson
 import yaml
 from zoneinfo import ZoneInfo
 
+from proxy.cache.response import policy_of
 from proxy.call import Call
 from proxy.routing.complexity import Score
 from proxy.config import TURNS, Config, ConfigError
 from proxy.errors import ProxyError
+from proxy.state import ManualClock, MemoryState
 from proxy.usage.quota import Accounts, day_bounds
 from proxy.routing.router import Router
 from proxy.usage.api import baseline, export_bounds, price_tokens
@@ -59,6 +61,7 @@ class Features:
         self.task, self.tier, self.requirement = d.get("task"), d.get("tier"), d.get("requirement")
         self.max_tokens = d.get("max_tokens")
         self.json_schema = False
+        self.logprobs = False
         self.headers: dict[str, str] = {}
         self.metadata: dict[str, Any] = {}
         self.key = None
@@ -106,6 +109,9 @@ class Result:
     skipped: dict[str, str] = field(default_factory=dict)  # backend → why routing skips it (e.g. no API key)
     recorded_cost: float | None = None
     total: Line = field(default_factory=Line)
+    cache_hit_rate: float = 0.0  # assumed share of cacheable requests answered from the response cache
+    cache_saved: float = 0.0
+    consensus_requests: int = 0  # requests that asked several targets (each one a priced call)
 
     def as_dict(self) -> dict[str, Any]:
         t = self.total
@@ -122,16 +128,24 @@ class Result:
                        "savings_share": (t.baseline - t.cost) / t.baseline if t.baseline else 0.0,
                        "per_day_usd": t.cost / self.days if self.days else None},
             "recorded_cost_usd": self.recorded_cost,
+            "cache": {"hit_rate": self.cache_hit_rate, "saved_usd": self.cache_saved},
+            "consensus_requests": self.consensus_requests,
         })
 
 
 def simulate(cfg: Config, requests: Iterable[Request], *, source: str, days: float,
-             baseline_model: str | None = None) -> Result:
+             baseline_model: str | None = None, cache_hit_rate: float = 0.0) -> Result:
+    """Route and price each request. A consensus rule or route prices a call to each of its targets;
+    `cache_hit_rate` is the share of requests the response cache would answer for free, applied
+    (as an expected value) where the config caches, or everywhere when it has no `cache:` at all."""
     base_name, base_price, base_src = baseline(cfg, baseline_model)
     router = Router(cfg, {name: None for name in cfg.backends})  # type: ignore[misc]
-    quotas = Accounts(cfg).target_quotas  # fresh counters: simulated days start empty
+    clock = ManualClock()  # the replayed requests' own times
+    quotas = Accounts(cfg, MemoryState(clock)).target_quotas  # fresh counters: simulated days start empty
     res = Result(config=cfg.path or "(inline)", source=source, days=days, baseline_model=base_name,
-                 baseline_source=base_src)
+                 baseline_source=base_src, cache_hit_rate=cache_hit_rate)
+    any_cache = cfg.cache is not None or any(r.cache is not None or any(x.cache is not None for x in r.rules)
+                                             for r in cfg.routes.values())
     recorded = 0.0
     any_recorded = False
     for r in requests:
@@ -140,7 +154,7 @@ def simulate(cfg: Config, requests: Iterable[Request], *, source: str, days: flo
             any_recorded = True
         call = Call(request_model=r.model)
         try:
-            names, _ = router.choose(call, r.features)  # type: ignore[arg-type]
+            names, rule = router.choose(call, r.features)  # type: ignore[arg-type]
         except ProxyError as e:
             why = e.code or "no route"
             res.unserved[why] = res.unserved.get(why, 0) + 1
@@ -154,7 +168,8 @@ def simulate(cfg: Config, requests: Iterable[Request], *, source: str, days: flo
                 continue
             if router._abilities(t, r.features) or router._context(t, r.features):  # type: ignore[arg-type]
                 continue
-            if any(q.shortage(r.ts) for q in quotas.get(name, ())):
+            clock.now = r.ts
+            if any(q.shortage() for q in quotas.get(name, ())):
                 continue
             chosen = t
             break
@@ -162,13 +177,21 @@ def simulate(cfg: Config, requests: Iterable[Request], *, source: str, days: flo
             res.unserved["no target left"] = res.unserved.get("no target left", 0) + 1
             continue
         for q in quotas.get(chosen.name, ()):
-            q.c.roll(r.ts)
-            q.c.requests += 1
-            q.c.tokens += r.prompt + r.completion
-        cost = price_tokens(chosen.price, r.prompt, r.completion, r.cached)
+            q.add(1, r.prompt + r.completion)
+        consensus = rule.consensus if rule is not None and rule.consensus else \
+            (cfg.routes[call.route].consensus if call.route else None)
+        members = [cfg.models[n] for n in consensus.targets] if consensus else [chosen]
+        res.consensus_requests += consensus is not None
+        cached = not any_cache or policy_of(cfg, call.route, rule).enabled
+        paid = 1.0 - (cache_hit_rate if cached else 0.0)
         base = price_tokens(base_price, r.prompt, r.completion, r.cached)
-        res.targets.setdefault(chosen.name, Line()).add(r, cost, base)
-        res.backends[chosen.name] = chosen.backend
+        cost = 0.0
+        for t in members:
+            full = price_tokens(t.price, r.prompt, r.completion, r.cached)
+            res.cache_saved += full * (1.0 - paid)
+            res.targets.setdefault(t.name, Line()).add(r, full * paid, 0.0 if consensus and t is not members[0] else base)
+            res.backends[t.name] = t.backend
+            cost += full * paid
         res.total.add(r, cost, base)
         per = res.tasks.setdefault(r.label or "-", {})
         per[chosen.name] = per.get(chosen.name, 0) + 1
@@ -255,7 +278,8 @@ def ledger_requests(conn: sqlite3.Connection, start: float, end: float, key: str
 
 
 def replay(cfg: Config, conn: sqlite3.Connection, *, since: str | None, until: str | None, days: float | None,
-           key: str | None = None, baseline_model: str | None = None, source: str = "ledger") -> Result:
+           key: str | None = None, baseline_model: str | None = None, source: str = "ledger",
+           cache_hit_rate: float = 0.0) -> Result:
     now = time.time()
     if since is None and days is not None:
         since = f"{days}d"
@@ -266,15 +290,17 @@ def replay(cfg: Config, conn: sqlite3.Connection, *, since: str | None, until: s
     if days is not None:
         span = float(days)
     return simulate(cfg, ledger_requests(conn, start, end, key), source=source, days=round(span, 4),
-                    baseline_model=baseline_model)
+                    baseline_model=baseline_model, cache_hit_rate=cache_hit_rate)
 
 
-def run_mix(cfg: Config, mix_path: str, days: int | None = None, baseline_model: str | None = None) -> Result:
+def run_mix(cfg: Config, mix_path: str, days: int | None = None, baseline_model: str | None = None,
+            cache_hit_rate: float = 0.0) -> Result:
     mix = load_mix(mix_path)
     n = int(days or mix.get("days") or 30)
     # whole days in usage.timezone, from the start of today, each day's requests spread evenly over it
     start = day_bounds(time.time(), ZoneInfo(cfg.usage.timezone), cfg.usage.reset_hour)[0]
-    return simulate(cfg, mix_requests(mix, n, start), source=f"mix {mix_path}", days=n, baseline_model=baseline_model)
+    return simulate(cfg, mix_requests(mix, n, start), source=f"mix {mix_path}", days=n, baseline_model=baseline_model,
+                    cache_hit_rate=cache_hit_rate)
 
 
 # --- printing ----------------------------------------------------------------------------------
@@ -302,6 +328,10 @@ def render(res: Result) -> str:
         verdict = "the same" if abs(diff) < 5e-9 else \
             f"this config saves {usd(diff)}" if diff > 0 else f"this config costs {usd(-diff)} more"
         lines.append(f"recorded cost (ledger):  {usd(res.recorded_cost)}   ({verdict})")
+    if res.cache_hit_rate:
+        lines.append(f"response cache:          {100 * res.cache_hit_rate:.0f} % hits assumed, saving {usd(res.cache_saved)}")
+    if res.consensus_requests:
+        lines.append(f"consensus:               {res.consensus_requests} requests asked several targets (each call priced)")
     for b, why in res.skipped.items():
         lines.append(f"skipped backend {b}: {why}")
     if res.unserved:

@@ -1,12 +1,5 @@
 """Work on a client's behalf stops when the client leaves.
 
-`StreamResponse` is the streaming response every front door uses: the moment the client leaves, the
-stream's task is cancelled and its body iterator closed, so the pipeline's `finally` closes the
-upstream connection and records the 499. Starlette's own `StreamingResponse` relies on anyio's cancel
-scope, which skips a task whose next read has already arrived: behind a fast upstream that is every
-time, so the upstream was drained to its end for a client long gone (uvicorn's `send` to a closed
-connection returns quietly), and a cancellation that did land in `send` left the generator open.
-
 `unless_client_leaves(request, work)` runs `work` (routing and the upstream call, up to a non-streamed
 answer or a stream's first chunk) while watching the connection: if the client disconnects first,
 the work is cancelled at once — the upstream request with it — and `ClientLeft` (a 499, nginx's
@@ -19,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Awaitable, TypeVar
+from typing import Awaitable, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
 
 from proxy.errors import ProxyError
 
@@ -38,16 +30,16 @@ class ClientLeft(ProxyError):
         super().__init__("The client closed the connection before the answer was ready.")
 
 
-async def _disconnected(receive: Any) -> None:
+async def _disconnected(request: Request) -> None:
     while True:
-        message = await receive()
+        message = await request.receive()
         if message["type"] == "http.disconnect":
             return
 
 
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(request.receive))
+    watch = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
@@ -61,24 +53,3 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
     raise ClientLeft()
-
-
-class StreamResponse(StreamingResponse):
-    """A streaming response that stops the moment the client leaves (see the module's docstring)."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        stream = asyncio.ensure_future(self.stream_response(send))
-        watch = asyncio.ensure_future(_disconnected(receive))
-        try:
-            await asyncio.wait({stream, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (stream, watch):
-                task.cancel()  # asyncio's own cancel lands at the task's next step, ready read or not
-            await asyncio.gather(stream, watch, return_exceptions=True)
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()  # a generator left at its `yield` runs its `finally` now
-        if not stream.cancelled() and stream.exception() is not None and not isinstance(stream.exception(), OSError):
-            raise stream.exception()  # type: ignore[misc]
-        if self.background is not None and not stream.cancelled():
-            await self.background()

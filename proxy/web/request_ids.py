@@ -25,13 +25,16 @@ class RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope.get("headers") or () if k == _HEADER), b"")
-        rid = given if _safe(given) else b"req_" + os.urandom(12).hex().encode()
+        started = False
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
+            nonlocal started
+            if not started and message["type"] == "http.response.start":
+                started = True  # after the start, every message (a stream's chunks) goes straight on
                 headers = list(message.get("headers") or ())
-                if not any(k.lower() == _HEADER for k, _ in headers):
+                if not any(k.lower() == _HEADER for k, _ in headers):  # minted only when missing
+                    given = next((v for k, v in scope.get("headers") or () if k == _HEADER), b"")
+                    rid = given if _safe(given) else b"req_" + os.urandom(12).hex().encode()
                     message = {**message, "headers": headers + [(_HEADER, rid)]}
             await send(message)
 

@@ -521,6 +521,30 @@ def _response(cands: list[Json], usage: Json, model: str, rid: str, final: bool 
     return {"candidates": out, "usageMetadata": usage, "modelVersion": model, "responseId": rid}
 
 
+def _with_logprobs(resp: Json, body: Json) -> Json:
+    """With ``generationConfig.responseLogprobs``: each candidate's ``logprobsResult`` for the text
+    of this response (one token per word; deterministic log probabilities), ``topCandidates`` when
+    ``logprobs`` (a count) is given, and ``avgLogprobs``, as the real API answers."""
+    gen = body.get("generationConfig") or {}
+    if not gen.get("responseLogprobs"):
+        return resp
+    top = gen.get("logprobs") or 0
+    for c in resp.get("candidates") or ():
+        text = "".join(p.get("text", "") for p in (c.get("content") or {}).get("parts") or () if not p.get("thought"))
+        words = re.findall(r"\s*\S+", text)
+        chosen = [{"token": w, "tokenId": 1000 + len(w), "logProbability": -0.25 * (1 + i % 3)}
+                  for i, w in enumerate(words)]
+        result: Json = {"chosenCandidates": chosen}
+        if top:
+            result["topCandidates"] = [{"candidates": [ch] + [
+                {"token": f"{ch['token']}#{k}", "tokenId": 2000 + k, "logProbability": ch["logProbability"] - k}
+                for k in range(1, top)]} for ch in chosen]
+        c["logprobsResult"] = result
+        if chosen:
+            c["avgLogprobs"] = sum(ch["logProbability"] for ch in chosen) / len(chosen)
+    return resp
+
+
 def _pieces(parts: list[Json]) -> list[Json]:
     """The parts of one candidate as they are streamed: text a few words at a time, calls whole."""
     out: list[Json] = []
@@ -682,9 +706,10 @@ def build_gemini_emulator(api_key: str = "gemini-test-key") -> Starlette:
             reply = {**reply, "raw": blocked, "events": [blocked]}
         cands = _plan(reply, body)
         if not stream:
-            data = reply.get("raw") or _response(cands, _usage(reply, body, cands, True), version, rid)
+            data = reply.get("raw") or _with_logprobs(_response(cands, _usage(reply, body, cands, True), version, rid),
+                                                      body)
             return Response(orjson.dumps(data, option=orjson.OPT_INDENT_2), media_type="application/json")
-        events = _events(reply, body, cands, version, rid)
+        events = [_with_logprobs(e, body) for e in _events(reply, body, cands, version, rid)]
         if request.query_params.get("alt") != "sse":
             return Response(b"[" + b",\r\n".join(orjson.dumps(e) for e in events) + b"]",
                             media_type="application/json")

@@ -39,6 +39,20 @@ def stop_reason(finish_reason: str | None) -> str:
     return STOP_REASON.get(finish_reason or "stop", "end_turn")
 
 
+def matched_stop(text: str, stops: list[str] | None, said: Any = None) -> tuple[str, str | None]:
+    """(the text without the stop sequence it ended on, that sequence) for an answer that stopped:
+    the one the upstream names (vLLM's ``stop_reason``), else the one the text ends with (servers
+    that keep it in the text). OpenAI-shaped upstreams that drop it and say nothing leave it unknown."""
+    if not stops:
+        return text, None
+    if isinstance(said, str) and said in stops:
+        return (text[:-len(said)] if text.endswith(said) else text), said
+    for s in sorted(stops, key=len, reverse=True):
+        if s and text.endswith(s):
+            return text[:-len(s)], s
+    return text, None
+
+
 def usage_of(u: Json | None, input_estimate: int = 0, output_estimate: int = 0) -> Json:
     """OpenAI usage → Anthropic's: input_tokens exclude cache reads (prompt_tokens include them)."""
     if not u:
@@ -74,8 +88,9 @@ def _reasoning(m: Json) -> str | None:
 
 
 def to_message(completion: Json, *, id: str | None = None, model: str | None = None,
-               input_estimate: int = 0, output_estimate: int = 0) -> Json:
-    """A Message for a ``chat.completion`` (its first choice: the Messages API returns one answer)."""
+               input_estimate: int = 0, output_estimate: int = 0, stop_sequences: list[str] | None = None) -> Json:
+    """A Message for a ``chat.completion`` (its first choice: the Messages API returns one answer);
+    ``stop_sequences``: the client's, to say which one the answer stopped on (`matched_stop`)."""
     choice = (completion.get("choices") or [{}])[0]
     m = choice.get("message") or {}
     content: list[Json] = []
@@ -83,6 +98,10 @@ def to_message(completion: Json, *, id: str | None = None, model: str | None = N
     if thought:
         content.append({"type": "thinking", "thinking": thought, "signature": ""})
     text = m.get("content") or (m.get("refusal") if choice.get("finish_reason") == "content_filter" else None)
+    reason, seq = stop_reason(choice.get("finish_reason")), None
+    if reason == "end_turn" and not m.get("tool_calls"):
+        text, seq = matched_stop(text or "", stop_sequences, choice.get("stop_reason"))
+        reason = "stop_sequence" if seq is not None else reason
     if text:
         content.append({"type": "text", "text": text})
     for tc in m.get("tool_calls") or ():
@@ -91,7 +110,7 @@ def to_message(completion: Json, *, id: str | None = None, model: str | None = N
                         "name": fn.get("name", ""), "input": tool_input(fn.get("arguments"))})
     return {"id": id or message_id(completion.get("id")), "type": "message", "role": "assistant",
             "model": model or completion.get("model") or "", "content": content,
-            "stop_details": None, "stop_reason": stop_reason(choice.get("finish_reason")), "stop_sequence": None,
+            "stop_details": None, "stop_reason": reason, "stop_sequence": seq,
             "usage": usage_of(completion.get("usage"), input_estimate, output_estimate)}
 
 
@@ -129,7 +148,14 @@ class MessageStream:
     its kind changes: reasoning → thinking, content → text, each tool call → tool_use (its arguments
     as input_json_delta)."""
 
-    def __init__(self, id: str | None = None, model: str | None = None, input_estimate: int = 0) -> None:
+    def __init__(self, id: str | None = None, model: str | None = None, input_estimate: int = 0,
+                 stop_sequences: list[str] | None = None) -> None:
+        self.stops = [s for s in stop_sequences or () if s]
+        # text held back until it cannot be the start of a stop sequence the answer ends on
+        self.hold = max((len(s) for s in self.stops), default=0)
+        self.pending = ""
+        self.said_stop: Any = None  # the stop sequence the upstream named (vLLM's stop_reason)
+        self.stop_sequence: str | None = None
         self.id = id
         self.model = model
         self.input_estimate = input_estimate
@@ -161,7 +187,16 @@ class MessageStream:
             self.pinged = True
             out.append(event("ping", {"type": "ping"}))
 
+    def _flush(self, out: list[bytes], keep: int = 0) -> None:
+        """Send the held-back text but its last `keep` characters."""
+        cut = max(0, len(self.pending) - keep)
+        if cut:
+            self._delta({"type": "text_delta", "text": self.pending[:cut]}, out)
+            self.pending = self.pending[cut:]
+
     def _close(self, out: list[bytes]) -> None:
+        if self.kind == "text":
+            self._flush(out)
         if self.kind is not None:
             out.append(event("content_block_stop", {"type": "content_block_stop", "index": self.index}))
             self.kind = None
@@ -189,7 +224,11 @@ class MessageStream:
             if text:
                 if self.kind != "text":
                     self._open("text", {"type": "text", "text": ""}, out)
-                self._delta({"type": "text_delta", "text": text}, out)
+                if self.hold:
+                    self.pending += text
+                    self._flush(out, self.hold)
+                else:
+                    self._delta({"type": "text_delta", "text": text}, out)
                 self.output_chars += len(text)
             for tc in d.get("tool_calls") or ():
                 kind = f"tool:{tc.get('index', 0)}"
@@ -204,6 +243,9 @@ class MessageStream:
                     self.output_chars += len(args)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+                self.said_stop = choice.get("stop_reason")
+                if self.kind == "text" and self.hold and stop_reason(self.finish_reason) == "end_turn":
+                    self.pending, self.stop_sequence = matched_stop(self.pending, self.stops, self.said_stop)
         return b"".join(out)
 
     def finish(self, usage: Json | None = None, output_estimate: int | None = None) -> bytes:
@@ -212,8 +254,9 @@ class MessageStream:
         self._close(out)
         u = usage_of(usage or self.usage, self.input_estimate,
                      output_estimate if output_estimate is not None else (self.output_chars + 3) // 4)
+        reason = "stop_sequence" if self.stop_sequence is not None else stop_reason(self.finish_reason)
         out.append(event("message_delta", {"type": "message_delta", "delta": {
-            "stop_reason": stop_reason(self.finish_reason), "stop_sequence": None}, "usage": u}))
+            "stop_reason": reason, "stop_sequence": self.stop_sequence}, "usage": u}))
         out.append(event("message_stop", {"type": "message_stop"}))
         return b"".join(out)
 
