@@ -1,4 +1,4 @@
-"""The `turnout` command: serve, demo, check-config, mock-upstream, models, route, train."""
+"""The `turnout` command: serve, demo, check-config, mock-upstream, models, route, train, keys."""
 
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ def describe(cfg: Config) -> str:
     from proxy.usage.cli import usage_lines
 
     lines += usage_lines(cfg)  # the ledger, built-in prices, quotas, rate limits, budgets
+    if cfg.state.redis is not None:
+        from proxy.state.redis import public
+
+        r = cfg.state.redis
+        lines.append(f"state: shared by every replica in Redis at {public(r.url)} (prefix {r.prefix!r}; "
+                     f"if unreachable: {'own counters' if r.on_error == 'local' else '503 for shared limits'})")
     return "\n".join(lines)
 
 
@@ -205,6 +211,10 @@ def main(argv: list[str] | None = None) -> None:
 
     add_usage_arguments(sub)  # usage, usage export, simulate
 
+    from proxy.usage.keys_cli import add_arguments as add_keys_arguments
+
+    add_keys_arguments(sub)  # keys create | list | revoke | rotate
+
     p = sub.add_parser("train", help="train a semantic router on labelled prompts (needs turnout[semantic])")
     p.add_argument("file", help="JSON lines of {\"text\": ..., \"label\": ...} (optional \"split\": train|test)")
     p.add_argument("-o", "--output", default="router.npz")
@@ -248,6 +258,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = None if args.url else (usage_config(args.config, _default_config(), args.ledger)
                                      or load_or_exit(args.config or _default_config()))
         raise SystemExit(usage_command(cfg, args))
+    elif args.command == "keys":
+        from proxy.usage.keys_cli import keys_command
+
+        raise SystemExit(keys_command(args, _default_config()))
     elif args.command == "simulate":
         from proxy.usage.cli import simulate_command
 

@@ -20,14 +20,17 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
 from proxy.config import Timeouts
-from proxy.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, TransportError
+from proxy.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, TransportError, parse_retry_after
+
+if TYPE_CHECKING:  # a type only: the backends package imports this module
+    from proxy.backends.keyring import KeyRing
 
 T = TypeVar("T")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -117,8 +120,12 @@ class HTTPClient:
     """One connection pool to one upstream base URL, created once per backend."""
 
     def __init__(self, base_url: str = "", *, headers: dict[str, str] | None = None,
-                 timeout: Timeouts | Timeout | float | None = None, max_connections: int = 1000) -> None:
+                 timeout: Timeouts | Timeout | float | None = None, max_connections: int = 1000,
+                 keys: KeyRing | None = None, key_headers: Callable[[str], dict[str, str]] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        # several API keys: one picked per request (its headers from `key_headers`), a 429 cools it down
+        self.keys = keys if keys is not None and key_headers is not None else None
+        self.key_headers = key_headers
         self.headers = dict(headers or {})
         self.timeout = _timeout(timeout or Timeouts(), aiohttp.ClientTimeout())
         self.max_connections = max_connections
@@ -152,12 +159,18 @@ class HTTPClient:
         if json is not None:
             content = orjson.dumps(json)
             headers = {"content-type": "application/json", **(headers or {})}
+        key = None
+        if self.keys is not None:
+            key = self.keys.pick()
+            headers = {**self.key_headers(key), **(headers or {})}  # type: ignore[misc]
         try:
             r = await self.session.request(method, self._url(path), data=content, headers=headers, params=params,
                                            timeout=_timeout(timeout, self.timeout), allow_redirects=False,
                                            **({"server_hostname": server_hostname} if server_hostname else {}))
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise _translate(e) from None
+        if key is not None and r.status == 429:
+            self.keys.cool(key, parse_retry_after(r.headers.get("retry-after")))  # type: ignore[union-attr]
         try:
             yield Response(r)
         finally:

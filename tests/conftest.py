@@ -110,3 +110,47 @@ def collect(stream: Any) -> tuple[str, list[Any]]:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+class TurnoutProcess:
+    """`turnout serve --config FILE --port N` as a real process (signals, several processes sharing a
+    ledger); `start()` waits until it answers /health (bounded), `stop()` terminates it."""
+
+    def __init__(self, config: str, port: int | None = None) -> None:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", config, "--port",
+                                      str(self.port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 30) -> "TurnoutProcess":
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code < 500:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("turnout serve did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test (tests/pgdb.py): skipped without a server, except in CI."""
+    from tests.pgdb import database
+
+    with database() as url:
+        yield url

@@ -128,7 +128,6 @@ def test_static_files_are_served_and_need_nothing_from_outside(turnout):
         assert a.status_code == 200 and a.headers["content-type"].startswith(kind)
     assert httpx.get(base + "/turnout/dashboard/../app.py").status_code == 404
     assert httpx.get(base + "/turnout/dashboard/secret.txt").status_code == 404
-    assert {f.name for f in DASHBOARD.iterdir()} >= {"index.html", "dashboard.js", "dashboard.css"}
     for f in DASHBOARD.iterdir():  # no CDN, no external font or script
         assert not re.search(r"https?://", f.read_text()), f.name
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
@@ -189,17 +188,17 @@ def test_dashboard_draws_real_data_in_headless_chromium(serve, tmp_path):
 def test_deploy_files_hold_together():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"turnout", "prometheus", "grafana"}
-    assert (ROOT / services["turnout"]["build"]["context"].replace("..", ".")).exists()
-    assert (DEPLOY / Path(services["turnout"]["build"]["dockerfile"]).name).exists()
-    assert "127.0.0.1:4000:4000" in services["turnout"]["ports"]  # loopback only: proxy.yaml has no keys
+    assert set(services) == {"turnout-1", "turnout-2", "redis", "postgres", "prometheus", "grafana"}
+    assert (ROOT / services["turnout-1"]["build"]["context"].replace("..", ".")).exists()
+    assert (DEPLOY / Path(services["turnout-1"]["build"]["dockerfile"]).name).exists()
+    assert "127.0.0.1:4000:4000" in services["turnout-1"]["ports"]  # more in tests/test_deploy.py
     for svc in ("prometheus", "grafana"):
         for v in services[svc]["volumes"]:
             src = v.split(":")[0]
             if src.startswith("./"):
                 assert (DEPLOY / src[2:]).exists(), v
     prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
-    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["turnout:4000"]
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["turnout-1:4000", "turnout-2:4000"]
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
     uid = ds["datasources"][0]["uid"]
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"

@@ -6,6 +6,7 @@ against the emulator), a target that cannot serve them skipped with its reason, 
 
 from __future__ import annotations
 
+import ollama
 import openai
 import orjson
 import pytest
@@ -18,6 +19,7 @@ from starlette.routing import Route
 
 from tests.conftest import collect, post, sdk
 from tests.emulators.gemini import build_gemini_emulator
+from tests.emulators.ollama import build_ollama_emulator
 
 KEY = "gemini-test-key"
 USER = [{"role": "user", "content": "Say two words"}]
@@ -58,19 +60,23 @@ def env(serve, turnout):
     gem_url = serve(gem)
     up = openai_upstream()
     up_url = serve(up)
+    oll = build_ollama_emulator(models=["llama3.2:3b"])
+    oll_url = oll.state.url = serve(oll)
     url = turnout({
         "backends": {"gem": {"type": "gemini", "base_url": gem_url, "api_key": KEY},
+                     "oll": {"type": "ollama", "base_url": oll_url},
                      "up": {"type": "openai", "base_url": up_url + "/v1"},
                      "claude": {"type": "anthropic", "base_url": "http://127.0.0.1:9", "api_key": "k"},
                      "m": {"type": "mock"}},
         "models": {"flash": {"backend": "gem", "model": "gemini-2.5-flash"},
+                   "llama": {"backend": "oll", "model": "llama3.2:3b"},
                    "gpt": {"backend": "up", "model": "gpt-4o-mini"},
                    "sonnet": {"backend": "claude", "model": "claude-sonnet-4-5"},
                    "local": {"backend": "m", "model": "local"},
                    "flash-nolp": {"backend": "gem", "model": "gemini-2.0-flash", "logprobs": False}},
         "routes": {"mixed": ["sonnet", "local", "flash"], "none": ["sonnet", "local", "flash-nolp"]},
     })
-    return gem, up, url
+    return gem, up, url, oll
 
 
 def test_gemini_emulator_logprobs_with_google_genai():
@@ -90,7 +96,7 @@ def test_gemini_emulator_logprobs_with_google_genai():
 
 
 def test_gemini_logprobs_translated(env):
-    gem, _, url = env
+    gem, _, url, _ = env
     client = sdk(url)
     r = client.chat.completions.create(model="flash", messages=USER, logprobs=True, top_logprobs=2)
     sent = gem.state.requests[-1]["body"]["generationConfig"]
@@ -110,7 +116,7 @@ def test_gemini_logprobs_translated(env):
 
 
 def test_openai_compatible_passes_logprobs_and_system_fingerprint(env):
-    _, up, url = env
+    _, up, url, _ = env
     client = sdk(url)
     r = client.chat.completions.create(model="gpt", messages=USER, logprobs=True, top_logprobs=1)
     assert up.state.seen[-1]["logprobs"] is True and up.state.seen[-1]["top_logprobs"] == 1
@@ -121,7 +127,7 @@ def test_openai_compatible_passes_logprobs_and_system_fingerprint(env):
 
 
 def test_a_target_without_logprobs_is_skipped_with_its_reason(env):
-    gem, _, url = env
+    gem, _, url, _ = env
     raw = sdk(url).chat.completions.with_raw_response.create(model="mixed", messages=USER, logprobs=True)
     assert raw.headers["x-turnout-model"] == "flash" and raw.parse().choices[0].logprobs.content
     fallbacks = raw.headers["x-turnout-fallbacks"]
@@ -133,7 +139,7 @@ def test_a_target_without_logprobs_is_skipped_with_its_reason(env):
 
 @pytest.mark.parametrize("model", ["none", "sonnet", "local", "flash-nolp"])
 def test_no_target_with_logprobs_is_a_clear_400(env, model):
-    _, _, url = env
+    _, _, url, _ = env
     with pytest.raises(openai.BadRequestError) as e:
         sdk(url).chat.completions.create(model=model, messages=USER, logprobs=True, top_logprobs=3)
     body = e.value.body
@@ -142,10 +148,30 @@ def test_no_target_with_logprobs_is_a_clear_400(env, model):
 
 
 def test_top_logprobs_checked_as_openai(env):
-    _, _, url = env
+    _, _, url, _ = env
     r = post(url, {"model": "flash", "messages": USER, "top_logprobs": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
     r = post(url, {"model": "flash", "messages": USER, "logprobs": True, "top_logprobs": 21})
     assert r.status_code == 400 and r.json()["error"]["code"] == "integer_above_max_value"
     r = post(url, {"model": "flash", "messages": USER, "logprobs": "yes"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+
+
+def test_ollama_logprobs_translated(env):
+    *_, url, oll = env
+    client = sdk(url)
+    # the emulator's answer reads as the ollama SDK's own types
+    native = ollama.Client(host=oll.state.url).chat(model="llama3.2:3b", messages=USER, logprobs=True, top_logprobs=2)
+    assert "".join(e.token for e in native.logprobs) == native.message.content
+    assert all(len(e.top_logprobs) == 2 for e in native.logprobs)
+    r = client.chat.completions.create(model="llama", messages=USER, logprobs=True, top_logprobs=2)
+    sent = oll.state.requests[-1]
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+    lp = r.choices[0].logprobs.content
+    assert "".join(t.token for t in lp) == r.choices[0].message.content and lp[0].logprob == -0.5
+    assert [t.token for t in lp[0].top_logprobs] == [lp[0].token, lp[0].token + "~1"]
+    text, chunks = collect(client.chat.completions.create(model="llama", messages=USER, logprobs=True, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert "".join(t.token for t in streamed) == text and text
+    plain = client.chat.completions.create(model="llama", messages=USER)
+    assert plain.choices[0].logprobs is None and "logprobs" not in oll.state.requests[-1]

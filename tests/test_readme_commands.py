@@ -34,8 +34,14 @@ SERVING = ("serve", "demo", "mock-upstream")
 SKIP = [
     (r"^python3 -m venv ", "creates a venv and installs the package: the suite already runs in one"),
     (r"\bdocker compose\b", "needs Docker and builds images"),
+    (r"^docker build\b", "needs Docker and a registry to push to"),
+    (r"^\(cd deploy/k8s/base && kustomize edit\b", "edits the checkout's kustomization (needs the kustomize CLI)"),
+    (r"^kubectl (?:create namespace|-n turnout)\b|^cp deploy/k8s/secret\.example\.yaml",
+     "needs a Kubernetes cluster (tests/test_deploy.py renders and validates the manifests offline)"),
     (r"^turnout models fetch\b", "downloads a model from the internet (the llama.cpp tests in tests/real use it)"),
     (r"^turnout demo --local\b", "needs llama.cpp and the fetched model (tests/real cover it)"),
+    (r"^turnout keys (?:revoke|rotate)\b", "acts on the key `turnout keys create` makes, and the commands run at once, "
+                                         "in no order (tests/test_keys.py covers both)"),
     (r"\bclaude$", "starts Claude Code, which is not installed here (the Anthropic front door has its own tests)"),
 ]
 # commands that write a file the others read (./proxy.yaml): run after them, one by one

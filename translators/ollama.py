@@ -41,7 +41,8 @@ Request (OpenAI → Ollama ``/api/chat``)
 |                                       | client sent reasoning_effort                                   |
 | target options.options                | more Ollama options (top_k, min_p, repeat_penalty, …); the     |
 |                                       | client's values win                                            |
-| logprobs, top_logprobs                | never reach it: routing skips Ollama targets when asked        |
+| logprobs: true, top_logprobs          | logprobs, top_logprobs (Ollama 0.12+); its ``logprobs`` →      |
+|                                       | ``choices[].logprobs.content`` (streamed on the text chunks)   |
 | user,                                 | dropped (Turnout or OpenAI only)                               |
 | metadata, store, parallel_tool_calls, |                                                                |
 | stream_options, service_tier          |                                                                |
@@ -90,6 +91,7 @@ from translators.common import (
     parse_arguments,
     split_data_url,
     stop_list,
+    token_logprob,
     tool_call,
     usage,
 )
@@ -253,6 +255,11 @@ def to_request(body: Json, model: str, *, stream: bool, target_options: Json | N
             schema = (fmt.get("json_schema") or {}).get("schema")
             req["format"] = schema if schema else "json"
 
+    if body.get("logprobs") is True:
+        req["logprobs"] = True
+        if body.get("top_logprobs"):
+            req["top_logprobs"] = body["top_logprobs"]
+
     effort = body.get("reasoning_effort")
     if effort is not None:
         req["think"] = effort not in ("none", "minimal")
@@ -293,7 +300,17 @@ def from_response(data: Json, id: str, created: int, model: str) -> Json:
     msg = message(m.get("content") or ("" if not calls else None), calls or None, m.get("thinking") or None)
     u = usage_of(data)
     return completion(id, created, model, [{"message": msg, "finish_reason": finish_reason(
-        data.get("done_reason"), bool(calls))}], u)
+        data.get("done_reason"), bool(calls)), "logprobs": logprobs_from(data.get("logprobs"))}], u)
+
+
+def logprobs_from(entries: Any) -> Json | None:
+    """OpenAI's ``choices[].logprobs`` from Ollama's ``logprobs`` (the same entries: token, logprob,
+    bytes, top_logprobs; bytes made from the token where Ollama leaves them out)."""
+    if not isinstance(entries, list):
+        return None
+    return {"content": [token_logprob(e.get("token", ""), e.get("logprob", 0.0),
+                                      [token_logprob(t.get("token", ""), t.get("logprob", 0.0))
+                                       for t in e.get("top_logprobs") or ()]) for e in entries], "refusal": None}
 
 
 class StreamState:
@@ -331,7 +348,11 @@ class StreamState:
             if thinking:
                 out.append(self._chunk({"reasoning_content": thinking}))
             content = m.get("content")
-            if content:
+            lp = logprobs_from(line.get("logprobs"))
+            if content and lp is not None:  # this line's tokens ride on its text, as OpenAI's
+                c = self._chunk({"content": content})
+                out.append(c[:-len(self._tail)] + b',"logprobs":' + orjson.dumps(lp) + b',"finish_reason":null}]}')
+            elif content:
                 out.append(self._chunk({"content": content}))
             calls = m.get("tool_calls")
             if calls:

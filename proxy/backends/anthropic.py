@@ -68,13 +68,13 @@ class Backend(base.HTTPBackend):
         self.options = {k: v for k, v in cfg.options.items() if k in ("max_tokens", "thinking", "sampling", "cache_control")}
         self.no_sampling: set[str] = set()  # models learned to reject temperature / top_p
 
-    def auth_headers(self) -> dict[str, str]:
+    def auth_headers(self, key: str | None = None) -> dict[str, str]:
         # an operator may pin another version in `headers`; 2023-06-01 keeps temperature and top_p,
         # which 2026-10-21 rejects
         configured = {k.lower(): v for k, v in self.cfg.headers.items()}
         h = {"anthropic-version": configured.get("anthropic-version", tr.API_VERSION)}
-        if self.cfg.api_key:
-            h["x-api-key"] = self.cfg.api_key
+        if key:
+            h["x-api-key"] = key
         return h
 
     def _request(self, target: Target, body: base.Json, stream: bool, call: Call) -> tuple[bytes, bool]:

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
 
 import orjson
 
+from proxy.backends.keyring import KeyRing
 from proxy.call import Call
 from proxy.http import HTTPClient, Response, Timeout
 from proxy.config import BackendConfig, Target
@@ -107,18 +108,26 @@ class HTTPBackend(Backend):
         super().__init__(cfg)
         self.base_url = (cfg.base_url or self.default_base_url).rstrip("/")
         self.client: HTTPClient | None = None
+        self.keys = KeyRing(cfg.api_keys) if len(cfg.api_keys) > 1 else None  # `api_keys`: rotated per request
 
-    def auth_headers(self) -> dict[str, str]:
+    def auth_headers(self, key: str | None = None) -> dict[str, str]:
+        """The headers that carry `key` (default: the configured api_key) and go with every request."""
         return {}
+
+    def redact(self, text: str) -> str:
+        """`text` without any of this backend's keys (`redact`)."""
+        for key in self.cfg.api_keys or [self.cfg.api_key]:
+            text = redact(text, key)
+        return text
 
     def describe(self) -> str:
         return f"{self.name} ({self.type}, {self.base_url})"
 
     async def start(self) -> None:
         # every upstream body Turnout sends is JSON
-        headers = {"content-type": "application/json", **self.cfg.headers, **self.auth_headers()}
+        headers = {"content-type": "application/json", **self.cfg.headers, **self.auth_headers(self.cfg.api_key)}
         self.client = HTTPClient(self.base_url, headers=headers, timeout=self.cfg.timeout,
-                                 max_connections=self.cfg.max_connections)
+                                 max_connections=self.cfg.max_connections, keys=self.keys, key_headers=self.auth_headers)
         t = self.cfg.timeout
         # per socket read; the wait for the headers (`first_token`) and the whole call (`total`) are in post()
         self.complete_timeout = Timeout(connect=t.connect, read=t.total)
@@ -214,7 +223,7 @@ class HTTPBackend(Backend):
 
     def upstream_error(self, message: str, **kw: Any) -> UpstreamError:
         """An UpstreamError carrying the upstream's own words, with Turnout's key masked (`redact`)."""
-        return UpstreamError(redact(message, self.cfg.api_key), backend=self.name, **kw)
+        return UpstreamError(self.redact(message), backend=self.name, **kw)
 
     def fault_error(self, fault: Fault, headers: Mapping[str, str] | None = None) -> UpstreamError:
         """The UpstreamError for a fault a provider translator read from an error body."""
@@ -227,7 +236,7 @@ class HTTPBackend(Backend):
 
     def status_error(self, status: int, message: str, headers: Mapping[str, str] | None = None, *,
                      type: str | None = None, code: str | None = None, param: str | None = None) -> UpstreamError:
-        message = redact(message, self.cfg.api_key)
+        message = self.redact(message)
         e = upstream_status_error(status, message, type=type, code=code, param=param,
                                   retry_after=parse_retry_after(headers.get("retry-after") if headers else None))
         e.backend = self.name

@@ -56,8 +56,8 @@ class Backend(base.HTTPBackend):
         self.policy = ImagePolicy.from_options(cfg.options)
         self.images: ImageFetcher | None = None
 
-    def auth_headers(self) -> dict[str, str]:
-        return {"x-goog-api-key": self.cfg.api_key} if self.cfg.api_key else {}
+    def auth_headers(self, key: str | None = None) -> dict[str, str]:
+        return {"x-goog-api-key": key} if key else {}
 
     async def start(self) -> None:
         await super().start()

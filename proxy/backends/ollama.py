@@ -65,9 +65,9 @@ class Backend(base.HTTPBackend):
         if self.images is not None:
             await self.images.aclose()
 
-    def auth_headers(self) -> dict[str, str]:
+    def auth_headers(self, key: str | None = None) -> dict[str, str]:
         # Ollama itself takes no key; one set in the config goes along for an authenticating proxy
-        return {"authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
+        return {"authorization": f"Bearer {key}"} if key else {}
 
     # --- request ---------------------------------------------------------------------------------
 

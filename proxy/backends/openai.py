@@ -25,8 +25,8 @@ class Backend(base.HTTPBackend):
     type = "openai"
     default_base_url = SPECS[type].base_url
 
-    def auth_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
+    def auth_headers(self, key: str | None = None) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"} if key else {}
 
     def _error(self, r: Response) -> UpstreamError:
         return self.fault_error(tr.error_from(r.status_code, r.content), r.headers)

@@ -27,6 +27,7 @@ from proxy.config.schema import (
     Config,
     ConfigError,
     ConfigUnreadable,
+    Group,
     CacheConfig,
     CacheOverride,
     Consensus,
@@ -50,7 +51,7 @@ from proxy.config.schema import (
 
 __all__ = [
     "DEFAULT_LEDGER", "DEFAULT_MAX_BODY", "ON_EXCEEDED", "REQUIREMENTS", "TURNS", "BackendConfig", "Budget",
-    "CacheConfig", "CacheOverride", "CircuitPolicy", "Consensus", "ClassifierCondition", "Complexity", "Conditions", "Config", "ConfigError", "ConfigUnreadable", "IntentCondition", "Key", "Overrides", "Price",
+    "CacheConfig", "CacheOverride", "CircuitPolicy", "Consensus", "ClassifierCondition", "Complexity", "Conditions", "Config", "ConfigError", "ConfigUnreadable", "Group", "IntentCondition", "Key", "Overrides", "Price",
     "ProbePolicy", "Quota", "Range", "RateLimit", "RetryPolicy", "Route", "Routing", "Rule", "ServerConfig",
     "Target", "Timeouts", "UsageConfig", "load", "parse",
 ]

@@ -13,13 +13,14 @@ the savings baseline is priced. Every error is a `ConfigError` reading ``path: m
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy.config import prices
 from proxy.config.providers import SPECS
-from proxy.config.schema import Budget, Conditions, Config, ConfigError, Consensus, Quota, Range, Timeouts
+from proxy.config.schema import Budget, Conditions, Config, ConfigError, Consensus, Group, Quota, Range, Timeouts
 
 Raw = dict[str, Any]
 
@@ -88,6 +89,15 @@ def _backend(name: str, b: Raw) -> None:
         b["probe"] = {"interval": 0}
     if b.get("api_key") is not None:
         b["api_key"] = str(b["api_key"])
+    if "api_keys" in b:
+        keys = b["api_keys"]
+        if not isinstance(keys, list):
+            raise ConfigError(f"{where}.api_keys: expected a list of keys")
+        if b.get("api_key"):
+            raise ConfigError(f"{where}.api_keys: give api_key (one key) or api_keys (several), not both")
+        b["api_keys"] = [str(k) for k in keys if k not in (None, "")]  # an unset ${VAR} drops out
+        if b["api_keys"]:
+            b["api_key"] = b["api_keys"][0]
 
 
 def _target(name: str, t: Raw, backends: dict[str, Raw]) -> Raw:
@@ -109,12 +119,54 @@ def _target(name: str, t: Raw, backends: dict[str, Raw]) -> Raw:
     return t
 
 
+GROUP_KEYS = ("group", "strategy", "weights")
+STRATEGIES = ("weighted", "least_inflight", "latency")
+
+
+def _groups(where: str, chain: Any) -> tuple[Any, list[Raw]]:
+    """A chain with each inline `{group: [...]}` written out in place, and the groups (checked later)."""
+    if not isinstance(chain, list):
+        return chain, []
+    flat: list[Any] = []
+    groups: list[Raw] = []
+    for i, el in enumerate(chain):
+        if not isinstance(el, dict):
+            flat.append(el)
+            continue
+        w = f"{where}[{i}]"
+        unknown = [str(k) for k in el if k not in GROUP_KEYS]
+        if unknown:
+            raise ConfigError(f"{w}.{unknown[0]}: unknown field (a chain element is a target name or "
+                              f"{{group: [targets], strategy, weights}})")
+        targets = el.get("group")
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+            raise ConfigError(f"{w}.group: expected a non-empty list of model targets")
+        strategy = el.get("strategy", "weighted")
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"{w}.strategy: expected {', '.join(STRATEGIES)}, got {strategy!r}")
+        weights = el.get("weights", {})
+        if not isinstance(weights, dict):
+            raise ConfigError(f"{w}.weights: expected a mapping of target to weight")
+        for t, x in weights.items():
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0:
+                raise ConfigError(f"{w}.weights.{t}: expected a weight more than 0, got {x!r}")
+        groups.append(dict(el))
+        flat.extend(targets)
+    return flat, groups
+
+
 def _route(where: str, v: Any) -> Any:
     if isinstance(v, list):
-        return {"chain": v}
+        v = {"chain": v}
     d = dict(_mapping(v, where))
     if ("chain" in d) == ("rules" in d):
         raise ConfigError(f"{where}: give either chain (a list of targets) or rules")
+    if "groups" in d:
+        raise ConfigError(f"{where}.groups: write a group inline in the chain ({{group: [a, b]}})")
+    if "chain" in d:
+        d["chain"], groups = _groups(f"{where}.chain", d["chain"])
+        if groups:
+            d["groups"] = groups
     _cache_shorthand(d, where)
     if "rules" in d:
         rules = d["rules"]
@@ -129,6 +181,11 @@ def _rule(where: str, i: int, v: Any) -> Raw:
     r.setdefault("name", f"rule{i}")
     if "then" not in r:
         raise ConfigError(f"{where}.then: required (the chain of targets this rule sends to)")
+    if "groups" in r:
+        raise ConfigError(f"{where}.groups: write a group inline in then ({{group: [a, b]}})")
+    r["then"], groups = _groups(f"{where}.then", r["then"])
+    if groups:
+        r["groups"] = groups
     if isinstance(r.get("escalate"), bool):
         r["escalate"] = int(r["escalate"])
     _cache_shorthand(r, where)
@@ -165,6 +222,8 @@ def _keys(v: Any) -> list[Any]:
             raise ConfigError(f"keys[{i}].key: empty (is the variable it names set?)")
         d["key"] = str(d["key"])
         d.setdefault("name", f"key{i}")
+        if isinstance(d.get("routes"), str):
+            d["routes"] = [d["routes"]]
         if isinstance(d.get("budget"), dict):
             d["budget"] = _budget(d["budget"], f"keys[{i}].budget")
         out.append(d)
@@ -188,6 +247,9 @@ def check(cfg: Config) -> None:
     """Cross-references and coherence; raises ConfigError at the first problem."""
     if not cfg.backends:
         raise ConfigError("backends: at least one backend is required")
+    r = cfg.state.redis
+    if r is not None and not r.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"state.redis.url: expected a redis://, rediss:// or unix:// URL, got {r.url.split('@')[-1]!r}")
     for name, b in cfg.backends.items():
         where = f"backends.{name}"
         if b.base_url is not None:
@@ -214,6 +276,7 @@ def check(cfg: Config) -> None:
         _consensus(r.consensus, f"{where}.consensus", cfg)
         if not r.rules:
             _chain(r.chain, f"{where}.chain", cfg)
+            _balanced(r.chain, r.groups, f"{where}.chain")
             continue
         seen: set[str] = set()
         for i, rule in enumerate(r.rules):
@@ -222,6 +285,7 @@ def check(cfg: Config) -> None:
                 raise ConfigError(f"{w}.name: duplicate rule name {rule.name!r}")
             seen.add(rule.name)
             _chain(rule.then, f"{w}.then", cfg)
+            _balanced(rule.then, rule.groups, f"{w}.then")
             for k in ("complexity", "prompt_tokens"):
                 rng: Range | None = getattr(rule.when, k)
                 if rng is not None and all(x is None for x in (rng.gte, rng.lte, rng.gt, rng.lt)):
@@ -255,6 +319,9 @@ def check(cfg: Config) -> None:
     if u.flush_interval > 1:
         raise ConfigError(f"usage.flush_interval: at most 1 second (the most a crash may lose), got {u.flush_interval:g}")
     tz(u.timezone, "usage.timezone")
+    if u.ledger and u.ledger.lower().startswith(("postgresql://", "postgres://")) \
+            and importlib.util.find_spec("psycopg") is None:
+        raise ConfigError("usage.ledger: a PostgreSQL ledger needs psycopg (pip install 'turnout[fleet]')")
     if u.budget is not None:
         _budget_given(u.budget, "usage.budget")
     if u.baseline is not None and u.baseline not in cfg.models and prices.lookup(u.baseline) is None:
@@ -298,6 +365,23 @@ def _chain(chain: list[str], where: str, cfg: Config) -> None:
     for i, t in enumerate(chain):
         if t not in cfg.models:
             raise ConfigError(f"{where}[{i}]: unknown model target {t!r} (defined: {', '.join(cfg.models) or 'none'})")
+
+
+def _balanced(chain: list[str], groups: list[Group], where: str) -> None:
+    """A group's targets are distinct, in no other place of the chain, and its weights name them."""
+    for g in groups:
+        at = chain.index(g.targets[0])
+        w = f"{where}[{at}]"
+        if len(set(g.targets)) != len(g.targets):
+            raise ConfigError(f"{w}.group: a target is listed twice")
+        for t in g.targets:
+            if chain.count(t) > 1:
+                raise ConfigError(f"{w}.group: {t!r} is also elsewhere in the chain")
+        for t in g.weights:
+            if t not in g.targets:
+                raise ConfigError(f"{w}.weights.{t}: not a target of this group ({', '.join(g.targets)})")
+        if g.weights and g.strategy != "weighted":
+            raise ConfigError(f"{w}.weights: only the weighted strategy uses weights (this one is {g.strategy})")
 
 
 def tz(name: str, where: str) -> None:

@@ -57,6 +57,9 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     for name, b in cfg.backends.items():
         decode.struct(b.options, SPECS[b.type].options, f"backends.{name}")  # the type's own options
     checks.check(cfg)
+    if missing.get("usage.ledger"):  # a fleet's ledger named by an unset variable must not quietly turn off
+        var = missing["usage.ledger"][0]
+        raise ConfigError(f"usage.ledger: ${{{var}}} is not set (write ${{{var}:-off}} to run without a ledger)")
     for name, b in cfg.backends.items():
         _resolve(b, missing)
     for name, t in cfg.models.items():

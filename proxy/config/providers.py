@@ -143,8 +143,7 @@ SPECS: dict[str, ProviderSpec] = {s.type: s for s in (
     ProviderSpec("anthropic", "https://api.anthropic.com", "required", False, True, AnthropicOptions),
     ProviderSpec("gemini", "https://generativelanguage.googleapis.com", "required", False, True, GeminiOptions,
                  logprobs=True),
-    # Ollama's /api/chat has logprobs since 0.12, not translated yet: its targets are skipped when asked
-    ProviderSpec("ollama", "http://localhost:11434", "none", True, False, OllamaOptions),
+    ProviderSpec("ollama", "http://localhost:11434", "none", True, False, OllamaOptions, logprobs=True),
     ProviderSpec("llamacpp", None, "none", True, False, LlamacppOptions, logprobs=True),
     # the in-process embedding engine: no HTTP, no key, embeddings only
     ProviderSpec("semantic", None, "none", True, False, SemanticOptions, kinds=("embedding",)),

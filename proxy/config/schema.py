@@ -100,6 +100,7 @@ class BackendConfig(Section):
     type: str  # one of providers.SPECS
     base_url: Text | None = None  # default: the type's (providers.SPECS[type].base_url)
     api_key: str | None = None
+    api_keys: list[str] = []  # several keys used in rotation, each cooled down on its own 429s (api_key = the first)
     headers: dict[str, str] = {}  # sent with every upstream request
     timeout: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -200,6 +201,14 @@ class Conditions(Section):
         return self.intent is not None or self.classifier is not None
 
 
+class Group(Section):
+    """A balanced chain element (`{group: [a, b], strategy: weighted, weights: {a: 3, b: 1}}` in a
+    chain or a rule's `then`): equivalent targets put in order per request by `strategy`
+    (proxy/routing/balance.py); the ones not chosen first stay behind it as fallbacks, in that order."""
+
+    targets: list[Text] = field(name="group")
+    strategy: Literal["weighted", "least_inflight", "latency"] = "weighted"
+    weights: dict[str, Annotated[float, Meta(gt=0, description="a weight more than 0")]] = {}  # default 1 each
 class CacheConfig(Section):
     """`cache:` at the top level: the response cache (proxy/cache/), on for every route unless turned off
     (`enabled: false`, or `cache: false` on a route or rule). Seeds' `enable_caching: true, cache_ttl: 3600`
@@ -239,7 +248,8 @@ class Consensus(Section):
 
 class Rule(Section):
     name: Text  # default: rule<i>
-    then: list[str]  # the chain of targets this rule sends to
+    then: list[str]  # the chain of targets this rule sends to (a group's targets written out in place)
+    groups: list[Group] = []  # the balanced groups within `then` (written inline: `{group: [...]}`)
     when: Conditions = field(default_factory=Conditions)
     escalate: Annotated[int, Meta(ge=0)] = 0  # quality escalation: at most this many moves (true = 1)
     cache: CacheOverride | None = None  # the response cache here (over the route's and the top level's)
@@ -252,6 +262,7 @@ class Route(Section):
     derived: ClassVar[frozenset[str]] = frozenset({"name"})
     name: str
     chain: list[str] = []  # a plain route's fallback chain; for a rules route, every target it can use
+    groups: list[Group] = []  # the balanced groups within a plain route's chain (written inline: `{group: [...]}`)
     description: str = ""
     rules: list[Rule] = []
     timeout: Positive | None = None  # a deadline for the whole chain, seconds
@@ -369,7 +380,7 @@ class UsageConfig(Section):
     """`usage:` in proxy.yaml: where the ledger lives and what spending is allowed."""
 
     derived: ClassVar[frozenset[str]] = frozenset({"ledger_set"})
-    ledger: Text | None = None  # SQLite file; None: no ledger (counters in memory only); off: none
+    ledger: Text | None = None  # SQLite file or postgresql:// URL; None: no ledger (counters in memory only); off: none
     ledger_set: bool = False  # the config named a ledger (or turned it off)
     flush_interval: Annotated[float, Meta(ge=0.01)] = 1.0  # seconds between batched writes (at most 1)
     batch_size: Count = 500  # rows that trigger a write before the interval is up
@@ -389,6 +400,24 @@ class ResponsesConfig(Section):
     ttl_days: Annotated[float, Meta(gt=0, description="a number of days above 0")] = 30.0  # then they expire
 
 
+class RedisConfig(Section):
+    """`state.redis`: counters, circuit breakers and the key-value store shared by every replica
+    (proxy/state/redis.py). `on_error`: what a replica does while Redis cannot be reached — `local`
+    carries on with its own counters (limits then hold per replica), `reject` refuses the requests
+    that need a shared limit (503). `timeout`: seconds any one Redis call may take."""
+
+    url: Text = "redis://127.0.0.1:6379/0"
+    prefix: str = "turnout:"  # every key starts with this (several gateways may share one Redis)
+    on_error: Literal["local", "reject"] = "local"
+    timeout: Annotated[float, Meta(ge=0.001, le=10)] = 0.05
+
+
+class StateConfig(Section):
+    """`state:`: where counters, breakers and cached values live. None: in this process (MemoryState)."""
+
+    redis: RedisConfig | None = None
+
+
 class Config(Section):
     """The whole config: what `load()` and `parse()` return."""
 
@@ -402,6 +431,7 @@ class Config(Section):
     routing: Routing = field(default_factory=Routing)
     usage: UsageConfig = field(default_factory=UsageConfig)
     cache: CacheConfig | None = None  # the response cache (None: off unless a route or rule turns it on)
+    state: StateConfig = field(default_factory=StateConfig)
     aliases: dict[str, str] = {}  # other names clients send for routes or targets (claude-sonnet-4-5: auto)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     path: str | None = None  # the file it was read from

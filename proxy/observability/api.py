@@ -106,8 +106,11 @@ class ObservabilityAPI:
     async def providers(self, request: Request) -> Response:
         self.auth.authenticate(request.headers)
         state, reason = self.health.system()
-        return json_response({"status": state, "reason": reason, "checked_at": time.time(),
-                              "providers": [self.provider(n) for n in self.backends]})
+        out = {"status": state, "reason": reason, "checked_at": time.time(),
+               "providers": [self.provider(n) for n in self.backends]}
+        if self.health.shared is not None:
+            out["state"] = self.health.shared()  # the shared state (Redis): ok, or degraded and why
+        return json_response(out)
 
     async def test(self, request: Request) -> Response:
         key = self.auth.authenticate(request.headers)
@@ -141,7 +144,7 @@ class ObservabilityAPI:
             err: dict[str, Any] = {"category": "timeout", "status": 504, "message": f"no answer in {timeout:g}s"}
         except UpstreamError as e:
             err = {"category": e.category, "status": e.status, "code": e.code,
-                   "message": redact(e.detail, [backend.cfg.api_key or ""])}
+                   "message": redact(e.detail, backend.cfg.api_keys or [backend.cfg.api_key or ""])}
         except Exception as e:  # noqa: BLE001 - the operator sees the type, never a raw repr
             err = {"category": "network", "message": type(e).__name__}
         else:
@@ -181,6 +184,8 @@ class ObservabilityAPI:
             {"name": n, "type": h.type, "state": health.assess(n), "reason": h.reason,
              "success_rate": h.success_rate(), "latency_ms": h.latency_ms(), "last_probe": h.last_probe}
             for n, h in health.backends.items()]}
+        if health.shared is not None:
+            snap["health"]["state"] = health.shared()
         snap["gauges"] = metrics.source_rows(SOURCE_PREFIXES)
         return json_response(snap)
 

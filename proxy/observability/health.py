@@ -31,7 +31,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from proxy.backends.base import Backend
 from proxy.call import Call
@@ -97,8 +97,9 @@ class Health:
     """The observer that keeps every backend's health, the probe loop, and the routing filter."""
 
     def __init__(self, models: dict[str, Target], backends: dict[str, Backend], circuits: dict[str, Circuit],
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, shared: Callable[[], dict[str, Any]] | None = None) -> None:
         self.models = models
+        self.shared = shared  # the shared state's condition (Redis reachable or not); None: in-process state
         self.clients = backends
         self.metrics = metrics
         self.circuits = circuits
@@ -313,6 +314,15 @@ class Health:
         return state
 
     def system(self) -> tuple[str, str | None]:
+        """Overall: the backends' states, and a shared state (Redis) that cannot be reached (degraded)."""
+        state, reason = self._system()
+        shared = self.shared() if self.shared is not None else None
+        if shared is not None and shared["status"] != "ok" and state != "critical":
+            why = f"shared state {shared['status']}: {shared['reason']}"
+            return "degraded", why if reason is None else f"{reason}; {why}"
+        return state, reason
+
+    def _system(self) -> tuple[str, str | None]:
         states = {n: self.assess(n) for n in self.backends}
         usable = [n for n, s in states.items() if s != "unavailable"]
         if not usable:

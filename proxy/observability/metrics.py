@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -118,11 +119,11 @@ class _Sources:
 class Metrics:
     """The request observer that keeps every Prometheus metric, and the `/metrics` exposition."""
 
-    def __init__(self, cfg: Config, circuits: dict[str, Any] | None = None, stats: Stats | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, circuits: dict[str, Any] | None = None, stats: Stats | None = None,
+                 shared: Callable[[], dict[str, Any]] | None = None) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.key_names = cfg.server.metrics_key_names
-        self.circuits = circuits or {}
+        self.cfg, self.circuits = cfg, circuits or {}
         self.local = {name: is_local(cfg.backends[t.backend], t) for name, t in cfg.models.items()}
         self.backend_of = {name: t.backend for name, t in cfg.models.items()}
         self._sources = _Sources()
@@ -167,11 +168,27 @@ class Metrics:
                                    multiprocess_mode="max")
         self.circuit_changes = Counter("turnout_circuit_transitions_total", "Circuit breakers opening and "
                                        "closing.", ("backend", "state"), registry=r)
+        self.reloads = Counter("turnout_config_reloads_total", "Config reloads (SIGHUP, POST /turnout/admin/reload) "
+                               "by result: ok, invalid (rejected, the old config serves), error.", ("result",),
+                               registry=r)
         self.probes = Counter("turnout_probes_total", "Background health probes by result (ok, failed, "
                               "rate_limited).", ("backend", "result"), registry=r)
         info = Gauge("turnout_build_info", "Turnout's version (always 1).", ("version",), registry=r,
                      multiprocess_mode="max")
         info.labels(__version__).set(1)
+        # replicas (issue 14): which process this is, and how its shared state (Redis) fares
+        self.replica = f"{socket.gethostname()}-{os.getpid()}"
+        Gauge("turnout_replica_info", "This replica (hostname-pid) and where its counters and breakers live "
+              "(always 1).", ("replica", "state"), registry=r, multiprocess_mode="liveall").labels(
+            self.replica, "redis" if shared is not None else "memory").set(1)
+        self.state_errors = Counter("turnout_state_errors_total", "Failed calls to the shared state (Redis); "
+                                    "while it is unreachable each replica uses its own counters.", ("replica",),
+                                    registry=r)
+        if shared is not None:
+            self.state_errors.labels(self.replica)  # shown as 0 from the start
+            self.register_gauge_source("turnout_state_degraded", "1 while this replica cannot reach the shared "
+                                       "state (Redis) and uses its own counters or refuses shared limits.",
+                                       ("replica",), lambda: [((self.replica,), shared()["status"] != "ok")])
         for name in self.circuits:
             self.circuit_state.labels(name).set(0)
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -288,9 +305,26 @@ class Metrics:
 
     # --- circuits, probes --------------------------------------------------------------------------
 
+    def rebind(self, cfg: Config, circuits: dict[str, Any]) -> None:
+        """A reloaded config: labels follow it, counters go on (`server.metrics_key_names` needs a restart)."""
+        self.cfg, self.circuits = cfg, circuits
+        self.local = {name: is_local(cfg.backends[t.backend], t) for name, t in cfg.models.items()}
+        self.backend_of = {name: t.backend for name, t in cfg.models.items()}
+        for name, circuit in circuits.items():
+            self.circuit_state.labels(name).set(CIRCUIT_CODES.get(circuit.state, 0))
+        if self.stats is not None:
+            self.stats.targets = list(cfg.models)
+
+    def config_reloaded(self, result: str) -> None:
+        self.reloads.labels(result).inc()
+
     def circuit_changed(self, circuit: Any, state: str) -> None:
         self._child(self.circuit_state, circuit.name).set(CIRCUIT_CODES[state])
         self._child(self.circuit_changes, circuit.name, state).inc()
+
+    def state_error(self) -> None:
+        """A call to the shared state failed (also from its probe thread: counters are thread-safe)."""
+        self.state_errors.labels(self.replica).inc()
 
     def probed(self, backend: str, result: str) -> None:
         self._child(self.probes, backend, result).inc()

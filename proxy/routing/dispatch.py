@@ -67,6 +67,7 @@ class Dispatcher:
         self.router = router
         self.backends = router.backends
         self.circuits = router.circuits
+        self.balancer = router.balancer  # counts attempts in flight and their latency, for balanced groups
         # admission of one try just before it is sent (quotas, free_only budgets): None, or why it is skipped
         self.admit = admit
 
@@ -93,7 +94,7 @@ class Dispatcher:
                 t0 = time.perf_counter()
                 try:
                     async with asyncio.timeout(target.timeout) if target.timeout else nullcontext():
-                        result = await attempt(backend, target)
+                        result = await self.balancer.track(target.name, attempt(backend, target))
                 except TranslationError as e:
                     circuit.release()
                     raise InvalidRequest(e.message, param=e.param, code=e.code) from None

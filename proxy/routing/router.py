@@ -1,7 +1,8 @@
 """Route: what the client's `model` names → an ordered chain of model targets, filtered.
 
 A route is a plain fallback chain, or rules (first match wins; the rule's name is the reason
-reported). A model target named directly is a chain of one; an allowed override header or
+reported); a balanced group in a chain is put in this request's order (`proxy.routing.balance`).
+A model target named directly is a chain of one; an allowed override header or
 metadata field forces one target. Filters then skip, with a recorded reason, each target that
 cannot serve this request now: the wrong kind (chat vs embedding, `proxy.routing.kinds`), backend
 unavailable (no key), circuit open, a missing ability
@@ -17,6 +18,7 @@ from proxy.cache import response as cache
 from proxy.usage import pricing
 from proxy.backends.base import Backend
 from proxy.call import Attempt, Call
+from proxy.routing.balance import Balancer
 from proxy.routing.circuit import Circuit
 from proxy.routing.complexity import ComplexityScorer
 from proxy.config import ConfigError, Conditions, Config, Key, Rule, Target
@@ -58,8 +60,9 @@ def matches(c: Conditions, f: Features, semantic: Callable[[Conditions, Features
 
 class Router:
     def __init__(self, cfg: Config, backends: dict[str, Backend], circuits: dict[str, Circuit] | None = None,
-                 filters: Sequence[Filter] = ()) -> None:
+                 filters: Sequence[Filter] = (), balancer: Balancer | None = None) -> None:
         self.cfg = cfg
+        self.balancer = balancer or Balancer()  # orders balanced groups per request; the dispatcher feeds it
         self.backends = backends
         self.scorer = ComplexityScorer(cfg.routing.complexity)
         # shared with health and metrics when serving; fresh (all closed) for a dry run
@@ -123,12 +126,12 @@ class Router:
         call.route = route.name
         if not route.rules:
             call.reason = "chain"
-            return list(route.chain), None
+            return self.balancer.arrange(list(route.chain), route.groups), None
         semantic = lambda c, f: self.semantic.holds(route.name, c, f)  # noqa: E731
         for rule in route.rules:
             if matches(rule.when, f, semantic):
                 call.reason = rule.name
-                return list(rule.then), rule
+                return self.balancer.arrange(list(rule.then), rule.groups), rule
         raise NoTargetAvailable(f"No rule of route '{route.name}' matches this request (add a rule without "
                                 "`when` as the last one).", param="model")
 

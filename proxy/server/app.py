@@ -39,12 +39,14 @@ class OpenAIAPI:
     """The OpenAI-compatible endpoints over one pipeline."""
 
     def __init__(self, cfg: Config, pipeline: Pipeline, auth: Authenticator, backends: dict[str, Backend],
-                 ready: Callable[[], tuple[bool, dict[str, str]]]) -> None:
+                 ready: Callable[[], tuple[bool, dict[str, str]]],
+                 shared: Callable[[], dict[str, Any]] | None = None) -> None:
         self.cfg = cfg
         self.pipeline = pipeline
         self.auth = auth
         self.backends = backends
         self.readiness = ready
+        self.shared = shared  # the shared state's condition (Redis): shown in /ready, degraded but still ready
         self.created = int(time.time())  # /v1/models: the same `created` on every call
 
     def routes(self) -> list[Route]:
@@ -172,4 +174,9 @@ class OpenAIAPI:
         ok, backends = self.readiness()
         if self.pipeline.drain.draining:
             return json_response({"status": "shutting_down", "backends": backends}, 503)
-        return json_response({"status": "ready" if ok else "unavailable", "backends": backends}, 200 if ok else 503)
+        out: dict[str, Any] = {"status": "ready" if ok else "unavailable", "backends": backends}
+        if self.shared is not None:
+            out["state"] = self.shared()
+            if ok and out["state"]["status"] != "ok":
+                out["status"] = "degraded"  # still serving: limits per replica (on_error: local) or 503s for them
+        return json_response(out, 200 if ok else 503)

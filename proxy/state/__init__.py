@@ -9,8 +9,9 @@ Exports: `State` (the protocol), `MemoryState` (the in-process implementation, t
 `Clock` / `SystemClock` / `ManualClock` (injectable time: replays and tests set it by hand), and the records the protocol
 speaks in: `Window`, `Amount`, `Limit`, `Ask`, `Hold`, `Refused`, `Usage`, `Breaker`.
 
-A shared implementation (Redis, for replicas) plugs in by implementing `State`: each method is
-one atomic step, so `admit` maps onto one server-side script and one round trip.
+The shared implementation, `proxy.state.redis.RedisState` (``state.redis`` in proxy.yaml, for
+replicas), implements `State` the same way: each method is one atomic step, so `admit` maps onto
+one Lua script and one round trip.
 """
 
 from proxy.state.base import (Amount, Ask, Breaker, Clock, Hold, Limit, ManualClock, Refused, State, SystemClock, Usage,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 import time
 from datetime import datetime
 from typing import Any, AsyncIterator
@@ -29,7 +28,8 @@ from proxy.usage.pricing import round_money
 from proxy.config import Config, Price
 from proxy.errors import InvalidRequest, ProxyError
 from proxy.usage.quota import Accounts, day_bounds, month_bounds
-from proxy.usage.ledger import BUCKET, Usage, load_counters
+from proxy.usage.db import Db
+from proxy.usage.ledger import BUCKET, OK, Usage, load_counters
 from proxy.web.auth import Authenticator
 
 DEFAULT_BASELINE = "gpt-4o"
@@ -134,7 +134,7 @@ def price_dict(p: Price) -> dict[str, Any]:
 
 # --- the report --------------------------------------------------------------------------------
 
-_AGG = ("SELECT backend, target, COUNT(*), COALESCE(SUM(status = 200), 0), COALESCE(SUM(prompt_tokens), 0), "
+_AGG = (f"SELECT backend, target, COUNT(*), COALESCE({OK}, 0), COALESCE(SUM(prompt_tokens), 0), "
         "COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(reasoning_tokens), 0), "
         "COALESCE(SUM(cost_usd), 0), COALESCE(SUM(estimated), 0) FROM requests WHERE ts >= ? AND ts < ?")
 
@@ -144,7 +144,7 @@ _ROLLUP = ("SELECT backend, target, SUM(requests), SUM(ok), SUM(prompt_tokens), 
            "WHERE bucket >= ? AND bucket < ?")
 
 
-def _raw(conn: sqlite3.Connection, start: float, end: float, key: str | None, by: str,
+def _raw(conn: Db, start: float, end: float, key: str | None, by: str,
          out: dict[tuple[Any, ...], list[Any]], rolled: bool = False) -> None:
     sql, args = (_ROLLUP, [int(start), int(end)]) if rolled else (_AGG, [start, end])
     if key is not None:
@@ -158,7 +158,7 @@ def _raw(conn: sqlite3.Connection, start: float, end: float, key: str | None, by
         out[k] = list(r[2:]) if prev is None else [x + (y or 0) for x, y in zip(prev, r[2:])]
 
 
-def _groups(conn: sqlite3.Connection, start: float, end: float, key: str | None,
+def _groups(conn: Db, start: float, end: float, key: str | None,
             by: str = "backend, target") -> dict[tuple[Any, ...], list[Any]]:
     """Sums per backend and target (or key) of the rows in [start, end): whole quarter hours from the
     rollup, the ragged edges from the rows (by their time index)."""
@@ -174,17 +174,19 @@ def _groups(conn: sqlite3.Connection, start: float, end: float, key: str | None,
     return out
 
 
-_FAILED = ("SELECT json_extract(a.value, '$.target'), COUNT(*) FROM requests AS r, json_each(r.attempts) AS a "
-           "WHERE r.attempts IS NOT NULL AND r.ts >= ? AND r.ts < ? AND json_extract(a.value, '$.outcome') != 'ok' "
-           "AND json_extract(a.value, '$.outcome') NOT LIKE 'skipped%' AND NOT (json_extract(a.value, '$.outcome') "
-           "LIKE 'escalated%' AND json_extract(a.value, '$.target') IS r.target)")
+def _failed_sql(db: Db) -> str:
+    """The attempts that did not answer, per target (reading the attempts' JSON is the dialect's)."""
+    target, outcome = db.attempt("target"), db.attempt("outcome")
+    return (f"SELECT {target}, COUNT(*) FROM requests AS r, {db.each_attempt} "
+            f"WHERE r.attempts IS NOT NULL AND r.ts >= ? AND r.ts < ? AND {outcome} != 'ok' "
+            f"AND {outcome} NOT LIKE 'skipped%' AND NOT ({outcome} LIKE 'escalated%' AND {target} {db.same} r.target)")
 
 
-def _failed(conn: sqlite3.Connection, cfg: Config, start: float, end: float, key: str | None,
+def _failed(conn: Db, cfg: Config, start: float, end: float, key: str | None,
             out: dict[tuple[Any, ...], list[Any]]) -> None:
     """Add the attempts that did not answer (failed, or escalated past) to `out` as calls of their target:
     a target that failed twice made two calls, though the ledger's rows name the target that answered."""
-    sql, args = _FAILED, [start, end]
+    sql, args = _failed_sql(conn), [start, end]
     if key is not None:
         sql += " AND r.key = ?"
         args.append(key)
@@ -194,11 +196,12 @@ def _failed(conn: sqlite3.Connection, cfg: Config, start: float, end: float, key
         out[k] = _add(out.get(k), [n, 0, 0, 0, 0, 0, 0.0, 0, n])
 
 
-_CACHE = ("SELECT route, target, SUM(cache = 'hit'), SUM(cache = 'miss'), SUM(cache = 'bypass'), "
+_CACHE = ("SELECT route, target, " + ", ".join(f"SUM(CASE WHEN cache = '{c}' THEN 1 ELSE 0 END)"
+                                              for c in ("hit", "miss", "bypass")) + ", "
           "COALESCE(SUM(saved_usd), 0) FROM requests WHERE cache IS NOT NULL AND ts >= ? AND ts < ?")
 
 
-def cache_report(conn: sqlite3.Connection, start: float, end: float, key: str | None) -> dict[str, Any]:
+def cache_report(conn: Db, start: float, end: float, key: str | None) -> dict[str, Any]:
     """The response cache in a period: hits, misses, bypasses, the hit rate and what hits saved, in all
     and per route and target (a hit rate counts the requests that looked: hits and misses)."""
     sql, args = _CACHE, [start, end]
@@ -251,7 +254,7 @@ def _left(q: dict[str, Any] | None) -> dict[str, Any] | None:
             "in_reserve": q["in_reserve"], "resets_at": q["resets_at"]}
 
 
-def report(conn: sqlite3.Connection, cfg: Config, *, period: str | None = None, since: str | None = None,
+def report(conn: Db, cfg: Config, *, period: str | None = None, since: str | None = None,
            until: str | None = None, key: str | None = None, accounts: Accounts | None = None,
            baseline_model: str | None = None, now: float | None = None) -> dict[str, Any]:
     """The usage report from a ledger connection. `accounts` gives live quota and budget counters;
@@ -342,7 +345,7 @@ _EXPORT = ("SELECT id, ts, request_id, key, model, route, rule, chain, attempts,
            "latency_ms, ttft_ms, features FROM requests WHERE id > ? AND ts >= ? AND ts < ?")
 
 
-def export_page(conn: sqlite3.Connection, after: int, start: float, end: float, key: str | None,
+def export_page(conn: Db, after: int, start: float, end: float, key: str | None,
                 limit: int = PAGE) -> list[dict[str, Any]]:
     sql, args = _EXPORT, [after, start, end]
     if key is not None:

@@ -1,8 +1,8 @@
 """``turnout usage`` (the report as a table or JSON), ``turnout usage export`` (JSONL) and
 ``turnout simulate``.
 
-They read the ledger file named by the config (``usage.ledger``) directly, read-only, so they
-work with Turnout stopped or running (rows of the last second may not be written yet); with
+They read the ledger named by the config (``usage.ledger``: a SQLite file or a PostgreSQL URL)
+directly, read-only, so they work with Turnout stopped or running (rows of the last second may not be written yet); with
 ``--url`` they ask a running Turnout instead. Either way the numbers come from the same code as
 ``GET /turnout/usage``.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 from typing import Any, Awaitable, Callable, TextIO, TypeVar
 
@@ -20,6 +19,7 @@ import orjson
 from proxy.config import Config, ConfigError
 from proxy.errors import TransportError
 from proxy.http import HTTPClient, Response, run_sync
+from proxy.usage import db
 from proxy.usage.pricing import saving, usd as _usd
 
 T = TypeVar("T")
@@ -30,7 +30,7 @@ def add_arguments(sub: Any) -> None:
                                      "'usage export' writes the ledger's rows as JSONL")
     p.add_argument("action", nargs="?", choices=["show", "export"], default="show")
     p.add_argument("--config", default=None, help="config file (default: $TURNOUT_CONFIG or ./proxy.yaml)")
-    p.add_argument("--ledger", default=None, help="ledger file (default: the config's usage.ledger)")
+    p.add_argument("--ledger", default=None, help="ledger file or postgresql:// URL (default: the config's usage.ledger)")
     p.add_argument("--url", default=None, help="ask a running Turnout instead, e.g. http://127.0.0.1:4000")
     p.add_argument("--api-key", default=None, help="the proxy key for --url (default: $TURNOUT_API_KEY)")
     p.add_argument("--period", default=None, help="today, yesterday, week, month, all (default), or 24h / 7d / 30d")
@@ -84,7 +84,7 @@ def usage_config(config: str | None, default: str, ledger: str | None) -> Config
     return None
 
 
-def _open(cfg: Config, ledger: str | None) -> sqlite3.Connection:
+def _open(cfg: Config, ledger: str | None) -> db.Db:
     from proxy.usage.ledger import connect
 
     path = ledger or cfg.usage.ledger
@@ -92,8 +92,9 @@ def _open(cfg: Config, ledger: str | None) -> sqlite3.Connection:
         raise SystemExit("turnout: the config has no usage ledger (usage.ledger is off); give --ledger FILE")
     try:
         return connect(path, readonly=True)
-    except (FileNotFoundError, sqlite3.Error) as e:
-        raise SystemExit(f"turnout: cannot open the usage ledger {path} ({e}); has Turnout run with this config?")
+    except (FileNotFoundError, RuntimeError, *db.errors()) as e:
+        raise SystemExit(f"turnout: cannot open the usage ledger {db.label(path)} ({e}); "
+                         "has Turnout run with this config?")
 
 
 def _remote(args: argparse.Namespace, fn: Callable[[HTTPClient], Awaitable[T]]) -> T:
@@ -261,7 +262,8 @@ def simulate_command(cfg: Config, args: argparse.Namespace, out: TextIO | None =
         else:
             conn = _open(cfg, args.ledger)
             res = simulate.replay(cfg, conn, since=args.since, until=args.until, days=args.days, key=args.key,
-                                  baseline_model=args.baseline, source=f"replay of {args.ledger or cfg.usage.ledger}",
+                                  baseline_model=args.baseline,
+                                  source=f"replay of {db.label(args.ledger or cfg.usage.ledger or '')}",
                                   cache_hit_rate=args.cache_hit_rate)
     except ConfigError as e:
         print(f"turnout: invalid mix: {e}", file=sys.stderr)
@@ -281,7 +283,7 @@ def usage_lines(cfg: Config) -> list[str]:
     from proxy.usage.api import DEFAULT_BASELINE
 
     u = cfg.usage
-    lines = [f"usage: ledger {u.ledger or 'off (counters in memory only)'}"
+    lines = [f"usage: ledger {db.label(u.ledger) if u.ledger else 'off (counters in memory only)'}"
              + (f" (written every {u.flush_interval:g} s)" if u.ledger else "")
              + f", baseline {u.baseline or DEFAULT_BASELINE}, days start {u.reset_hour:02d}:00 {u.timezone}"]
     built = [f"{n} ({t.price_source.split('//')[-1].split('/')[0]} {t.price_source.rsplit('(', 1)[-1].rstrip(')')})"

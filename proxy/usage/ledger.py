@@ -1,4 +1,5 @@
-"""The usage ledger: one SQLite row per chat request, written off the request path.
+"""The usage ledger: one row per chat request, written off the request path, in SQLite (one file) or
+PostgreSQL (one ledger for several replicas; the dialects live in `proxy.usage.db`).
 
 `Recorder` is an observer of the app. When a request finishes it measures the tokens (the
 provider's usage when given; otherwise a tiktoken estimate, marked ``estimated``, of the prompt
@@ -10,10 +11,15 @@ single writer thread turns the tuples into rows (JSON of the attempts and routin
 together with a snapshot of the quota and budget counters (also when only admissions changed
 them, so that other worker processes see requests in flight). Shutdown flushes what is left.
 
-Durability: WAL journal, ``synchronous=FULL`` (each batch is on disk when its commit returns). A
+Durability (SQLite): WAL journal, ``synchronous=FULL`` (each batch is on disk when its commit returns). A
 hard crash (kill -9, power loss) loses at most the rows of the last `flush_interval` — one second
 by default — plus a batch being written at that instant. Quotas and budgets restart from the last
 snapshot, which is part of the same transaction as the rows, so the two always agree.
+
+Several processes (``--workers``) or replicas (one PostgreSQL ledger) write one ledger: row ids come
+from the database, rollup rows are upserted (``ON CONFLICT … DO UPDATE``, in key order so that two
+writers never deadlock), each process saves its own counters under its own worker id and reads
+the others'. The schema is created and migrated at start under a lock (`migrate`).
 
 Never stored: prompts, answers, API keys (a request is known by its key's *name*). Stored for
 ``turnout simulate`` replays: the routing features (images, tools, turn, prompt tokens,
@@ -25,15 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 import orjson
 
 from proxy.usage import pricing
+from proxy.usage.db import Db, is_postgres, label, open_db
 
 from proxy.usage import tokens
 from proxy.call import SENT_SAMPLE, Call
@@ -46,29 +51,32 @@ T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,              -- when the request arrived, Unix seconds
+    id {id},
+    ts {real} NOT NULL,            -- when the request arrived, Unix seconds
     request_id TEXT, key TEXT, model TEXT, route TEXT, rule TEXT,
     chain TEXT,                    -- JSON list of the targets the rule chose
-    attempts TEXT,                 -- JSON list of {target, outcome, status}: skipped, failed, escalated, ok
+    attempts TEXT,                 -- JSON list of {{target, outcome, status}}: skipped, failed, escalated, ok
     target TEXT, backend TEXT,     -- the target that answered and its backend
     status INTEGER, error TEXT, stream INTEGER, chunks INTEGER,
     prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER, reasoning_tokens INTEGER,
     estimated INTEGER,             -- 1: tokens are a tiktoken estimate (no usage from the provider)
-    cost_usd REAL, latency_ms REAL, ttft_ms REAL,
-    cache TEXT, saved_usd REAL,    -- the response cache: hit | miss | bypass (NULL: none); what a hit saved
+    cost_usd {real}, latency_ms {real}, ttft_ms {real},
+    cache TEXT, saved_usd {real},  -- the response cache: hit | miss | bypass (NULL: none); what a hit saved
     features TEXT                  -- JSON of the routing features, for replays
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 CREATE TABLE IF NOT EXISTS rollup (  -- the rows summed per quarter hour, key, backend and target ('' for none)
     bucket INTEGER NOT NULL, key TEXT NOT NULL, backend TEXT NOT NULL, target TEXT NOT NULL,
-    requests INTEGER, ok INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER,
-    reasoning_tokens INTEGER, cost_usd REAL, estimated INTEGER,
+    requests {big}, ok {big}, prompt_tokens {big}, completion_tokens {big}, cached_tokens {big},
+    reasoning_tokens {big}, cost_usd {real}, estimated {big},
     PRIMARY KEY (bucket, key, backend, target)
 );
 CREATE TABLE IF NOT EXISTS counters (  -- quota and budget counts of each process in the current period
-    name TEXT NOT NULL, worker TEXT NOT NULL, start REAL, requests INTEGER, tokens INTEGER, usd REAL,
+    name TEXT NOT NULL, worker TEXT NOT NULL, start {real}, requests {big}, tokens {big}, usd {real},
     PRIMARY KEY (name, worker)
+);
+CREATE TABLE IF NOT EXISTS ledger_schema (  -- the schema's version: MIGRATIONS[:version] have run
+    id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL
 );
 """
 COLUMNS = ("ts", "request_id", "key", "model", "route", "rule", "chain", "attempts", "target", "backend",
@@ -76,46 +84,74 @@ COLUMNS = ("ts", "request_id", "key", "model", "route", "rule", "chain", "attemp
            "reasoning_tokens", "estimated", "cost_usd", "latency_ms", "ttft_ms", "cache", "saved_usd", "features")
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 BUCKET = 900  # seconds per rollup bucket: day and month starts fall on one in every time zone
+OK = "SUM(CASE WHEN status = 200 THEN 1 ELSE 0 END)"  # SQLite could sum booleans; PostgreSQL cannot
 ROLLUP_FROM_ROWS = (
-    f"SELECT CAST(ts / {BUCKET} AS INTEGER), COALESCE(key, ''), COALESCE(backend, ''), COALESCE(target, ''), "
-    "COUNT(*), SUM(status = 200), SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), "
+    "SELECT {bucket}, COALESCE(key, ''), COALESCE(backend, ''), COALESCE(target, ''), "
+    f"COUNT(*), {OK}, SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), "
     "SUM(reasoning_tokens), SUM(cost_usd), SUM(estimated) FROM requests GROUP BY 1, 2, 3, 4")
 ROLLUP_ADD = (
     "INSERT INTO rollup VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, key, backend, target) DO UPDATE "
-    "SET requests = requests + excluded.requests, ok = ok + excluded.ok, "
-    "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = completion_tokens + excluded.completion_tokens, "
-    "cached_tokens = cached_tokens + excluded.cached_tokens, "
-    "reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, cost_usd = cost_usd + excluded.cost_usd, "
-    "estimated = estimated + excluded.estimated")
+    "SET " + ", ".join(f"{c} = rollup.{c} + excluded.{c}" for c in (
+        "requests", "ok", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_usd",
+        "estimated")))
+SAVE_COUNTERS = ("INSERT INTO counters (name, worker, start, requests, tokens, usd) VALUES (?, ?, ?, ?, ?, ?) "
+                 "ON CONFLICT (name, worker) DO UPDATE SET start = excluded.start, requests = excluded.requests, "
+                 "tokens = excluded.tokens, usd = excluded.usd")
 MAX_PENDING = 200_000  # rows kept in memory while the disk refuses them; older ones are dropped beyond
 
 
-def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        if path != ":memory:" and not Path(path).exists():
-            raise FileNotFoundError(path)
-        conn = sqlite3.connect(f"file:{path}?mode=ro" if path != ":memory:" else path, uri=path != ":memory:",
-                               check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=5000")
-        return conn
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    cols = [r[1] for r in conn.execute("PRAGMA table_info(counters)")]
-    if cols and "worker" not in cols:  # an early development schema: the counters are derived again from the rows
-        conn.execute("DROP TABLE counters")
-    conn.executescript(SCHEMA)
-    cols = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
-    for col, typ in (("cache", "TEXT"), ("saved_usd", "REAL")):  # a ledger from before the response cache
+def _v1(db: Db) -> None:
+    """The schema of issue 14. A SQLite ledger from before: the rollup is built from its rows, and an
+    early development counters table (no worker column) is dropped (derived again from the rows)."""
+    cols = db.columns("counters")
+    if cols and "worker" not in cols:
+        db.execute("DROP TABLE counters")
+    db.script(SCHEMA)
+    if db.execute("SELECT NOT EXISTS (SELECT 1 FROM rollup)").fetchone()[0]:
+        db.execute("INSERT INTO rollup " + ROLLUP_FROM_ROWS.format(bucket=db.bucket("ts", BUCKET)))
+
+
+def _v2(db: Db) -> None:
+    """The response cache's columns, for a ledger made before them."""
+    cols = db.columns("requests")
+    for col, typ in (("cache", "TEXT"), ("saved_usd", db.types["real"])):
         if col not in cols:
-            conn.execute(f"ALTER TABLE requests ADD COLUMN {col} {typ}")
-    if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM rollup)").fetchone()[0]:
-        conn.execute(f"INSERT INTO rollup {ROLLUP_FROM_ROWS}")  # a ledger from before the rollup: build it once
-    return conn
+            db.execute(f"ALTER TABLE requests ADD COLUMN {col} {typ}")
+
+
+MIGRATIONS: list[Callable[[Db], None]] = [_v1, _v2]  # MIGRATIONS[i]: schema version i to i + 1; append only
+
+
+def migrate(db: Db) -> int:
+    """Create the schema or bring it up to date, under the schema lock (replicas starting together
+    migrate once); returns the version."""
+    with db.schema_lock():
+        version = 0
+        if db.columns("ledger_schema"):
+            row = db.execute("SELECT version FROM ledger_schema WHERE id = 1").fetchone()
+            version = row[0] if row else 0
+        for step in MIGRATIONS[version:]:
+            step(db)
+        if version < len(MIGRATIONS):
+            db.execute("INSERT INTO ledger_schema (id, version) VALUES (1, ?) ON CONFLICT (id) DO UPDATE "
+                       "SET version = excluded.version", (len(MIGRATIONS),))
+        return len(MIGRATIONS)
+
+
+def connect(url: str, readonly: bool = False) -> Db:
+    """The ledger at `url` (a SQLite path or a PostgreSQL URL); read-only for reports, else migrated."""
+    db = open_db(url, readonly)
+    if readonly:
+        if not db.columns("requests"):
+            db.close()
+            raise FileNotFoundError(f"no ledger at {db.label}")
+        return db
+    try:
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 # --- measuring a finished request --------------------------------------------------------------
@@ -223,25 +259,26 @@ def _row(t: tuple[Any, ...], with_features: bool) -> tuple[Any, ...]:
 
 
 class Ledger:
-    """The SQLite file and the one thread that touches it."""
+    """The ledger database and the one thread that touches it."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.conn: sqlite3.Connection | None = None
+        self.path = path  # a SQLite file or a PostgreSQL URL
+        self.label = label(path)  # without a password, for logs
+        self.conn: Db | None = None
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="turnout-ledger")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def open(self) -> None:
-        self.conn = connect(self.path)
+        try:
+            self.conn = connect(self.path)
+        except Exception as e:
+            log.error("ledger: cannot open %s: %s", self.label, e)  # the label: never a password
+            raise
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
             self.conn.close()
             self.conn = None
 
@@ -251,19 +288,15 @@ class Ledger:
         assert self.conn is not None
         rows = [_row(t, with_features) for t in batch]
         c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            c.executemany(INSERT, rows)
-            c.executemany(ROLLUP_ADD, rollup(batch))
-            c.executemany("INSERT INTO counters (name, worker, start, requests, tokens, usd) VALUES (?, ?, ?, ?, ?, ?) "
-                          "ON CONFLICT(name, worker) DO UPDATE SET start=excluded.start, requests=excluded.requests, "
-                          "tokens=excluded.tokens, usd=excluded.usd",
-                          [(n, worker, start, r, t, u) for n, start, r, t, u in counters])
-            c.executemany("DELETE FROM counters WHERE name = ? AND start < ?", [(n, start) for n, start, *_ in counters])
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        counters = sorted(counters)  # rows locked in one order by every writer: no deadlock between replicas
+        with c.transaction():
+            if rows:
+                c.executemany(INSERT, rows)
+                c.executemany(ROLLUP_ADD, sorted(rollup(batch)))
+            if counters:
+                c.executemany(SAVE_COUNTERS, [(n, worker, start, r, t, u) for n, start, r, t, u in counters])
+                c.executemany("DELETE FROM counters WHERE name = ? AND start < ?",
+                              [(n, start) for n, start, *_ in counters])
         return others(c, worker)
 
 
@@ -286,30 +319,29 @@ def rollup(batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [(*k, *v) for k, v in sums.items()]
 
 
-def others(conn: sqlite3.Connection, worker: str) -> list[tuple[Any, ...]]:
+def others(conn: Db, worker: str) -> list[tuple[Any, ...]]:
     """Per counter and period, what every other worker (and earlier runs) counted."""
     return [tuple(r) for r in conn.execute(
         "SELECT name, start, SUM(requests), SUM(tokens), SUM(usd) FROM counters WHERE worker != ? "
         "GROUP BY name, start", (worker,))]
 
 
-def load_counters(conn: sqlite3.Connection, accounts: Accounts, worker: str = "", readonly: bool = True) -> None:
+def load_counters(conn: Db, accounts: Accounts, worker: str = "", readonly: bool = True) -> None:
     """Restore quota and budget counters from a ledger: the saved counters of every process, else the
     rows of the current period (saved as the worker "ledger", so that workers starting together
     count them once)."""
     found = accounts.restore(others(conn, worker))
     derived = derive(conn, accounts, found)
     if derived and not readonly:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT OR IGNORE INTO counters (name, worker, start, requests, tokens, usd) "
-                         "VALUES (?, 'ledger', ?, ?, ?, ?)", derived)
-        conn.execute("COMMIT")
+        with conn.transaction():
+            conn.executemany("INSERT INTO counters (name, worker, start, requests, tokens, usd) "
+                             "VALUES (?, 'ledger', ?, ?, ?, ?) ON CONFLICT (name, worker) DO NOTHING", derived)
         accounts.restore(others(conn, worker))
     elif derived:
         accounts.restore(derived)
 
 
-def derive(conn: sqlite3.Connection, accounts: Accounts, skip: set[str]) -> list[tuple[Any, ...]]:
+def derive(conn: Db, accounts: Accounts, skip: set[str]) -> list[tuple[Any, ...]]:
     """Counters with nothing saved (a quota or budget added since the last run) start from the rows
     already in the ledger for their current period."""
     out: list[tuple[Any, ...]] = []
@@ -421,7 +453,7 @@ class Recorder:
                     await self.prune()
             except Exception:  # noqa: BLE001 - a full or locked disk must not stop the writer
                 log.exception("ledger: writing %d rows to %s failed; will retry", len(self.pending),
-                              self.ledger.path if self.ledger else "-")
+                              self.ledger.label if self.ledger else "-")
 
     async def flush(self) -> int:
         """Write what is waiting now; returns the number of rows written."""
@@ -495,5 +527,5 @@ def build_usage(cfg: Config, state: State | None = None) -> Usage:
     """The counters (in `state`), the ledger (if configured) and the recorder that feeds both."""
     accounts = Accounts(cfg, state)
     path = cfg.usage.ledger
-    ledger = Ledger(os.path.expanduser(path)) if path else None
+    ledger = Ledger(path if is_postgres(path) else os.path.expanduser(path)) if path else None
     return Usage(accounts, Recorder(cfg, accounts, ledger), ledger)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from zoneinfo import ZoneInfo
 
 from proxy.call import Call
-from proxy.config import Budget, Config, Quota, RateLimit, Target
+from proxy.config import Budget, Config, Key, Quota, RateLimit, Target
 from proxy.errors import ProxyError
 from proxy.state import Amount, Ask, Hold, Limit, MemoryState, Refused, State, Window, day_bounds, month_bounds
 from proxy.state.base import EPS, Row
@@ -223,12 +223,23 @@ class Accounts:
 
     # --- wiring ----------------------------------------------------------------------------------
 
-    def gates(self) -> list[Callable[[Call], None]]:
+    def adopt(self, key: Key) -> None:
+        """A key created at run time (proxy.usage.keystore): its rate limit and budget from now on."""
+        if key.rate_limit is not None and key.name not in self.rates:
+            self.rates[key.name] = key.rate_limit
+        if key.budget is not None and key.name not in self.key_budgets:
+            u = self.cfg.usage
+            b = self.key_budgets[key.name] = BudgetState(f"key:{key.name}", f"key '{key.name}'", key.budget,
+                                                         u.timezone, u.reset_hour, self.state)
+            self.budgets.append(b)
+
+    def gates(self, stored_keys: bool = False) -> list[Callable[[Call], None]]:
         """Checks before routing, only those the config needs (an unconfigured proxy pays nothing):
         the admission of the key's rate limit and `reject` budgets, then a spent `free_only` budget
-        on a model with no free target."""
+        on a model with no free target. `stored_keys`: keys created at run time may bring rate
+        limits and budgets (`adopt`)."""
         out: list[Callable[[Call], None]] = []
-        if self.rates or any(b.cfg.on_exceeded == "reject" for b in self.budgets):
+        if self.rates or any(b.cfg.on_exceeded == "reject" for b in self.budgets) or stored_keys:
             out.append(self.admit)
         if any(b.cfg.on_exceeded == "free_only" for b in self.budgets):
             out.append(self.free_only_gate)

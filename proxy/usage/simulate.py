@@ -26,7 +26,6 @@ simulated; token counts are carried over unchanged (each provider's tokenizer di
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from proxy.errors import ProxyError
 from proxy.state import ManualClock, MemoryState
 from proxy.usage.quota import Accounts, day_bounds
 from proxy.routing.router import Router
+from proxy.usage.db import Db
 from proxy.usage.api import baseline, export_bounds, price_tokens
 from proxy.usage.pricing import round_money, saving, usd
 
@@ -263,7 +263,7 @@ def mix_requests(mix: dict[str, Any], days: int, start: float) -> Iterator[Reque
 # --- traffic from the ledger -------------------------------------------------------------------
 
 
-def ledger_requests(conn: sqlite3.Connection, start: float, end: float, key: str | None = None) -> Iterator[Request]:
+def ledger_requests(conn: Db, start: float, end: float, key: str | None = None) -> Iterator[Request]:
     """The answered requests of a period with their recorded features and tokens, oldest first."""
     sql = ("SELECT ts, key, model, prompt_tokens, completion_tokens, cached_tokens, cost_usd, features FROM requests "
            "WHERE ts >= ? AND ts < ? AND target IS NOT NULL AND features IS NOT NULL AND model IS NOT NULL")
@@ -277,7 +277,7 @@ def ledger_requests(conn: sqlite3.Connection, start: float, end: float, key: str
                       ts=ts, label=k or "-", recorded_cost=cost or 0.0)
 
 
-def replay(cfg: Config, conn: sqlite3.Connection, *, since: str | None, until: str | None, days: float | None,
+def replay(cfg: Config, conn: Db, *, since: str | None, until: str | None, days: float | None,
            key: str | None = None, baseline_model: str | None = None, source: str = "ledger",
            cache_hit_rate: float = 0.0) -> Result:
     now = time.time()

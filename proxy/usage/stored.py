@@ -1,11 +1,12 @@
 """Stored Responses (``store`` / ``previous_response_id`` / ``GET`` and ``DELETE /v1/responses/{id}``),
-kept in the ledger's SQLite database with a time to live.
+kept in the ledger's database (SQLite or PostgreSQL) with a time to live.
 
-Why here: the ledger is the one durable store Turnout already has (one file, one writer thread);
+Why here: the ledger is the one durable store Turnout already has (one database, one writer thread);
 stored responses share its connection and thread, so no second database or lock appears. Unlike
 the ledger rows, these rows do hold conversation text — that is what storing a response means —
 so each expires after ``ttl`` seconds (30 days by default, as OpenAI keeps them) and belongs to
-the proxy key that created it: another key cannot read, continue or delete it.
+the proxy key that created it: another key cannot read, continue or delete it. With a PostgreSQL
+ledger every replica sees every stored response, so a follow-up may land on any of them.
 
 A row keeps the Response object as sent and the chat messages of the whole conversation up to
 and including its answer (without the instructions), which is what a follow-up continues from.
@@ -13,12 +14,12 @@ and including its answer (without the instructions), which is what a follow-up c
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
 import orjson
 
+from proxy.usage.db import Db
 from proxy.usage.ledger import Ledger
 
 Json = dict[str, Any]
@@ -28,8 +29,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,       -- the proxy key's name ('' without keys)
-    created REAL NOT NULL,
-    expires REAL NOT NULL,
+    created {real} NOT NULL,
+    expires {real} NOT NULL,
     response TEXT NOT NULL,    -- the Response object as sent (JSON)
     messages TEXT NOT NULL     -- the conversation as chat messages, for previous_response_id (JSON)
 );
@@ -43,13 +44,14 @@ class ResponseStore:
         self.ttl = ttl
         self.ready = False
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> Db:
         if self.ledger.conn is None:
             self.ledger.open()
         conn = self.ledger.conn
         assert conn is not None
         if not self.ready:
-            conn.executescript(SCHEMA)
+            with conn.schema_lock():
+                conn.script(SCHEMA)
             self.ready = True
         return conn
 
@@ -58,7 +60,9 @@ class ResponseStore:
 
         def write() -> None:
             c = self._conn()
-            c.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+            c.execute("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                      "owner = excluded.owner, created = excluded.created, expires = excluded.expires, "
+                      "response = excluded.response, messages = excluded.messages",
                       (id, owner, now, now + self.ttl, orjson.dumps(response).decode(),
                        orjson.dumps(messages).decode()))
             c.execute("DELETE FROM responses WHERE expires < ?", (now,))

@@ -254,7 +254,16 @@ def build_ollama_emulator(models: list[Json | str] | None = None, loaded: list[s
                        "eval_count": eval_tokens, "eval_duration": 4_535_599_000}
         if s.get("first_token_delay"):
             await asyncio.sleep(s["first_token_delay"])  # before the headers, as Ollama does
+        def logprobs(pieces: list[str]) -> Json:  # Ollama 0.12+: one entry per token, when asked
+            if not body.get("logprobs"):
+                return {}
+            top = body.get("top_logprobs") or 0
+            return {"logprobs": [{"token": p, "logprob": -0.5, "bytes": list(p.encode()), "top_logprobs": [
+                {"token": p if k == 0 else f"{p}~{k}", "logprob": -0.5 - k, "bytes": list(p.encode())}
+                for k in range(top)]} for p in pieces]}
+
         if body.get("stream") is False:
+            final.update(logprobs(text))
             msg: Json = {"role": "assistant", "content": "".join(text)}
             if thinking:
                 msg["thinking"] = "".join(thinking)
@@ -268,7 +277,7 @@ def build_ollama_emulator(models: list[Json | str] | None = None, loaded: list[s
                           "message": {"role": "assistant", "content": "", "thinking": p}, "done": False})
         for p in text:
             lines.append({"model": model, "created_at": _now(), "message": {"role": "assistant", "content": p},
-                          "done": False})
+                          "done": False, **logprobs([p])})
         if calls:
             lines.append({"model": model, "created_at": _now(),
                           "message": {"role": "assistant", "content": "", "tool_calls": calls}, "done": False})

@@ -140,7 +140,17 @@ function drawHealth(hh) {
     return `<div class="tile ${b.state}" title="${esc(b.reason || b.state)}"><b>${esc(b.name)}</b>` +
       `<small>${esc(b.state)} · ${esc(b.type)}</small><small>${rate}${lat}</small>` +
       `<small>${esc(b.reason || "")}</small></div>`;
-  }).join("");
+  }).join("") + sharedTile(hh.state);
+}
+
+function sharedTile(st) {  // the state every replica shares (Redis): limits and breakers are fleet-wide while ok
+  if (!st) return "";
+  const cls = st.status === "ok" ? "healthy" : "degraded";
+  const what = st.status === "ok" ? "fleet-wide limits and circuits" :
+    (st.on_error === "local" ? "own counters until it is back" : "shared limits refused (503)");
+  return `<div class="tile ${cls}" title="${esc(st.reason || st.url || "")}"><b>shared state</b>` +
+    `<small>${esc(st.status)} · ${esc(st.backend)}</small><small>${esc(what)}</small>` +
+    `<small>${esc(st.reason || "")}</small></div>`;
 }
 
 function drawLimits(gauges) {
