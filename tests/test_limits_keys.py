@@ -101,3 +101,19 @@ def test_provider_tests_are_ledger_rows(base) -> None:
     row, = [orjson.loads(x) for x in rows.content.splitlines() if b"probe-1" in x]
     assert row["key"] == "ops" and row["target"] == "claude-sonnet" and row["status"] == 200
     assert row["rule"] == "provider_test" and row["prompt_tokens"] > 0
+
+
+def test_models_lists_only_what_each_key_may_use(base) -> None:
+    """`/v1/models` (and `/v1/models/{id}`) filtered by the key's allow-lists, as OpenAI lists only
+    the models a key can use: its own lists, else its tier's, else everything."""
+    def ids(key: str) -> set[str]:
+        return {m.id for m in sdk(base, api_key=key).models.list()}
+
+    assert ids("k-free") == {"cheap", "local-3b"}  # the tier's lists
+    assert ids("k-narrow") == {"smart"}  # its own lists beat the tier's; targets: [] lists none
+    assert ids("k-pro") == ids("k-admin") == {"cheap", "smart", "local-3b", "claude-sonnet"}
+    free = sdk(base, api_key="k-free")
+    assert free.models.retrieve("local-3b").id == "local-3b"
+    for name in ("claude-sonnet", "smart"):
+        with pytest.raises(openai.NotFoundError):
+            free.models.retrieve(name)

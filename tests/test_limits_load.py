@@ -21,7 +21,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.conftest import free_port
@@ -169,3 +169,53 @@ def test_a_huge_whitespace_free_prompt_does_not_stall_health(turnout_proc: Turno
             t.join()
     assert len(results) == 3 and all(s in (200, 400, 413, 503) for s in results), results
     assert worst < 1.0, f"/health took {worst * 1000:.0f} ms while a 15 MB prompt was handled"
+
+
+def test_a_20mb_answer_without_usage_is_counted_from_a_bounded_sample(turnout, serve, tmp_path, monkeypatch) -> None:
+    """The ledger estimates a big non-streamed answer that came without usage from a bounded sample of
+    its text: the tokenizer and the JSON parser never see the whole 20 MB on the event loop (before:
+    the answer was kept whole, parsed again and handed to the tokenizer)."""
+    from proxy.usage import ledger, tokens
+
+    size = 20 << 20
+    answer = json.dumps({"id": "c1", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "a" * size}, "finish_reason": "stop"}]}).encode()
+
+    async def chat(request: Request) -> Response:
+        await request.body()
+        return Response(answer, media_type="application/json")
+
+    up = serve(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]))
+    seen: list[int] = []
+    count, sent_text = tokens.count, ledger.sent_text
+    monkeypatch.setattr(tokens, "count", lambda text: seen.append(len(text)) or count(text))
+    monkeypatch.setattr(ledger, "sent_text", lambda payloads: sent_text(p for p in payloads if not seen.append(len(p))))
+    base = turnout({"backends": {"up": {"type": "openai", "base_url": up + "/v1", "api_key": "sk-x"}},
+                    "models": {"big": {"backend": "up", "model": "m", "price": {"input": 1, "output": 1}}},
+                    "routes": {}, "usage": {"ledger": str(tmp_path / "u.db"), "flush_interval": 0.05}})
+    r = httpx.post(base + "/v1/chat/completions", timeout=60,
+                   json={"model": "big", "messages": [{"role": "user", "content": "a long one"}]})
+    assert r.status_code == 200 and len(r.json()["choices"][0]["message"]["content"]) == size
+    assert httpx.get(base + "/health", timeout=10).status_code == 200
+    deadline = time.monotonic() + 10
+    row: dict[str, Any] = {}
+    while not row and time.monotonic() < deadline:
+        lines = httpx.get(base + "/turnout/usage/export", timeout=10).content.splitlines()
+        row = json.loads(lines[0]) if lines else {}
+        time.sleep(0.05)
+    assert row["status"] == 200 and row["estimated"] in (1, True)
+    expected = count("a" * size)
+    assert abs(row["completion_tokens"] - expected) <= expected * 0.05, (row["completion_tokens"], expected)
+    assert seen and max(seen) <= 512 * 1024, f"the ledger handled {max(seen)} bytes of the answer at once"
+
+
+def test_routing_explanations_say_when_prompt_tokens_are_estimated(turnout) -> None:
+    """Texts past `tokens.EXACT_CHARS` are counted from samples: the dry run says so."""
+    base = turnout({"backends": {"m": {"type": "mock"}}, "models": {"t": {"backend": "m"}}, "routes": {}})
+    got = {}
+    for name, text in (("short", "hello there"), ("long", "word " * 40_000)):
+        r = httpx.post(base + "/turnout/route", timeout=30, json={"model": "t", "messages": [{"role": "user", "content": text}]})
+        assert r.status_code == 200, r.text
+        got[name] = r.json()["features"]
+    assert got["short"]["prompt_tokens_estimated"] is False and got["long"]["prompt_tokens_estimated"] is True
+    assert got["long"]["prompt_tokens"] > 30_000

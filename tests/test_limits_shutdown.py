@@ -56,3 +56,45 @@ def test_sigterm_drains_then_ends_streams_with_an_error_event(tmp_path) -> None:
         t.stop()
     rows = sqlite3.connect(db).execute("SELECT status, error, stream FROM requests").fetchall()
     assert (503, "shutdown", 1) in rows and not any(r[1] == "client_disconnected" for r in rows)
+
+
+def test_a_stream_stalled_past_the_drain_deadline_still_ends_with_the_error_event(tmp_path) -> None:
+    """A stream waiting for its upstream's next chunk (none comes for a minute) when the drain period
+    ends is ended by Turnout with the ``shutdown`` error event, not cut silently by uvicorn later."""
+    db = tmp_path / "u.db"
+    t = Turnout({"server": {"log_level": "warning", "drain_seconds": 1},
+                 "usage": {"ledger": str(db), "flush_interval": 0.05},
+                 "backends": {"m": {"type": "mock"}}, "models": {"t": {"backend": "m"}}, "routes": {}}, tmp_path)
+    try:
+        client = openai.OpenAI(base_url=t.url + "/v1", api_key="x", max_retries=0)
+        got: list[str] = []
+        failure: list[BaseException] = []
+        first = threading.Event()
+
+        def read() -> None:
+            try:
+                for c in client.chat.completions.create(model="t", stream=True, messages=[
+                        {"role": "user", "content": "stall [mock:chunk_delay=60 chunks=5]"}]):
+                    got.append(c.choices[0].delta.content or "" if c.choices else "")
+                    first.set()
+            except Exception as e:  # noqa: BLE001 - asserted below
+                failure.append(e)
+            finally:
+                first.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert first.wait(10)
+        started = time.monotonic()
+        t.proc.send_signal(signal.SIGTERM)
+        reader.join(30)
+        assert not reader.is_alive()
+        assert len(failure) == 1 and isinstance(failure[0], openai.APIError), failure
+        assert not isinstance(failure[0], openai.APIConnectionError), failure  # an error event, not a cut
+        assert "shut down" in str(failure[0]) and len(got) == 1
+        assert time.monotonic() - started < 20  # ended at the deadline, not when the next chunk would come
+        assert t.proc.wait(20) is not None
+    finally:
+        t.stop()
+    rows = sqlite3.connect(db).execute("SELECT status, error, stream FROM requests").fetchall()
+    assert rows == [(503, "shutdown", 1)], rows

@@ -27,6 +27,7 @@ from translators.common import Fault
 
 Json = dict[str, Any]
 _FRAGMENT = 8  # an upstream quoting this many consecutive characters of a key quotes the key
+BIG_ANSWER = 1 << 20  # upstream bodies past this size are parsed in a turn of the event loop of their own
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -149,6 +150,8 @@ class HTTPBackend(Backend):
                     await r.aread()
                 finally:
                     await opened.__aexit__(None, None, None)
+                if len(r.content) > BIG_ANSWER:
+                    await asyncio.sleep(0)  # joining a big answer and parsing it: separate turns of the loop
                 return r
         except TimeoutError:
             raise upstream_timeout(f"Backend '{self.name}' did not finish within {t.total:g}s (timeout.total).",

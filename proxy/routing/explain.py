@@ -50,7 +50,7 @@ def render(x: dict[str, Any]) -> str:
         f"model:      {x['model']}" + (f"  (route {x['route']})" if x["route"] else ""),
         f"rule:       {x['rule']}" + (f"  (quality escalation up to {x['escalate']}x)" if x["escalate"] else ""),
         f"features:   images={f['has_images']} tools={f['has_tools']} turn={f['turn']} "
-        f"prompt_tokens={f['prompt_tokens']} task={f['task']} tier={f['tier']} requirement={f['requirement']}",
+        f"prompt_tokens={'~' if f.get('prompt_tokens_estimated') else ''}{f['prompt_tokens']} task={f['task']} tier={f['tier']} requirement={f['requirement']}",
         f"complexity: {c['score']:.2f}" + "".join(f"\n              {r}" for r in c["reasons"]),
         *semantic_lines(f.get("semantic") or {}),
         "chain:",

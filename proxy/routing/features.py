@@ -65,6 +65,11 @@ class Features:
         return tokens.count_messages(self.messages, self.body.get("tools"))
 
     @cached_property
+    def prompt_tokens_estimated(self) -> bool:
+        """`prompt_tokens` came from samples of a long text (or chars / 4 with no tokenizer)."""
+        return tokens.is_estimate(self.messages)
+
+    @cached_property
     def prompt_tokens_at_most(self) -> int:
         """A bound prompt_tokens never exceeds, for free: a prompt that clearly fits a context window
         needs no tokenizer run (and tiktoken's tables need not be loaded at all)."""
@@ -104,7 +109,8 @@ class Features:
     def as_dict(self) -> Json:
         return {
             "has_images": self.has_images, "has_tools": self.has_tools, "turn": self.turn,
-            "prompt_tokens": self.prompt_tokens, "max_tokens": self.max_tokens,
+            "prompt_tokens": self.prompt_tokens, "prompt_tokens_estimated": self.prompt_tokens_estimated,
+            "max_tokens": self.max_tokens,
             "complexity": self.complexity.as_dict(), "task": self.task, "tier": self.tier,
             "requirement": self.requirement, **({"semantic": self.semantic} if self.semantic else {}),
         }

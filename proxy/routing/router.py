@@ -96,7 +96,7 @@ class Router:
                                  code="model_not_found", status=404)
         return str(forced)
 
-    def _allowed(self, key: Key | None, routes: bool, name: str) -> bool:
+    def allowed(self, key: Key | None, routes: bool, name: str) -> bool:
         """Whether the key may name this route (or target): its own allow-list, else its tier's, else yes."""
         if key is None:
             return True
@@ -111,17 +111,17 @@ class Router:
         or target the key may not use is, to that key, a model that does not exist (404)."""
         forced = self._override(f)
         if forced:
-            if not self._allowed(f.key, False, forced):
+            if not self.allowed(f.key, False, forced):
                 raise ModelNotFound(forced)
             call.reason = "override"
             return [forced], None
         if call.request_model in self.cfg.models:
-            if not self._allowed(f.key, False, call.request_model):
+            if not self.allowed(f.key, False, call.request_model):
                 raise ModelNotFound(call.request_model)
             call.reason = "direct"
             return [call.request_model], None
         route = self.cfg.routes.get(call.request_model)
-        if route is None or not self._allowed(f.key, True, route.name):
+        if route is None or not self.allowed(f.key, True, route.name):
             raise ModelNotFound(call.request_model)
         call.route = route.name
         if not route.rules:

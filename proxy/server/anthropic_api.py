@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.backends.base import Backend
@@ -25,10 +25,10 @@ from proxy.call import Attempt, Call
 from proxy.config import Config, Target
 from proxy.errors import AuthenticationError, InvalidRequest, ProxyError, UpstreamError
 from proxy.server.pipeline import Completion, Pipeline, internal_error
-from proxy.usage import tokens
+from proxy.usage import ledger, tokens
 from proxy.web.auth import Authenticator
 from proxy.web.disconnect import unless_client_leaves
-from proxy.web.responses import read_json, request_id, should_retry
+from proxy.web.responses import SSEResponse, read_json, request_id, should_retry
 from translators.inbound import anthropic as inbound
 from translators.inbound.anthropic_reply import MessageStream, error_body, error_status, message_id, to_message
 
@@ -124,8 +124,8 @@ class AnthropicAPI:
                 msg = self._message(call, result.data)
                 pipeline.finish(call, 200)
                 return Response(orjson.dumps(msg), media_type="application/json", headers=headers)
-            return StreamingResponse(self._events(call, pipeline.payloads(call, result)),
-                                     media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
+            return SSEResponse(self._events(call, pipeline.payloads(call, result)),
+                               headers={**_SSE_HEADERS, **headers})
         except ProxyError as e:
             pipeline.finish(call, e.status, e)
             return anthropic_error(e, call.headers(), call.request_id)
@@ -138,7 +138,7 @@ class AnthropicAPI:
     def _message(call: Call, completion: dict[str, Any]) -> dict[str, Any]:
         """Claude's own Message from a pass-through, else the completion translated."""
         if call.usage is None:
-            call.sent = [orjson.dumps(completion)]  # no usage from upstream: the ledger estimates from the answer
+            ledger.record_answer(call, completion)  # no usage from upstream: the ledger estimates from the answer
         native = call.anthropic_answer
         if native is not None and native[0] == call.target:
             return native[1]

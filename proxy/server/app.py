@@ -7,6 +7,7 @@ A chat request is read and checked (OpenAI's wording), authenticated, and handed
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, AsyncIterator, Callable
 
@@ -17,7 +18,7 @@ from starlette.routing import Route
 
 from proxy.backends.base import Backend
 from proxy.call import Call
-from proxy.config import Config
+from proxy.config import Config, Key
 from proxy.errors import ModelNotFound, ProxyError
 from proxy.server import validate
 from proxy.server.anthropic_api import anthropic_error
@@ -26,9 +27,10 @@ from translators.inbound import anthropic_models
 from translators.inbound import chat as dialects
 from proxy.web.auth import Authenticator
 from proxy.routing.kinds import kind_of
+from proxy.usage import ledger
 from proxy.server.pipeline import Completion, Pipeline, internal_error
 from proxy.web.disconnect import unless_client_leaves
-from proxy.web.responses import SSEResponse, error_response, json_response, read_json, request_id
+from proxy.web.responses import SSEResponse, body_response, error_response, json_response, read_json, request_id
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -68,11 +70,12 @@ class OpenAIAPI:
             body = validate.chat_request(raw)
             result = await unless_client_leaves(request, pipeline.run(call, body, request.headers))
             if isinstance(result, Completion):
-                out = orjson.dumps(dialects.legacy_answer(result.data) if legacy else result.data)
                 if call.usage is None:
-                    call.record_sent(out)  # no usage from upstream: the ledger estimates from the answer
+                    ledger.record_answer(call, result.data)  # no usage from upstream: the ledger estimates
+                await asyncio.sleep(0)  # a big answer's upstream parse and its encoding: separate turns of the loop
+                out = orjson.dumps(dialects.legacy_answer(result.data) if legacy else result.data)
                 pipeline.finish(call, 200)
-                return Response(out, media_type="application/json", headers=call.headers())
+                return body_response(out, call.headers())
             return SSEResponse(self.sse(pipeline.payloads(call, result), legacy, call.include_usage),
                                headers={**_SSE_HEADERS, **call.headers()})
         except ProxyError as e:
@@ -114,15 +117,15 @@ class OpenAIAPI:
     async def models(self, request: Request) -> Response:
         if request.headers.get("anthropic-version"):
             return self.anthropic_models(request)
-        self.auth.authenticate(request.headers)
-        return json_response({"object": "list", "data": self.model_list()})
+        key = self.auth.authenticate(request.headers)
+        return json_response({"object": "list", "data": self.model_list(key)})
 
     async def model(self, request: Request) -> Response:
         if request.headers.get("anthropic-version"):
             return self.anthropic_models(request, request.path_params["model"])
-        self.auth.authenticate(request.headers)
+        key = self.auth.authenticate(request.headers)
         name = request.path_params["model"]
-        for m in self.model_list():
+        for m in self.model_list(key):
             if m["id"] == name:
                 return json_response(m)
         raise ModelNotFound(name)
@@ -130,9 +133,13 @@ class OpenAIAPI:
     def anthropic_models(self, request: Request, name: str | None = None) -> Response:
         """The list (a page) or one model in Anthropic's Models API shape, errors in Anthropic's."""
         try:
-            self.auth.authenticate(request.headers)
-            models = anthropic_models.entries(self.cfg.routes, self.cfg.models, self.cfg.aliases,
-                                              {n: kind_of(t) for n, t in self.cfg.models.items()}, self.created)
+            key = self.auth.authenticate(request.headers)
+            allowed = self.pipeline.router.allowed
+            routes = {n: r for n, r in self.cfg.routes.items() if allowed(key, True, n)}
+            targets = {n: t for n, t in self.cfg.models.items() if allowed(key, False, n)}
+            aliases = {a: n for a, n in self.cfg.aliases.items() if n in routes or n in targets}
+            models = anthropic_models.entries(routes, targets, aliases,
+                                              {n: kind_of(t) for n, t in targets.items()}, self.created)
             if name is None:
                 try:
                     return json_response(anthropic_models.page(models, request.query_params))
@@ -145,15 +152,19 @@ class OpenAIAPI:
         except ProxyError as e:
             return anthropic_error(e)
 
-    def model_list(self) -> list[dict[str, Any]]:
+    def model_list(self, key: Key | None = None) -> list[dict[str, Any]]:
+        """The routes and targets `key` may name (its allow-lists, else its tier's), as OpenAI lists
+        only the models a key can use; to that key the others do not exist (404, as in a chat call)."""
         created = self.created
+        allowed = self.pipeline.router.allowed
         out = [{"id": name, "object": "model", "created": created, "owned_by": "turnout",
-                "turnout": {"kind": "route", "chain": r.chain}} for name, r in self.cfg.routes.items()]
+                "turnout": {"kind": "route", "chain": r.chain}}
+               for name, r in self.cfg.routes.items() if allowed(key, True, name)]
         out += [{"id": name, "object": "model", "created": created, "owned_by": t.backend,
                  "turnout": {"kind": "target", "serves": kind_of(t), "backend": t.backend, "model": t.model,
                              "available": not (self.backends[t.backend].unavailable or t.unavailable),
                              **({"role": t.role, "auto": t.auto} if t.auto else {})}}
-                for name, t in self.cfg.models.items()]
+                for name, t in self.cfg.models.items() if allowed(key, False, name)]
         return out
 
     async def health(self, request: Request) -> Response:

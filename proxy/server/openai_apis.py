@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.call import Call
@@ -27,7 +27,7 @@ from proxy.usage.ledger import Ledger
 from proxy.usage.stored import ResponseStore
 from proxy.web.auth import Authenticator
 from proxy.web.disconnect import unless_client_leaves
-from proxy.web.responses import error_response, read_json, request_id
+from proxy.web.responses import SSEResponse, error_response, read_json, request_id
 from translators import embeddings as emb
 from translators.common import Json, TranslationError
 from translators.inbound import completions as cp
@@ -166,8 +166,7 @@ class OpenAIAPIs:
                 finally:
                     await payloads.aclose()  # type: ignore[attr-defined]
 
-            return StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={**_SSE_HEADERS, **call.headers()})
+            return SSEResponse(events(), headers={**_SSE_HEADERS, **call.headers()})
 
         return await self._run(request, handle)
 
@@ -233,8 +232,7 @@ class OpenAIAPIs:
                 finally:
                     await payloads.aclose()  # type: ignore[attr-defined]
 
-            return StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={**_SSE_HEADERS, **call.headers()})
+            return SSEResponse(events(), headers={**_SSE_HEADERS, **call.headers()})
 
         return await self._run(request, handle)
 

@@ -26,7 +26,7 @@ from proxy.observability.logs import request_line
 from proxy.routing.consensus import ConsensusRunner, config_for
 from proxy.routing.dispatch import Dispatcher
 from proxy.routing.router import Router
-from proxy.server.shutdown import Drain
+from proxy.server.shutdown import Drain, stream_cut
 from proxy.usage import pricing
 from translators.common import usage_chunk
 
@@ -171,7 +171,7 @@ class Pipeline:
         rest = stream.rest
         plan = call.cache_plan  # a miss to store once complete: its chunks are folded as they pass
         drain = self.drain
-        drain.streams += 1
+        drain.enter()
         try:
             yield stream.first
             call.record_sent(stream.first)  # counted (a bounded sample kept) for the ledger's estimate
@@ -189,7 +189,14 @@ class Pipeline:
         except ProxyError as e:
             status, error = e.status, e
             raise
-        except (GeneratorExit, asyncio.CancelledError):
+        except (GeneratorExit, asyncio.CancelledError) as e:
+            if drain.cut_off():  # the drain period ended it (proxy/server/shutdown.py), not the client
+                error = stream_cut()
+                status = error.status
+                if isinstance(e, asyncio.CancelledError):
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr] - the cancel was ours
+                    raise error from None  # framed by the front door as its error event
+                raise
             status = 499  # the client went away mid-stream (nginx's "client closed request")
             call.error = "client_disconnected"
             raise
@@ -197,7 +204,7 @@ class Pipeline:
             status = 500
             raise internal_error(call, e, " in stream") from None
         finally:
-            drain.streams -= 1
+            drain.leave()
             await rest.aclose()
             if call.usage is not None and call.cache != "hit" and call.consensus is None:
                 call.cost_usd = pricing.of_call(call, self.cfg.models[call.target].price)

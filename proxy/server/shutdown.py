@@ -4,7 +4,9 @@
 `/ready` answers 503 at once and new requests are refused (503 ``shutting_down``), so a load balancer
 moves traffic away; streams in flight get `server.drain_seconds` (default 30) to finish; a stream
 still running then ends with an error event the `openai` SDK raises (``shutdown``), recorded as such
-in the ledger, not as the client's doing. Then uvicorn's own SIGTERM handling runs (it closes
+in the ledger, not as the client's doing — also a stream stalled waiting for its upstream: at the
+deadline the task of every stream in flight is cancelled, and the pipeline turns that cancellation
+into the ``shutdown`` error (`Drain.cut_off`). Then uvicorn's own SIGTERM handling runs (it closes
 the sockets). A second SIGTERM skips the wait.
 """
 
@@ -35,8 +37,33 @@ class Drain:
         self.seconds = seconds
         self.draining = False
         self.deadline: float | None = None  # loop time after which streams in flight are ended
-        self.streams = 0  # streams in flight
+        self.tasks: set[asyncio.Task[Any]] = set()  # the tasks sending the streams in flight
         self._then: Callable[[], Any] | None = None
+
+    @property
+    def streams(self) -> int:
+        """Streams in flight."""
+        return len(self.tasks)
+
+    def enter(self) -> None:
+        """A stream starts, sent by the current task."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+
+    def leave(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.discard(task)
+
+    def cut_off(self) -> bool:
+        """Whether the drain period is over (a stream's cancellation now is the shutdown's doing)."""
+        return self.deadline is not None and asyncio.get_running_loop().time() >= self.deadline
+
+    def _cut(self) -> None:
+        """The drain period is over: end every stream still in flight, even one waiting for a chunk."""
+        for task in list(self.tasks):
+            task.cancel()
 
     def check_open(self) -> None:
         """Refuse a new request while draining."""
@@ -62,11 +89,13 @@ class Drain:
     def begin(self, then: Callable[[], Any]) -> None:
         if self.draining:  # a second SIGTERM: stop now
             self.deadline = asyncio.get_running_loop().time()
+            self._cut()
             then()
             return
         self.draining = True
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + self.seconds
+        loop.call_at(self.deadline, self._cut)
         log.warning("SIGTERM: draining (%d streams in flight, up to %gs)", self.streams, self.seconds)
         loop.create_task(self._finish(then))
 

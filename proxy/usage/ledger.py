@@ -41,7 +41,7 @@ from proxy.usage import pricing
 from proxy.usage.db import Db, is_postgres, label, open_db
 
 from proxy.usage import tokens
-from proxy.call import Call
+from proxy.call import SENT_SAMPLE, Call
 from proxy.config import Config
 from proxy.state import State
 from proxy.usage.quota import Accounts
@@ -166,15 +166,38 @@ def sent_text(payloads: Iterable[bytes]) -> str:
             d = orjson.loads(p)
         except orjson.JSONDecodeError:
             continue
-        for ch in d.get("choices") or ():
-            m = ch.get("delta") or ch.get("message") or {}
-            for k in ("content", "reasoning_content", "refusal"):
-                if isinstance(m.get(k), str):
-                    parts.append(m[k])
-            for tc in m.get("tool_calls") or ():
-                fn = tc.get("function") or {}
-                parts += [str(fn.get("name") or ""), str(fn.get("arguments") or "")]
+        _texts(d, parts)
     return "".join(parts)
+
+
+def _texts(d: Any, parts: list[str]) -> None:
+    for ch in (d.get("choices") or ()) if isinstance(d, dict) else ():
+        m = ch.get("delta") or ch.get("message") or {}
+        for k in ("content", "reasoning_content", "refusal"):
+            if isinstance(m.get(k), str):
+                parts.append(m[k])
+        for tc in m.get("tool_calls") or ():
+            fn = tc.get("function") or {}
+            parts += [str(fn.get("name") or ""), str(fn.get("arguments") or "")]
+
+
+def record_answer(call: Call, completion: dict[str, Any]) -> None:
+    """A non-streamed answer that came without usage: keep what the ledger's estimate needs, an
+    evenly spread sample of its text (at most `SENT_SAMPLE` characters, as one payload) and its full
+    length, never the answer itself, so a 20 MB answer is neither held nor parsed again nor
+    tokenized whole on the event loop (`sent_tokens` scales the sample's count; the row is estimated)."""
+    parts: list[str] = []
+    _texts(completion, parts)
+    text = "".join(parts)
+    if len(text) > SENT_SAMPLE:
+        n, piece = 8, SENT_SAMPLE // 8
+        step = len(text) // n
+        sample = "".join(text[i * step:i * step + piece] for i in range(n))
+    else:
+        sample = text
+    call.sent = [orjson.dumps({"choices": [{"message": {"content": sample}}]})]
+    call.sent_count = 1
+    call.sent_sampled, call.sent_bytes = max(1, len(sample)), len(text)
 
 
 def sent_tokens(call: Call) -> int:

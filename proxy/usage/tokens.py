@@ -58,6 +58,19 @@ def count(text: str) -> int:
     return max(1, round(sampled * len(text) / (SAMPLES * SAMPLE_CHARS)))
 
 
+def is_estimate(messages: list[dict[str, Any]]) -> bool:
+    """Whether `count_messages` of these messages is an estimate rather than an exact count: no
+    tokenizer here, or a text past `EXACT_CHARS` (counted from samples). Costs no tokenizer run."""
+    if encoding() is None:
+        return True
+    for m in messages:
+        if len(content_text(m.get("content"))) > EXACT_CHARS:
+            return True
+        if any(len(str((tc.get("function") or {}).get("arguments", ""))) > EXACT_CHARS for tc in m.get("tool_calls") or ()):
+            return True
+    return False
+
+
 def decode(ids: list[int]) -> str:
     """The text of cl100k_base token ids (what OpenAI clients such as LangChain send to embeddings)."""
     enc = encoding()

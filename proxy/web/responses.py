@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Iterator, Mapping
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -22,6 +22,8 @@ from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge, UpstreamEr
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 MAX_DEPTH = 64  # JSON nesting allowed in a request body (objects and arrays); deeper is a 400
+BIG_BODY = 1 << 20  # bodies past this size are parsed in their own turn of the event loop
+WALK_SLICE = 20_000  # values the depth check visits per turn of the event loop
 
 
 def request_id(request: Request, fallback: str) -> str:
@@ -72,39 +74,73 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    return parse_json(await read_body(request, limit))
+    """A body read, parsed and depth-checked without one long stall of the event loop: orjson holds
+    the GIL (a thread would not help), so a big body's read, parse and depth check each get their own
+    turn of the loop, and the depth check yields every `WALK_SLICE` containers (a 20 MB body of empty
+    arrays is millions of them). What remains on the loop is one orjson pass over the body."""
+    body = await read_body(request, limit)
+    big = len(body) > BIG_BODY
+    if big:
+        await asyncio.sleep(0)
+    data = _loads(body)
+    if big:
+        await asyncio.sleep(0)
+    for _ in _walk(data, body):
+        await asyncio.sleep(0)
+    return data
 
 
 def parse_json(body: bytes) -> Any:
     """A JSON body, or OpenAI's 400 (malformed, or nested deeper than `MAX_DEPTH`)."""
+    data = _loads(body)
+    for _ in _walk(data, body):
+        pass
+    return data
+
+
+def _loads(body: bytes) -> Any:
     try:
-        data = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidRequest(
             "We could not parse the JSON body of your request. The API expects a JSON payload; "
             "check that the body is valid JSON and that the content type is application/json.",
             code="invalid_json") from None
-    check_depth(data, body)
-    return data
 
 
-def check_depth(data: Any, raw: bytes) -> None:
+def check_depth(data: Any) -> None:
     """Reject JSON nested deeper than `MAX_DEPTH` with a 400, before anything recurses over it.
 
     Translators, the JSON encoder (254 levels) and the schema walkers recurse, so depth is bounded
-    at the door. Counting brackets in the raw bytes (C speed) settles almost every body; only a
-    body with more brackets than the limit is walked, with an explicit stack (no recursion).
-    """
-    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+    at the door. The walk uses an explicit stack (no recursion) and costs one step per container,
+    not per byte: a 15 MB prompt in one string is a handful of steps."""
+    for _ in _walk(data):
+        pass
+
+
+def _walk(data: Any, raw: bytes | None = None) -> Iterator[None]:
+    """The depth check, yielding every `WALK_SLICE` values so an async caller can let the loop run
+    (values, not containers: a 20 MB array of numbers is ten million of them). Past the first slice,
+    counting the brackets in `raw` (C speed) settles a body with few containers without walking on."""
+    if not isinstance(data, (dict, list)):
         return
-    stack: list[tuple[Any, int]] = [(data, 1)]
+    stack: list[Iterator[Any]] = [iter(data.values() if isinstance(data, dict) else data)]
+    steps = 0
     while stack:
-        v, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise InvalidRequest(f"The request body is nested too deeply: at most {MAX_DEPTH} levels of "
-                                 "objects and arrays are allowed.", code="nesting_too_deep")
-        children = v.values() if isinstance(v, dict) else v
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+        for v in stack[-1]:
+            steps += 1
+            if steps % WALK_SLICE == 0:
+                yield
+                if steps == WALK_SLICE and raw is not None and raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+                    return
+            if isinstance(v, (dict, list)):
+                if len(stack) >= MAX_DEPTH:
+                    raise InvalidRequest(f"The request body is nested too deeply: at most {MAX_DEPTH} levels "
+                                         "of objects and arrays are allowed.", code="nesting_too_deep")
+                stack.append(iter(v.values() if isinstance(v, dict) else v))
+                break
+        else:
+            stack.pop()
 
 
 class SSEResponse(Response):
@@ -155,3 +191,21 @@ class SSEResponse(Response):
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()  # a no-op for an iterator that ran to its end
+
+
+class _Slices(SSEResponse):
+    media_type = "application/json"
+
+
+def body_response(body: bytes, headers: dict[str, str] | None = None) -> Response:
+    """A JSON body as it is; a big one (a 20 MB answer) is sent in `BIG_BODY` slices with its
+    Content-Length, so no single write copies all of it on the event loop and the socket's flow control
+    paces it."""
+    if len(body) <= BIG_BODY:
+        return Response(body, headers=headers, media_type="application/json")
+
+    async def slices() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), BIG_BODY):
+            yield body[i:i + BIG_BODY]
+
+    return _Slices(slices(), headers={**(headers or {}), "content-length": str(len(body))})
