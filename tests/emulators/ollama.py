@@ -287,6 +287,9 @@ def build_ollama_emulator(models: list[Json | str] | None = None, loaded: list[s
         async def ndjson() -> AsyncIterator[bytes]:
             for i, line in enumerate(lines):
                 if s.get("drop_after") is not None and i >= s["drop_after"]:
+                    # let the client read what was sent first: a reset discards the receiver's unread
+                    # bytes, so without the pause the lines before the drop arrive or not by chance
+                    await asyncio.sleep(0.2)
                     raise ConnectionResetError("emulated drop")  # uvicorn aborts the connection mid-body
                 if s.get("error_after") is not None and i >= s["error_after"]:
                     yield orjson.dumps({"error": s.get("error_message",
