@@ -717,6 +717,7 @@ def build_gemini_emulator(api_key: str = "gemini-test-key") -> Starlette:
         async def sse() -> AsyncIterator[bytes]:
             for i, e in enumerate(events):
                 if reply.get("drop_after") is not None and i >= reply["drop_after"]:
+                    await asyncio.sleep(0.2)  # the client reads what came first: a reset discards unread bytes
                     raise ConnectionResetError("emulated drop")  # uvicorn aborts the connection mid-body
                 if reply.get("truncate_after") is not None and i >= reply["truncate_after"]:
                     return
