@@ -380,3 +380,26 @@ def test_two_states_on_one_redis_share_windows_and_one_half_open_trial() -> None
         s.close()
     client = redis.Redis.from_url(SHARED)
     client.delete(*client.scan_iter(prefix + "*"))
+
+
+def test_the_response_cache_is_shared_by_two_replicas_through_redis(serve, tmp_path) -> None:
+    """Issue 15: with `state.redis`, an answer one replica cached serves the other (0 upstream calls)."""
+    need_redis()
+    seen: Counter[str] = Counter()
+    upstream = serve(counting_upstream(seen))
+    cfg = {**fleet_config(upstream, SHARED), "cache": {"ttl": 60}}
+    rs = replicas(cfg, tmp_path, 2)
+    try:
+        first = post(rs[0].url, "free", "sk-open")
+        assert first.status_code == 200 and first.headers["x-turnout-cache"] == "miss"
+        assert seen["free-model"] == 1
+        for r in rs:  # the other replica, and the first one again: both answer from the shared cache
+            hit = post(r.url, "free", "sk-open")
+            assert hit.status_code == 200 and hit.headers["x-turnout-cache"] == "hit", hit.headers
+            assert hit.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+        assert seen["free-model"] == 1, seen  # no upstream call for either hit
+        other_key = post(rs[1].url, "free", "sk-rl")  # scope key: another key's answer is never served
+        assert other_key.headers["x-turnout-cache"] == "miss" and seen["free-model"] == 2
+    finally:
+        for r in rs:
+            r.stop()
