@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -104,16 +106,20 @@ def wrk(url: str, conc: int, seconds: int) -> float | None:
     return float(m.group(1)) if m else None
 
 
-async def run(args: argparse.Namespace) -> None:
+@contextmanager
+def stack(backend: str = "", extra: str = "") -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
+    """The mock upstream (20-chunk streams) and Turnout in front of it (an `openai` backend, target
+    `bench`), as separate processes on 127.0.0.1: (upstream port, Turnout port, Turnout's process).
+    `backend`: more options of the backend mapping; `extra`: more top-level YAML."""
     up_port, tp_port = free_port(), free_port()
     cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     cfg.write(f"""
 server: {{host: 127.0.0.1, port: {tp_port}, log_level: warning}}
 backends:
-  upstream: {{type: openai, base_url: "http://127.0.0.1:{up_port}/v1"}}
+  upstream: {{type: openai, base_url: "http://127.0.0.1:{up_port}/v1"{backend}}}
 models:
   bench: {{backend: upstream, model: bench}}
-""")
+{extra}""")
     cfg.close()
     turnout = [sys.executable, "-m", "proxy"]
     up = subprocess.Popen(turnout + ["mock-upstream", "--port", str(up_port), "--chunks", "20"])
@@ -121,6 +127,16 @@ models:
     try:
         wait_up(f"http://127.0.0.1:{up_port}/v1/models")
         wait_up(f"http://127.0.0.1:{tp_port}/health")
+        yield up_port, tp_port, tp
+    finally:
+        for proc in (tp, up):
+            proc.terminate()
+            proc.wait(5)
+        os.unlink(cfg.name)
+
+
+async def run(args: argparse.Namespace) -> None:
+    with stack() as (up_port, tp_port, tp):
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         via = f"http://127.0.0.1:{tp_port}/v1/chat/completions"
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
@@ -157,11 +173,6 @@ models:
             print(f"wrk throughput direct / via:   {w_direct:.0f} / {w_via:.0f} req/s (c={args.concurrency}, "
                   f"{args.seconds}s; Turnout CPU {wrk_cpu:.3f} ms/req)")
         print(f"Turnout RSS after the run:     {rss_mb(tp.pid):.0f} MB")
-    finally:
-        for proc in (tp, up):
-            proc.terminate()
-            proc.wait(5)
-        os.unlink(cfg.name)
 
 
 def main() -> None:

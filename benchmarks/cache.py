@@ -16,14 +16,12 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 
 import httpx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench import cpu_seconds, free_port, wait_up  # noqa: E402
+from bench import cpu_seconds, stack  # noqa: E402
 
 
 def body(i: int | None, stream: bool = False) -> dict:
@@ -46,24 +44,7 @@ async def measure(client: httpx.AsyncClient, url: str, pid: int, n: int, hit: bo
 
 
 async def run(args: argparse.Namespace) -> None:
-    up_port, tp_port = free_port(), free_port()
-    cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    cfg.write(f"""
-server: {{host: 127.0.0.1, port: {tp_port}, log_level: warning}}
-backends:
-  upstream: {{type: openai, base_url: "http://127.0.0.1:{up_port}/v1", probe: false}}
-models:
-  bench: {{backend: upstream, model: bench}}
-cache: {{ttl: 3600}}
-usage: {{ledger: off}}
-""")
-    cfg.close()
-    turnout = [sys.executable, "-m", "proxy"]
-    up = subprocess.Popen(turnout + ["mock-upstream", "--port", str(up_port), "--chunks", "20"])
-    tp = subprocess.Popen(turnout + ["serve", "--config", cfg.name], stderr=subprocess.DEVNULL)
-    try:
-        wait_up(f"http://127.0.0.1:{up_port}/v1/models")
-        wait_up(f"http://127.0.0.1:{tp_port}/health")
+    with stack(backend=", probe: false", extra="cache: {ttl: 3600}\nusage: {ledger: off}\n") as (_, tp_port, tp):
         url = f"http://127.0.0.1:{tp_port}/v1/chat/completions"
         n = args.requests
         async with httpx.AsyncClient(timeout=30) as client:
@@ -81,11 +62,6 @@ usage: {{ledger: off}}
         for kind, (mc, ml), (hc, hl) in rows:
             print(f"  {kind:6s} proxied: {mc:.3f} ms CPU, p50 {ml:.2f} ms | cache hit: {hc:.3f} ms CPU, p50 {hl:.2f} ms"
                   f" | hit/proxied CPU {hc / mc:.2f}")
-    finally:
-        for proc in (tp, up):
-            proc.terminate()
-            proc.wait(5)
-        os.unlink(cfg.name)
 
 
 def main() -> None:
